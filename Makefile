@@ -1,0 +1,28 @@
+# The two commands: `make demo` (the whole pipeline on generated data) and `make test` (the test suite).
+# Both run set-up first; set-up skips whatever is already in place.
+.PHONY: setup demo test lint bench lock clean
+
+setup:
+	@scripts/setup.sh
+
+demo: setup
+	@scripts/demo.sh $(ARGS)
+
+test: setup
+	.venv/bin/python -m pytest $(PYTEST_ARGS)
+
+lint: setup
+	.venv/bin/ruff check behavior_spark jobs tests scripts bench
+
+bench: setup
+	.venv/bin/python -m bench $(ARGS)
+
+# Re-resolve requirements/lock.txt from requirements/base.txt in a scratch environment.
+lock:
+	rm -rf .cache/lock-venv && python3.11 -m venv .cache/lock-venv
+	.cache/lock-venv/bin/pip install --quiet "pip<25" "setuptools<70" wheel && .cache/lock-venv/bin/pip install --quiet -r requirements/base.txt
+	{ head -2 requirements/lock.txt; .cache/lock-venv/bin/pip freeze --exclude-editable | grep -vi '^horovod=='; } > requirements/lock.new
+	mv requirements/lock.new requirements/lock.txt && rm -rf .cache/lock-venv
+
+clean:
+	rm -rf lakehouse spark-warehouse

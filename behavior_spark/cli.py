@@ -1,0 +1,76 @@
+"""`behavior-spark <stage>`: the command line shared by the console script and the spark-submit jobs."""
+
+from __future__ import annotations
+
+import argparse
+import logging
+import os
+import sys
+import warnings
+from pathlib import Path
+
+from behavior_spark.config import ConfigError, Settings, load_settings
+
+STAGE_NAMES = ["generate", "ingest", "featurize", "train", "score", "segment", "run"]
+EXIT_FAILED, EXIT_BAD_CONFIG = 1, 2
+DEFAULT_CONF = Path(__file__).resolve().parents[1] / "conf" / "local.yaml"
+log = logging.getLogger("behavior_spark")
+
+
+def parse_args(argv: list[str]) -> argparse.Namespace:
+    parser = argparse.ArgumentParser(prog="behavior-spark", description="Customer insight from behaviour logs.")
+    parser.add_argument("stage", choices=STAGE_NAMES, help="the stage to run; `run` runs all of them in order")
+    parser.add_argument("--conf", type=Path, default=DEFAULT_CONF if DEFAULT_CONF.is_file() else None,
+                        help=f"settings file (default: {DEFAULT_CONF})")
+    parser.add_argument("--set", dest="overrides", action="append", default=[], metavar="SECTION.KEY=VALUE",
+                        help="override one setting; repeatable")
+    return parser.parse_args(argv)
+
+
+def main(argv: list[str] | None = None) -> int:
+    args = parse_args(sys.argv[1:] if argv is None else argv)
+    try:
+        settings = load_settings(args.conf, args.overrides)
+    except ConfigError as error:
+        print(f"behavior-spark: bad configuration: {error}", file=sys.stderr)
+        return EXIT_BAD_CONFIG
+    configure_logging(settings)
+    try:
+        run(args.stage, settings)
+    except ConfigError as error:
+        log.error("bad configuration: %s", error)
+        return EXIT_BAD_CONFIG
+    except Exception as error:  # the last line a user reads names the stage and the cause
+        log.debug("traceback", exc_info=True)
+        log.error("%s failed: %s: %s", args.stage, type(error).__name__, _first_line(error))
+        return EXIT_FAILED
+    return 0
+
+
+def run(stage: str, settings: Settings) -> dict:
+    from behavior_spark import pipeline
+    from behavior_spark.session import get_spark
+
+    spark = get_spark(settings.spark)
+    if stage == "run":
+        results = pipeline.run_all(spark, settings)
+        print(pipeline.summary(results, settings))
+        return results
+    return pipeline.run_stage(stage, spark, settings)
+
+
+def configure_logging(settings: Settings) -> None:
+    """Our own progress at the configured level; every library's chatter only from WARNING up."""
+    logging.basicConfig(level=logging.WARNING, format="%(asctime)s %(levelname)s %(name)s: %(message)s",
+                        stream=sys.stderr)
+    log.setLevel(settings.log.level)
+    # Inherited by Spark's Python workers and the Horovod processes, which start after this.
+    os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
+    os.environ.setdefault("PYTHONWARNINGS", "ignore::FutureWarning,ignore::DeprecationWarning,ignore::UserWarning")
+    warnings.filterwarnings("ignore", category=FutureWarning)
+    warnings.filterwarnings("ignore", category=DeprecationWarning)
+
+
+def _first_line(error: BaseException) -> str:
+    text = str(error).strip()
+    return text.splitlines()[0] if text else "(no message)"

@@ -1,0 +1,56 @@
+"""Reading and writing the lakehouse's Delta tables: the storage edge of every stage."""
+
+from __future__ import annotations
+
+from delta.tables import DeltaTable
+from pyspark.sql import DataFrame, SparkSession
+
+from behavior_spark.config import LakeSettings
+
+EVENTS = "events"
+QUARANTINE = "events_quarantine"
+INGEST_AUDIT = "ingest_audit"
+FEATURES = "customer_features"
+FEATURE_STATS = "feature_stats"
+SCORES = "customer_scores"
+SEGMENTS = "customer_segments"
+
+
+def path(lake: LakeSettings, table: str) -> str:
+    return lake.table(table)
+
+
+def read(spark: SparkSession, lake: LakeSettings, table: str, version: int | None = None) -> DataFrame:
+    reader = spark.read.format("delta")
+    if version is not None:
+        reader = reader.option("versionAsOf", version)
+    return reader.load(path(lake, table))
+
+
+def exists(spark: SparkSession, lake: LakeSettings, table: str) -> bool:
+    return DeltaTable.isDeltaTable(spark, path(lake, table))
+
+
+def overwrite(df: DataFrame, lake: LakeSettings, table: str, partition_by: list[str] = (), **options: str) -> None:
+    """Replace a table's content in one Delta commit (readers see the old or the new version, never a mix)."""
+    writer = df.write.format("delta").mode("overwrite").option("overwriteSchema", "true")
+    for key, value in options.items():
+        writer = writer.option(key, value)
+    if partition_by:
+        writer = writer.partitionBy(*partition_by)
+    writer.save(path(lake, table))
+
+
+def append(df: DataFrame, lake: LakeSettings, table: str) -> None:
+    df.write.format("delta").mode("append").option("mergeSchema", "true").save(path(lake, table))
+
+
+def version(spark: SparkSession, lake: LakeSettings, table: str) -> int:
+    """The table's latest committed version."""
+    return DeltaTable.forPath(spark, path(lake, table)).history(1).select("version").first()[0]
+
+
+def last_commit_metrics(spark: SparkSession, lake: LakeSettings, table: str) -> dict[str, str]:
+    """Delta's own operation metrics of the latest commit (numOutputRows, ...)."""
+    row = DeltaTable.forPath(spark, path(lake, table)).history(1).select("operationMetrics").first()
+    return dict(row[0] or {})

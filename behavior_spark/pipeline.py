@@ -1,0 +1,50 @@
+"""The stages in order, each timed and logged, and the summary a user reads at the end of a run."""
+
+from __future__ import annotations
+
+import json
+import logging
+import time
+from typing import Callable
+
+from pyspark.sql import SparkSession
+
+from behavior_spark import features, generate, ingest, score, segment, train
+from behavior_spark.config import Settings
+
+log = logging.getLogger(__name__)
+
+Stage = Callable[[SparkSession, Settings], dict]
+STAGES: dict[str, Stage] = {
+    "generate": generate.run,
+    "ingest": ingest.run,
+    "featurize": features.run,
+    "train": train.run,
+    "score": score.run,
+    "segment": segment.run,
+}
+
+
+def run_stage(name: str, spark: SparkSession, settings: Settings) -> dict:
+    log.info("%s: started", name)
+    started = time.monotonic()
+    result = STAGES[name](spark, settings)
+    seconds = time.monotonic() - started
+    log.info("%s: finished in %.1f s: %s", name, seconds, json.dumps(result, default=str))
+    return {**result, "seconds": round(seconds, 1)}
+
+
+def run_all(spark: SparkSession, settings: Settings) -> dict:
+    """generate -> ingest -> featurize -> train -> score -> segment; returns each stage's result."""
+    return {name: run_stage(name, spark, settings) for name in STAGES}
+
+
+def summary(results: dict[str, dict], settings: Settings) -> str:
+    """What the run wrote and where, in words and numbers."""
+    lines = [f"behavior-spark run: lakehouse at {settings.lake.root}"]
+    for stage, result in results.items():
+        shown = {k: v for k, v in result.items() if k not in ("quarantined_by_reason", "run_id", "ingested_at")}
+        lines.append(f"  {stage:<9} {json.dumps(shown, default=str)}")
+        if stage == "ingest":
+            lines.append(f"            quarantined by reason: {json.dumps(result['quarantined_by_reason'])}")
+    return "\n".join(lines)

@@ -1,0 +1,72 @@
+"""The one place a SparkSession comes from.
+
+On a cluster (spark-submit, Databricks, EMR) the platform owns the session: we take the active one, or build one
+from what spark-submit passed, and never set a master. Locally we build a Delta-enabled session ourselves, with the
+Delta JARs from the project's cache (filled by `scripts/setup.sh` from Maven Central), so nothing is fetched at
+start-up.
+"""
+
+from __future__ import annotations
+
+import os
+import sys
+from pathlib import Path
+
+from pyspark.sql import SparkSession
+
+from behavior_spark.config import SparkSettings
+
+DELTA_EXTENSION = "io.delta.sql.DeltaSparkSessionExtension"
+DELTA_CATALOG = "org.apache.spark.sql.delta.catalog.DeltaCatalog"
+JAR_CACHE_ENV = "BEHAVIOR_SPARK_JARS"
+DEFAULT_JAR_CACHE = Path(__file__).resolve().parents[1] / ".cache" / "jars"
+
+
+def get_spark(settings: SparkSettings) -> SparkSession:
+    """Return the platform's session when there is one, else a local Delta-enabled session."""
+    active = SparkSession.getActiveSession()
+    if active is not None:
+        return active
+    if on_cluster():
+        # spark-submit, Databricks and EMR decide the master and the Delta set-up; we only name the app.
+        return SparkSession.builder.appName(settings.app_name).getOrCreate()
+    return local_session(settings)
+
+
+def on_cluster() -> bool:
+    """True under spark-submit (the JVM started first and handed us a gateway) or on Databricks."""
+    return "PYSPARK_GATEWAY_PORT" in os.environ or "DATABRICKS_RUNTIME_VERSION" in os.environ
+
+
+def local_session(settings: SparkSettings) -> SparkSession:
+    """A local session with Delta Lake, few shuffle partitions and no UI: for laptops, CI and tests."""
+    os.environ.setdefault("PYSPARK_PYTHON", sys.executable)  # Python workers use this interpreter, not PATH's
+    builder = (
+        SparkSession.builder.master(settings.master)
+        .appName(settings.app_name)
+        .config("spark.jars", ",".join(str(jar) for jar in delta_jars()))
+        .config("spark.sql.extensions", DELTA_EXTENSION)
+        .config("spark.sql.catalog.spark_catalog", DELTA_CATALOG)
+        .config("spark.sql.shuffle.partitions", settings.shuffle_partitions)
+        .config("spark.driver.memory", settings.driver_memory)
+        .config("spark.ui.enabled", "false")
+        .config("spark.ui.showConsoleProgress", "false")
+        .config("spark.sql.session.timeZone", "UTC")
+        .config("spark.databricks.delta.snapshotPartitions", 2)
+        .config("spark.sql.execution.arrow.pyspark.enabled", "true")
+    )
+    spark = builder.getOrCreate()
+    spark.sparkContext.setLogLevel("ERROR")
+    return spark
+
+
+def delta_jars() -> list[Path]:
+    """The cached Delta Lake JARs (and the JDBC driver) that `scripts/setup.sh` downloaded."""
+    folder = Path(os.environ.get(JAR_CACHE_ENV, DEFAULT_JAR_CACHE))
+    jars = sorted(folder.glob("*.jar"))
+    if not any(jar.name.startswith("delta-spark") for jar in jars):
+        raise RuntimeError(
+            f"no Delta Lake JARs in {folder}: run `make setup` (or scripts/setup.sh) to fetch them from Maven Central, "
+            f"or point {JAR_CACHE_ENV} at a folder that has them"
+        )
+    return jars

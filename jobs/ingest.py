@@ -1,0 +1,8 @@
+"""spark-submit entry point for the `ingest` stage: `spark-submit jobs/ingest.py --conf conf/local.yaml [--set k=v]`."""
+
+import sys
+
+from behavior_spark.cli import main
+
+if __name__ == "__main__":
+    sys.exit(main(["ingest", *sys.argv[1:]]))

@@ -1,0 +1,85 @@
+#!/usr/bin/env bash
+# Set up everything behavior-spark needs on a fresh Linux x86_64 machine, idempotently:
+#   1. a virtual environment (.venv) with the exact pins of requirements/lock.txt;
+#   2. Horovod 0.28.1 built from source against that TensorFlow, with Gloo (recipe: ../shared/STACK.md);
+#   3. the Delta Lake (and PostgreSQL JDBC) JARs from Maven Central, cached in .cache/jars;
+#   4. a check that imports each piece and starts a Delta-enabled SparkSession.
+# Each step is skipped when its result is already there, so a second run takes seconds.
+set -euo pipefail
+cd "$(dirname "$0")/.."
+
+PYTHON="${PYTHON:-python3.11}"
+VENV=.venv
+JARS=.cache/jars
+HOROVOD_VERSION=0.28.1
+MAVEN_ARTIFACTS=(io.delta:delta-spark_2.13:4.0.1 io.delta:delta-storage:4.0.1 org.postgresql:postgresql:42.7.4)
+
+step() { printf '\n==> %s\n' "$*"; }
+fail() { printf '\nsetup failed: %s\n' "$*" >&2; exit 1; }
+
+command -v "$PYTHON" >/dev/null || fail "$PYTHON not found: behavior-spark needs Python 3.11 (see ../shared/STACK.md)"
+command -v java >/dev/null || fail "java not found: Spark 4 needs a Java 17 runtime (apt-get install openjdk-17-jre-headless)"
+command -v mvn >/dev/null || fail "mvn not found: it fetches the Delta Lake JARs from Maven Central (apt-get install maven)"
+
+lock_hash=$(cat requirements/lock.txt pyproject.toml | sha256sum | cut -c1-16)
+packages_stamp="$VENV/.packages-$lock_hash"
+changed=0
+
+if [[ ! -f "$packages_stamp" ]]; then
+  step "Python packages (requirements/lock.txt) into $VENV"
+  [[ -x "$VENV/bin/python" ]] || "$PYTHON" -m venv "$VENV"
+  "$VENV/bin/pip" install --quiet --upgrade "pip<25" "setuptools<70" wheel
+  "$VENV/bin/pip" install --quiet -r requirements/lock.txt
+  "$VENV/bin/pip" install --quiet --no-deps -e .
+  rm -f "$VENV"/.packages-*
+  touch "$packages_stamp"
+  changed=1
+fi
+
+if ! "$VENV/bin/python" -c "import horovod, sys; sys.exit(horovod.__version__ != '$HOROVOD_VERSION')" 2>/dev/null \
+   || ! "$VENV/bin/python" -c "import horovod.tensorflow" 2>/dev/null; then
+  step "Horovod $HOROVOD_VERSION from source with TensorFlow and Gloo (about 3 minutes on 2 cores)"
+  CMAKE_POLICY_VERSION_MINIMUM=3.5 \
+  HOROVOD_WITH_TENSORFLOW=1 HOROVOD_WITHOUT_PYTORCH=1 HOROVOD_WITHOUT_MXNET=1 \
+  HOROVOD_WITH_GLOO=1 HOROVOD_WITHOUT_MPI=1 HOROVOD_CPU_OPERATIONS=GLOO \
+    "$VENV/bin/pip" install --quiet --no-cache-dir --no-build-isolation "horovod==$HOROVOD_VERSION" \
+    || fail "the Horovod build failed: it needs cmake, g++ and the TensorFlow in $VENV"
+  changed=1
+fi
+
+mkdir -p "$JARS"
+for artifact in "${MAVEN_ARTIFACTS[@]}"; do
+  IFS=: read -r group name version <<<"$artifact"
+  if [[ ! -f "$JARS/$name-$version.jar" ]]; then
+    step "$artifact from Maven Central into $JARS"
+    mvn --batch-mode --quiet dependency:copy -Dartifact="$artifact" -DoutputDirectory="$JARS" \
+      || fail "could not fetch $artifact from Maven Central"
+    changed=1
+  fi
+done
+
+# spark-submit reads $SPARK_HOME/conf/spark-defaults.conf: point it at the same cached JARs, so that
+# `spark-submit jobs/<stage>.py` gets Delta Lake exactly as the local session does.
+spark_home=$("$VENV/bin/python" -c "import pyspark, os; print(os.path.dirname(pyspark.__file__))")
+mkdir -p "$spark_home/conf"
+defaults="$spark_home/conf/spark-defaults.conf"
+jar_list=$(ls "$PWD/$JARS"/*.jar | paste -sd, -)
+expected_defaults="spark.jars $jar_list
+spark.sql.extensions io.delta.sql.DeltaSparkSessionExtension
+spark.sql.catalog.spark_catalog org.apache.spark.sql.delta.catalog.DeltaCatalog
+spark.sql.session.timeZone UTC
+spark.pyspark.python $PWD/$VENV/bin/python"
+if [[ ! -f "$defaults" ]] || [[ "$(cat "$defaults")" != "$expected_defaults" ]]; then
+  printf '%s\n' "$expected_defaults" > "$defaults"
+  changed=1
+fi
+cmp -s conf/spark/log4j2.properties "$spark_home/conf/log4j2.properties" \
+  || cp conf/spark/log4j2.properties "$spark_home/conf/log4j2.properties"
+
+if [[ $changed == 1 || ! -f "$VENV/.stack-checked" ]]; then
+  step "checking the stack"
+  rm -f "$VENV/.stack-checked"
+  "$VENV/bin/python" scripts/check_stack.py
+  touch "$VENV/.stack-checked"
+fi
+echo "setup: ready ($VENV, $JARS)"
