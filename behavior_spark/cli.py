@@ -20,10 +20,20 @@ log = logging.getLogger("behavior_spark")
 def parse_args(argv: list[str]) -> argparse.Namespace:
     parser = argparse.ArgumentParser(prog="behavior-spark", description="Customer insight from behaviour logs.")
     parser.add_argument("stage", choices=STAGE_NAMES, help="the stage to run; `run` runs all of them in order")
-    parser.add_argument("--conf", type=Path, default=DEFAULT_CONF if DEFAULT_CONF.is_file() else None,
-                        help=f"settings file (default: {DEFAULT_CONF})")
-    parser.add_argument("--set", dest="overrides", action="append", default=[], metavar="SECTION.KEY=VALUE",
-                        help="override one setting; repeatable")
+    parser.add_argument(
+        "--conf",
+        type=Path,
+        default=DEFAULT_CONF if DEFAULT_CONF.is_file() else None,
+        help=f"settings file (default: {DEFAULT_CONF})",
+    )
+    parser.add_argument(
+        "--set",
+        dest="overrides",
+        action="append",
+        default=[],
+        metavar="SECTION.KEY=VALUE",
+        help="override one setting; repeatable",
+    )
     return parser.parse_args(argv)
 
 
@@ -61,8 +71,9 @@ def run(stage: str, settings: Settings) -> dict:
 
 def configure_logging(settings: Settings) -> None:
     """Our own progress at the configured level; every library's chatter only from WARNING up."""
-    logging.basicConfig(level=logging.WARNING, format="%(asctime)s %(levelname)s %(name)s: %(message)s",
-                        stream=sys.stderr)
+    logging.basicConfig(
+        level=logging.WARNING, format="%(asctime)s %(levelname)s %(name)s: %(message)s", stream=sys.stderr
+    )
     log.setLevel(settings.log.level)
     # Inherited by Spark's Python workers and the Horovod processes, which start after this.
     os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")

@@ -52,12 +52,16 @@ class GenerateSettings:
 
 @dataclasses.dataclass(frozen=True)
 class IngestSettings:
-    input: str = "lakehouse/raw/events"
-    format: str = "csv"  # csv | json | parquet
+    input: str = "lakehouse/raw/events"  # a file, folder or glob; new files are picked up on the next run
+    source: str = "conf/sources/rees46.yaml"  # the layout mapping of the raw files
+    max_files_per_trigger: int = 1000  # files per batch when a backlog is ingested
     session_gap_minutes: int = 30
     bot_events_per_minute: int = 30  # a user above this rate in any minute is treated as a bot
     max_price: float = 100_000.0
-    pseudonym_key_env: str = "BEHAVIOR_SPARK_PSEUDONYM_KEY"
+    earliest_event_date: dt.date = dt.date(2000, 1, 1)
+    max_future_hours: int = 24  # events stamped later than now + this are quarantined
+    pseudonym_key_env: str = "BEHAVIOR_SPARK_PSEUDONYM_KEY"  # names the variable; the key is never a setting
+    identity_map: str | None = None  # where to keep pseudonym -> raw id for warehouse export; None: nowhere
 
 
 @dataclasses.dataclass(frozen=True)
@@ -113,15 +117,27 @@ class Settings:
 
 _CHOICES = {
     "generate.format": {"csv", "json"},
-    "ingest.format": {"csv", "json", "parquet"},
-    "features.label_event": {"view", "cart", "remove_from_cart", "purchase"},
+    "features.label_event": {"view", "cart", "remove_from_cart", "purchase", "wishlist"},
     "log.level": {"DEBUG", "INFO", "WARNING", "ERROR"},
 }
 _POSITIVE = {
-    "spark.shuffle_partitions", "generate.rows", "generate.days", "generate.files", "ingest.session_gap_minutes",
-    "ingest.bot_events_per_minute", "features.label_window_days", "features.sequence_length",
-    "features.category_buckets", "train.num_proc", "train.epochs", "train.batch_size", "train.learning_rate",
-    "score.batch_size", "segment.k", "ingest.max_price",
+    "spark.shuffle_partitions",
+    "generate.rows",
+    "generate.days",
+    "generate.files",
+    "ingest.session_gap_minutes",
+    "ingest.bot_events_per_minute",
+    "features.label_window_days",
+    "features.sequence_length",
+    "features.category_buckets",
+    "train.num_proc",
+    "train.epochs",
+    "train.batch_size",
+    "train.learning_rate",
+    "score.batch_size",
+    "segment.k",
+    "ingest.max_price",
+    "ingest.max_files_per_trigger",
 }
 
 
@@ -214,7 +230,7 @@ def _coerce(value: Any, kind: Any, key: str) -> Any:
         return value
     if kind is int and isinstance(value, int) and not isinstance(value, bool):
         return value
-    if kind is float and isinstance(value, (int, float)) and not isinstance(value, bool):
+    if kind is float and isinstance(value, int | float) and not isinstance(value, bool):
         return float(value)
     if kind is str and isinstance(value, str):
         return value
@@ -240,8 +256,11 @@ def _check_values(settings: Settings) -> None:
             if key in _POSITIVE and value <= 0:
                 raise ConfigError(f"setting {key!r} must be positive, got {value!r}")
     features = settings.features
-    if not (0 < features.split_train and 0 <= features.split_validation and
-            features.split_train + features.split_validation < 1):
+    if not (
+        0 < features.split_train
+        and 0 <= features.split_validation
+        and features.split_train + features.split_validation < 1
+    ):
         raise ConfigError(
             "settings 'features.split_train' and 'features.split_validation' must be fractions that leave a test "
             f"split, got {features.split_train} and {features.split_validation}"
@@ -249,7 +268,13 @@ def _check_values(settings: Settings) -> None:
 
 
 def _type_name(kind: Any) -> str:
-    names = {int: "an integer", float: "a number", str: "a string", bool: "true or false", dt.date: "a date (YYYY-MM-DD)"}
+    names = {
+        int: "an integer",
+        float: "a number",
+        str: "a string",
+        bool: "true or false",
+        dt.date: "a date (YYYY-MM-DD)",
+    }
     if isinstance(kind, types.UnionType):
         return " or ".join(names.get(k, "null") for k in typing.get_args(kind))
     return names.get(kind, getattr(kind, "__name__", str(kind)))

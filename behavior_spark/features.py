@@ -19,7 +19,8 @@ from behavior_spark.config import FeatureSettings, Settings
 
 log = logging.getLogger(__name__)
 
-EVENT_TYPE_IDS = {"view": 1, "cart": 2, "remove_from_cart": 3, "purchase": 4}  # 0 pads the sequence
+EVENT_TYPE_IDS = {"view": 1, "cart": 2, "remove_from_cart": 3, "purchase": 4, "wishlist": 5}  # 0 pads
+FUNNEL_EVENTS = ["view", "cart", "remove_from_cart", "purchase"]
 GAP_BUCKET_SECONDS = [60, 600, 3_600, 86_400, 7 * 86_400]  # sequence gap buckets: 1 = first, 2.. = up to each bound
 GAP_BUCKETS = len(GAP_BUCKET_SECONDS) + 3  # pad, first, one per bound, beyond the last
 WINDOW_DAYS = [7, 30, 90]
@@ -28,11 +29,23 @@ SEQUENCE_COLUMNS = ["seq_event_type", "seq_category", "seq_gap_bucket"]
 
 
 def numeric_feature_names() -> list[str]:
-    windowed = [f"{event}_{days}d" for days in WINDOW_DAYS for event in EVENT_TYPE_IDS]
+    windowed = [f"{event}_{days}d" for days in WINDOW_DAYS for event in FUNNEL_EVENTS]
     return [
-        "days_since_last_event", "days_since_last_purchase", "tenure_days", "events", "purchases", "revenue",
-        "avg_order_value", *windowed, "sessions", "events_per_session", "view_to_cart", "cart_to_purchase",
-        "weekend_share", "evening_share", "distinct_categories",
+        "days_since_last_event",
+        "days_since_last_purchase",
+        "tenure_days",
+        "events",
+        "purchases",
+        "revenue",
+        "avg_order_value",
+        *windowed,
+        "sessions",
+        "events_per_session",
+        "view_to_cart",
+        "cart_to_purchase",
+        "weekend_share",
+        "evening_share",
+        "distinct_categories",
     ]
 
 
@@ -46,8 +59,11 @@ def run(spark: SparkSession, settings: Settings) -> dict:
     lake.overwrite(features, settings.lake, lake.FEATURES, userMetadata=f"events_version={events_version}")
     stats = normalisation_stats(lake.read(spark, settings.lake, lake.FEATURES).filter(F.col("split") == "train"))
     lake.overwrite(stats, settings.lake, lake.FEATURE_STATS)
-    return {"cutoff": cutoff.isoformat(), "events_version": events_version,
-            "features_version": lake.version(spark, settings.lake, lake.FEATURES)}
+    return {
+        "cutoff": cutoff.isoformat(),
+        "events_version": events_version,
+        "features_version": lake.version(spark, settings.lake, lake.FEATURES),
+    }
 
 
 def default_cutoff(events: DataFrame, label_window_days: int) -> dt.date:
@@ -66,7 +82,9 @@ def build_features(events: DataFrame, cutoff: dt.date, cfg: FeatureSettings) -> 
     future = events.filter((F.col("event_time") >= cutoff_ts) & (F.col("event_time") < F.lit(label_end)))
     labels = (
         future.filter(F.col("event_type") == cfg.label_event)
-        .select("customer_id").distinct().withColumn("label", F.lit(1))
+        .select("customer_id")
+        .distinct()
+        .withColumn("label", F.lit(1))
     )
     return (
         aggregates(history, cutoff_ts)
@@ -86,51 +104,63 @@ def build_features(events: DataFrame, cutoff: dt.date, cfg: FeatureSettings) -> 
 def aggregates(history: DataFrame, cutoff_ts: Column) -> DataFrame:
     """Recency, frequency, monetary, windowed counts, session and time-pattern features in one pass."""
     days_before = (cutoff_ts.cast("long") - F.col("event_time").cast("long")) / 86_400.0
-    is_type = {event: F.col("event_type") == event for event in EVENT_TYPE_IDS}
+    is_type = {event: F.col("event_type") == event for event in FUNNEL_EVENTS}
     windowed = [
         F.count(F.when(is_type[event] & (days_before <= days), 1)).alias(f"{event}_{days}d")
         for days in WINDOW_DAYS
-        for event in EVENT_TYPE_IDS
+        for event in FUNNEL_EVENTS
     ]
     weekend = F.dayofweek("event_time").isin(1, 7)
     evening = F.hour("event_time").between(17, 22)
-    grouped = history.withColumn("days_before", days_before).groupBy("customer_id").agg(
-        F.min("days_before").alias("days_since_last_event"),
-        F.min(F.when(is_type["purchase"], F.col("days_before"))).alias("days_since_last_purchase"),
-        F.max("days_before").alias("tenure_days"),
-        F.count(F.lit(1)).alias("events"),
-        F.count(F.when(is_type["purchase"], 1)).alias("purchases"),
-        F.coalesce(F.sum(F.when(is_type["purchase"], F.col("price"))), F.lit(0.0)).alias("revenue"),
-        F.count(F.when(is_type["view"], 1)).alias("_views"),
-        F.count(F.when(is_type["cart"], 1)).alias("_carts"),
-        *windowed,
-        F.max("session_number").alias("sessions"),
-        F.avg(weekend.cast("double")).alias("weekend_share"),
-        F.avg(evening.cast("double")).alias("evening_share"),
-        F.approx_count_distinct("category_id").alias("distinct_categories"),
+    grouped = (
+        history.withColumn("days_before", days_before)
+        .groupBy("customer_id")
+        .agg(
+            F.min("days_before").alias("days_since_last_event"),
+            F.min(F.when(is_type["purchase"], F.col("days_before"))).alias("days_since_last_purchase"),
+            F.max("days_before").alias("tenure_days"),
+            F.count(F.lit(1)).alias("events"),
+            F.count(F.when(is_type["purchase"], 1)).alias("purchases"),
+            F.coalesce(F.sum(F.when(is_type["purchase"], F.col("price") * F.col("quantity"))), F.lit(0.0)).alias(
+                "revenue"
+            ),
+            F.count(F.when(is_type["view"], 1)).alias("_views"),
+            F.count(F.when(is_type["cart"], 1)).alias("_carts"),
+            *windowed,
+            F.approx_count_distinct("session_id").alias("sessions"),
+            F.avg(weekend.cast("double")).alias("weekend_share"),
+            F.avg(evening.cast("double")).alias("evening_share"),
+            F.approx_count_distinct("category_id").alias("distinct_categories"),
+        )
     )
-    return grouped.select(
-        "*",
-        F.coalesce(F.col("days_since_last_purchase"), F.lit(NO_PURCHASE_DAYS)).alias("_since_purchase"),
-        (F.col("revenue") / F.greatest(F.col("purchases"), F.lit(1))).alias("avg_order_value"),
-        (F.col("events") / F.col("sessions")).alias("events_per_session"),
-        (F.col("_carts") / F.greatest(F.col("_views"), F.lit(1))).alias("view_to_cart"),
-        (F.col("purchases") / F.greatest(F.col("_carts"), F.lit(1))).alias("cart_to_purchase"),
-    ).drop("days_since_last_purchase", "_views", "_carts").withColumnRenamed("_since_purchase", "days_since_last_purchase")
+    return (
+        grouped.select(
+            "*",
+            F.coalesce(F.col("days_since_last_purchase"), F.lit(NO_PURCHASE_DAYS)).alias("_since_purchase"),
+            (F.col("revenue") / F.greatest(F.col("purchases"), F.lit(1))).alias("avg_order_value"),
+            (F.col("events") / F.col("sessions")).alias("events_per_session"),
+            (F.col("_carts") / F.greatest(F.col("_views"), F.lit(1))).alias("view_to_cart"),
+            (F.col("purchases") / F.greatest(F.col("_carts"), F.lit(1))).alias("cart_to_purchase"),
+        )
+        .drop("days_since_last_purchase", "_views", "_carts")
+        .withColumnRenamed("_since_purchase", "days_since_last_purchase")
+    )
 
 
 def recent_sequences(history: DataFrame, length: int, category_buckets: int) -> DataFrame:
     """The last `length` events per customer as fixed-length int arrays: left-padded with 0, most recent last."""
-    latest_first = Window.partitionBy("customer_id").orderBy(F.desc("event_time"), F.desc("event_type"),
-                                                             F.desc("product_id"))
+    latest_first = Window.partitionBy("customer_id").orderBy(
+        F.desc("event_time"), F.desc("event_type"), F.desc("product_id")
+    )
     previous_ts = F.lead(F.col("event_time").cast("long")).over(latest_first)
     gap = F.col("event_time").cast("long") - previous_ts
     gap_bucket = F.when(gap.isNull(), 1)
     for i, bound in enumerate(GAP_BUCKET_SECONDS):
         gap_bucket = gap_bucket.when(gap <= bound, i + 2)
     gap_bucket = gap_bucket.otherwise(len(GAP_BUCKET_SECONDS) + 2)
-    event_type_id = F.element_at(F.create_map(*[F.lit(x) for kv in EVENT_TYPE_IDS.items() for x in kv]),
-                                 F.col("event_type"))
+    event_type_id = F.element_at(
+        F.create_map(*[F.lit(x) for kv in EVENT_TYPE_IDS.items() for x in kv]), F.col("event_type")
+    )
     category = 1 + F.pmod(F.xxhash64(F.coalesce(F.col("category_id"), F.lit(-1))), F.lit(category_buckets - 1))
     recent = (
         history.select(
@@ -142,15 +172,21 @@ def recent_sequences(history: DataFrame, length: int, category_buckets: int) -> 
         )
         .filter(F.col("recency_rank") <= length)
         .groupBy("customer_id")
-        .agg(F.sort_array(F.collect_list(F.struct(
-            (-F.col("recency_rank")).alias("order"), "event_type_id", "category_bucket", "gap_bucket"
-        ))).alias("recent"))
+        .agg(
+            F.sort_array(
+                F.collect_list(
+                    F.struct((-F.col("recency_rank")).alias("order"), "event_type_id", "category_bucket", "gap_bucket")
+                )
+            ).alias("recent")
+        )
     )
     padding = F.array_repeat(F.lit(0), F.lit(length) - F.size("recent"))
     return recent.select(
         "customer_id",
-        *(F.concat(padding, F.col(f"recent.{field}")).alias(name)
-          for field, name in zip(["event_type_id", "category_bucket", "gap_bucket"], SEQUENCE_COLUMNS)),
+        *(
+            F.concat(padding, F.col(f"recent.{field}")).alias(name)
+            for field, name in zip(["event_type_id", "category_bucket", "gap_bucket"], SEQUENCE_COLUMNS, strict=False)
+        ),
     )
 
 
@@ -175,18 +211,28 @@ def model_input_value(name: str) -> Column:
 def normalisation_stats(train: DataFrame) -> DataFrame:
     """Mean and standard deviation of each model input on the training split: one small row per feature."""
     names = numeric_feature_names()
-    row = train.agg(*(agg(model_input_value(n)).alias(f"{n}__{label}")
-                      for n in names for agg, label in [(F.avg, "mean"), (F.stddev_pop, "std")])).first()
+    row = train.agg(
+        *(
+            agg(model_input_value(n)).alias(f"{n}__{label}")
+            for n in names
+            for agg, label in [(F.avg, "mean"), (F.stddev_pop, "std")]
+        )
+    ).first()
     return train.sparkSession.createDataFrame(
         [(n, float(row[f"{n}__mean"] or 0.0), float(row[f"{n}__std"] or 0.0)) for n in names],
-        T.StructType([T.StructField("feature", T.StringType(), False),
-                      T.StructField("mean", T.DoubleType(), False),
-                      T.StructField("std", T.DoubleType(), False)]),
+        T.StructType(
+            [
+                T.StructField("feature", T.StringType(), False),
+                T.StructField("mean", T.DoubleType(), False),
+                T.StructField("std", T.DoubleType(), False),
+            ]
+        ),
     )
 
 
 def model_inputs(features: DataFrame, stats: dict[str, tuple[float, float]]) -> DataFrame:
     """The standardised numeric vector (`numeric`, float32) beside the sequences: what the model consumes."""
+
     def standardised(name: str) -> Column:
         mean, std = stats[name]
         return (model_input_value(name) - mean) / (std if std > 1e-9 else 1.0)
@@ -198,4 +244,3 @@ def model_inputs(features: DataFrame, stats: dict[str, tuple[float, float]]) -> 
 def read_stats(spark: SparkSession, settings: Settings) -> dict[str, tuple[float, float]]:
     rows = lake.read(spark, settings.lake, lake.FEATURE_STATS).collect()  # one row per feature, never per customer
     return {r["feature"]: (r["mean"], r["std"]) for r in rows}
-

@@ -24,21 +24,70 @@ from pyspark.sql import functions as F
 from behavior_spark.config import GenerateSettings, Settings
 
 RAW_COLUMNS = [
-    "event_time", "event_type", "product_id", "category_id", "category_code", "brand", "price", "user_id",
+    "event_time",
+    "event_type",
+    "product_id",
+    "category_id",
+    "category_code",
+    "brand",
+    "price",
+    "user_id",
     "user_session",
 ]
 CATEGORY_CODES = [
-    "electronics.smartphone", "electronics.audio.headphone", "electronics.video.tv", "electronics.clocks",
-    "electronics.tablet", "computers.notebook", "computers.desktop", "computers.peripherals.printer",
-    "appliances.kitchen.refrigerators", "appliances.kitchen.washer", "appliances.environment.vacuum",
-    "appliances.kitchen.kettle", "apparel.shoes", "apparel.shoes.keds", "apparel.costume", "furniture.bedroom.bed",
-    "furniture.living_room.sofa", "furniture.kitchen.table", "kids.toys", "kids.carriage", "sport.bicycle",
-    "sport.tennis", "auto.accessories.player", "construction.tools.drill", "accessories.bag", "country_yard.lawn_mower",
-    "medicine.tools.tonometer", "stationery.cartrige", "", "",  # REES46 leaves many category codes empty
+    "electronics.smartphone",
+    "electronics.audio.headphone",
+    "electronics.video.tv",
+    "electronics.clocks",
+    "electronics.tablet",
+    "computers.notebook",
+    "computers.desktop",
+    "computers.peripherals.printer",
+    "appliances.kitchen.refrigerators",
+    "appliances.kitchen.washer",
+    "appliances.environment.vacuum",
+    "appliances.kitchen.kettle",
+    "apparel.shoes",
+    "apparel.shoes.keds",
+    "apparel.costume",
+    "furniture.bedroom.bed",
+    "furniture.living_room.sofa",
+    "furniture.kitchen.table",
+    "kids.toys",
+    "kids.carriage",
+    "sport.bicycle",
+    "sport.tennis",
+    "auto.accessories.player",
+    "construction.tools.drill",
+    "accessories.bag",
+    "country_yard.lawn_mower",
+    "medicine.tools.tonometer",
+    "stationery.cartrige",
+    "",
+    "",  # REES46 leaves many category codes empty
 ]
 BRANDS = [
-    "samsung", "apple", "xiaomi", "huawei", "lg", "sony", "bosch", "lenovo", "acer", "hp", "asus", "philips",
-    "nike", "adidas", "puma", "indesit", "lego", "canon", "oppo", "redmond", "",
+    "samsung",
+    "apple",
+    "xiaomi",
+    "huawei",
+    "lg",
+    "sony",
+    "bosch",
+    "lenovo",
+    "acer",
+    "hp",
+    "asus",
+    "philips",
+    "nike",
+    "adidas",
+    "puma",
+    "indesit",
+    "lego",
+    "canon",
+    "oppo",
+    "redmond",
+    "",
 ]
 EVENTS_PER_USER = 35  # measured mean of the shape below; sizes the user base for a requested row count
 FIRST_USER_ID = 510_000_000
@@ -126,9 +175,9 @@ def _cycle_sessions(users: DataFrame, settings: GenerateSettings) -> DataFrame:
             "user_idx",
             (F.col("user_idx") * 100_000 + 50_000 + F.col("cycle_no") * 10 + F.col("step")).alias("session_key"),
             F.lit("cycle").alias("kind"),
-            (
-                F.col("purchase_s") - (F.col("n_steps") - F.col("step")) * F.col("step_days") * 86_400
-            ).cast("long").alias("start_s"),
+            (F.col("purchase_s") - (F.col("n_steps") - F.col("step")) * F.col("step_days") * 86_400)
+            .cast("long")
+            .alias("start_s"),
             (F.col("step") == F.col("n_steps")).alias("is_final"),
         )
     )
@@ -219,10 +268,13 @@ def _as_raw_rows(events: DataFrame, seed: int, start_date: dt.date) -> DataFrame
     """Strings as a source system writes them, REES46 style (`2019-10-01 00:00:04 UTC`)."""
     session_hash = F.md5(F.concat_ws(":", F.lit(seed), F.col("session_key")))
     uuid = F.concat_ws(
-        "-", *(F.substring(session_hash, start, length) for start, length in [(1, 8), (9, 4), (13, 4), (17, 4), (21, 12)])
+        "-",
+        *(F.substring(session_hash, start, length) for start, length in [(1, 8), (9, 4), (13, 4), (17, 4), (21, 12)]),
     )
     return events.select(
-        F.date_format(F.timestamp_seconds(F.lit(_epoch_seconds(start_date)) + F.col("offset_s")), "yyyy-MM-dd HH:mm:ss 'UTC'").alias("event_time"),
+        F.date_format(
+            F.timestamp_seconds(F.lit(_epoch_seconds(start_date)) + F.col("offset_s")), "yyyy-MM-dd HH:mm:ss 'UTC'"
+        ).alias("event_time"),
         "event_type",
         F.col("product_id").cast("string").alias("product_id"),
         F.col("category_id").cast("string").alias("category_id"),
@@ -242,22 +294,27 @@ def _with_dirt(raw: DataFrame, seed: int) -> DataFrame:
     return (
         raw.withColumn(
             "user_id",
-            F.when(draw < DIRT["null_user"], F.lit(None)).when(draw < DIRT["blank_user"], " ").otherwise(F.col("user_id")),
+            F.when(draw < DIRT["null_user"], F.lit(None))
+            .when(draw < DIRT["blank_user"], " ")
+            .otherwise(F.col("user_id")),
         )
         .withColumn(
             "event_time",
-            F.when((draw >= DIRT["blank_user"]) & (draw < DIRT["bad_timestamp"]), F.lit("2026-02-30 25:61:00 UTC"))
-            .otherwise(F.col("event_time")),
+            F.when(
+                (draw >= DIRT["blank_user"]) & (draw < DIRT["bad_timestamp"]), F.lit("2026-02-30 25:61:00 UTC")
+            ).otherwise(F.col("event_time")),
         )
         .withColumn(
             "price",
-            F.when((draw >= DIRT["bad_timestamp"]) & (draw < DIRT["negative_price"]), F.concat(F.lit("-"), "price"))
-            .otherwise(F.col("price")),
+            F.when(
+                (draw >= DIRT["bad_timestamp"]) & (draw < DIRT["negative_price"]), F.concat(F.lit("-"), "price")
+            ).otherwise(F.col("price")),
         )
         .withColumn(
             "event_type",
-            F.when((draw >= DIRT["negative_price"]) & (draw < DIRT["unknown_event"]), F.lit("click"))
-            .otherwise(F.col("event_type")),
+            F.when((draw >= DIRT["negative_price"]) & (draw < DIRT["unknown_event"]), F.lit("click")).otherwise(
+                F.col("event_type")
+            ),
         )
         .select("*", F.explode(F.array_repeat(F.lit(1), copies)).alias("_copy"))
         .sortWithinPartitions("_order")
@@ -271,4 +328,4 @@ def _one_to(n: Column) -> Column:
 
 
 def _epoch_seconds(day: dt.date) -> int:
-    return int(dt.datetime.combine(day, dt.time(), tzinfo=dt.timezone.utc).timestamp())
+    return int(dt.datetime.combine(day, dt.time(), tzinfo=dt.UTC).timestamp())

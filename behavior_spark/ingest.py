@@ -1,8 +1,11 @@
 """Ingest: raw event logs into a trusted, pseudonymised, sessionised Delta table, with every row accounted for.
 
-Each raw row gets exactly one status: a quarantine reason, `duplicate`, `bot` or `clean`. Clean rows become the
-events table, quarantined rows keep their raw content and reason, and one audit row per run records how many rows
-went where. The run fails if the counts Delta wrote do not add up to the rows read.
+New raw files are found by a Structured Streaming file source (`trigger(availableNow=True)` and a checkpoint), so
+files that arrive later are processed once and only once. In each batch every raw row gets exactly one status: a
+quarantine reason, `duplicate` (a second copy within the batch), `replay` (already in the table), `bot` or
+`clean`. Clean rows are MERGEd into the events table on their event key, which makes a re-run change nothing; the
+quarantine keeps rejected rows with their raw text and reason; an audit row per batch records where every row went,
+and the batch fails if those counts and what Delta wrote do not add up.
 """
 
 from __future__ import annotations
@@ -13,27 +16,49 @@ import logging
 import os
 import uuid
 
+from delta.tables import DeltaTable
 from pyspark import StorageLevel
+from pyspark.errors import StreamingQueryException
 from pyspark.sql import Column, DataFrame, SparkSession, Window
 from pyspark.sql import functions as F
 from pyspark.sql import types as T
 
-from behavior_spark import lake
+from behavior_spark import lake, sources
 from behavior_spark.config import ConfigError, IngestSettings, Settings
-from behavior_spark.generate import RAW_COLUMNS
+from behavior_spark.sources import EVENT_TYPES, SourceMapping
 
 log = logging.getLogger(__name__)
 
-EVENT_TYPES = ["view", "cart", "remove_from_cart", "purchase"]
-REES46_TIME_FORMAT = "yyyy-MM-dd HH:mm:ss 'UTC'"
-EARLIEST_EVENT = dt.datetime(2000, 1, 1)
-CORRUPT = "_corrupt_record"
-EVENT_KEY = ["user_id", "event_type", "product_id", "event_time"]  # same user, type, item and time: a replay
-CLEAN, DUPLICATE, BOT = "clean", "duplicate", "bot"
-EVENTS_COLUMNS = [
-    "event_time", "event_date", "event_type", "product_id", "category_id", "category_code", "brand", "price",
-    "customer_id", "session_id", "session_number",
-]
+CLEAN, DUPLICATE, REPLAY, BOT = "clean", "duplicate", "replay", "bot"
+NOT_QUARANTINED = (CLEAN, DUPLICATE, REPLAY, BOT)
+SESSION_CONTEXT_DAYS = 1  # existing events this close to a batch's events are re-sessionised with it
+EVENTS_SCHEMA = T.StructType(
+    [
+        T.StructField("event_id", T.StringType(), False),
+        T.StructField("event_time", T.TimestampType(), False),
+        T.StructField("event_date", T.DateType(), False),
+        T.StructField("event_type", T.StringType(), False),
+        T.StructField("product_id", T.LongType(), True),
+        T.StructField("category_id", T.LongType(), True),
+        T.StructField("category_code", T.StringType(), True),
+        T.StructField("brand", T.StringType(), True),
+        T.StructField("price", T.DoubleType(), True),
+        T.StructField("quantity", T.IntegerType(), False),
+        T.StructField("customer_id", T.StringType(), False),
+        T.StructField("session_id", T.StringType(), False),
+    ]
+)
+EVENTS_COLUMNS = EVENTS_SCHEMA.fieldNames()
+CHECK_CONSTRAINTS = {
+    "known_event_type": "event_type IN ({})".format(", ".join(f"'{t}'" for t in EVENT_TYPES)),
+    "non_negative_price": "price IS NULL OR price >= 0",
+    "positive_quantity": "quantity > 0",
+    "date_matches_time": "event_date = CAST(event_time AS DATE)",
+}
+
+
+class IngestError(RuntimeError):
+    """The input cannot be ingested as asked (for example: it has no rows)."""
 
 
 class ReconciliationError(RuntimeError):
@@ -41,35 +66,99 @@ class ReconciliationError(RuntimeError):
 
 
 def run(spark: SparkSession, settings: Settings) -> dict:
-    """Read the raw logs, clean them, write the events, quarantine and audit tables; return the audit row."""
+    """Ingest every raw file not yet ingested; return the totals of this run's batches."""
     cfg = settings.ingest
+    mapping = sources.load_mapping(cfg.source)
     key = pseudonym_key(cfg)
-    raw = read_raw(spark, cfg)
-    classified = classify(parse_rees46(raw, cfg), cfg).persist(StorageLevel.MEMORY_AND_DISK)
+    if not _path_exists(spark, cfg.input):
+        raise ConfigError(f"setting 'ingest.input': no such path {cfg.input}")
+    schema = sources.raw_schema(spark, mapping, cfg.input)
+    ensure_events_table(spark, lake.path(settings.lake, lake.EVENTS))
+    checkpoint = lake.path(settings.lake, f"_checkpoints/ingest-{mapping.name}-{_short_hash(cfg.input)}")
+    audits: list[dict] = []
+
+    def ingest_batch(batch: DataFrame, batch_id: int) -> None:
+        audit = process_batch(spark, batch, batch_id, mapping, key, settings)
+        log.info("ingest batch %d: %s", batch_id, {k: audit[k] for k in AUDIT_SUMMARY})
+        audits.append(audit)
+
+    stream = sources.read_stream(spark, mapping, cfg.input, schema, cfg.max_files_per_trigger)
+    query = (
+        stream.writeStream.foreachBatch(ingest_batch)
+        .option("checkpointLocation", checkpoint)
+        .trigger(availableNow=True)
+        .start()
+    )
     try:
-        by_status = {row["status"]: row["count"] for row in classified.groupBy("status").count().collect()}
-        quarantine = classified.filter(~F.col("status").isin(CLEAN, DUPLICATE, BOT)).transform(to_quarantine_rows)
-        lake.overwrite(quarantine, settings.lake, lake.QUARANTINE)
-        quarantined_written = int(lake.last_commit_metrics(spark, settings.lake, lake.QUARANTINE)["numOutputRows"])
-        events = (
-            classified.filter(F.col("status") == CLEAN)
-            .transform(with_customer_id, key)
-            .transform(with_sessions, cfg.session_gap_minutes)
-            .select(*EVENTS_COLUMNS)
+        query.awaitTermination()
+    except StreamingQueryException as error:
+        raise _cause_of(error) from None
+    totals = {k: sum(a[k] for a in audits) for k in AUDIT_SUMMARY}
+    if totals["rows_read"] == 0 and lake.read(spark, settings.lake, lake.EVENTS).isEmpty():
+        raise IngestError(f"no rows to ingest in {cfg.input}: the input is empty")
+    reasons: dict[str, int] = {}
+    for audit in audits:
+        for reason, count in audit["quarantined_by_reason"].items():
+            reasons[reason] = reasons.get(reason, 0) + count
+    return {
+        "batches": len(audits),
+        **totals,
+        "quarantined_by_reason": reasons,
+        "events_version": lake.version(spark, settings.lake, lake.EVENTS),
+    }
+
+
+def process_batch(
+    spark: SparkSession, batch: DataFrame, batch_id: int, mapping: SourceMapping, key: bytes, settings: Settings
+) -> dict:
+    """Classify, quarantine, MERGE and audit one batch of raw rows."""
+    cfg = settings.ingest
+    events_path = lake.path(settings.lake, lake.EVENTS)
+    batch = batch.persist(StorageLevel.MEMORY_AND_DISK)
+    classified = (
+        sources.canonical(batch, mapping)
+        .withColumn("reject_reason", reject_reason(cfg))
+        .transform(pseudonymise, key)
+        .transform(classify, cfg.bot_events_per_minute)
+        .persist(StorageLevel.MEMORY_AND_DISK)
+    )
+    try:
+        rows_read = batch.count()
+        by_status = {r["status"]: r["count"] for r in classified.groupBy("status").count().collect()}
+        files = sorted(r[0] for r in batch.select("source_file").distinct().collect())  # bounded by maxFilesPerTrigger
+        quarantined_written = write_quarantine(classified, files, settings)
+        if cfg.identity_map:
+            write_identity_map(classified.filter(F.col("status") == CLEAN), cfg.identity_map)
+        events_before = spark.read.format("delta").load(events_path).count()
+        merge_metrics = merge_events(
+            spark, classified.filter(F.col("status") == CLEAN), events_path, cfg.session_gap_minutes
         )
-        lake.overwrite(events, settings.lake, lake.EVENTS, partition_by=["event_date"])
-        clean_written = int(lake.last_commit_metrics(spark, settings.lake, lake.EVENTS)["numOutputRows"])
+        events_after = spark.read.format("delta").load(events_path).count()
     finally:
         classified.unpersist()
+        batch.unpersist()
+    inserted = int(merge_metrics.get("numTargetRowsInserted", 0))
     audit = audit_row(
-        rows_read=raw.count(),
-        by_status=by_status,
-        clean_written=clean_written,
-        quarantined_written=quarantined_written,
-        events_version=lake.version(spark, settings.lake, lake.EVENTS),
-        source=cfg.input,
+        batch_id,
+        mapping.name,
+        cfg.input,
+        len(files),
+        rows_read,
+        by_status,
+        inserted,
+        quarantined_written,
+        events_after - events_before,
+        int(merge_metrics.get("numTargetRowsUpdated", 0)),
+        lake.version(spark, settings.lake, lake.EVENTS),
     )
-    lake.append(spark.createDataFrame([audit], AUDIT_SCHEMA), settings.lake, lake.INGEST_AUDIT)
+    (
+        spark.createDataFrame([audit], AUDIT_SCHEMA)
+        .write.format("delta")
+        .mode("append")
+        .option("txnAppId", f"ingest-audit-{mapping.name}-{_short_hash(cfg.input)}")
+        .option("txnVersion", batch_id)
+        .save(lake.path(settings.lake, lake.INGEST_AUDIT))
+    )
     check_reconciliation(audit)
     return audit
 
@@ -85,86 +174,29 @@ def pseudonym_key(cfg: IngestSettings) -> bytes:
     return value.encode()
 
 
-def read_raw(spark: SparkSession, cfg: IngestSettings) -> DataFrame:
-    """The raw rows as strings, with their source file; a line that does not fit the layout keeps its text."""
-    schema = T.StructType([T.StructField(name, T.StringType()) for name in RAW_COLUMNS])
-    if not _path_exists(spark, cfg.input):
-        raise ConfigError(f"setting 'ingest.input': no such path {cfg.input}")
-    if cfg.format == "csv":
-        reader = spark.read.option("header", True).option("mode", "PERMISSIVE")
-        reader = reader.option("columnNameOfCorruptRecord", CORRUPT).schema(schema.add(CORRUPT, T.StringType()))
-        df = reader.csv(cfg.input)
-    elif cfg.format == "json":
-        df = spark.read.schema(schema.add(CORRUPT, T.StringType())).option("columnNameOfCorruptRecord", CORRUPT).json(
-            cfg.input
-        )
-    else:
-        df = spark.read.parquet(cfg.input).select(*(F.col(c).cast("string") for c in RAW_COLUMNS))
-        df = df.withColumn(CORRUPT, F.lit(None).cast("string"))
-    return df.withColumn("source_file", F.col("_metadata.file_path"))
-
-
-def parse_rees46(raw: DataFrame, cfg: IngestSettings) -> DataFrame:
-    """Typed columns beside the raw strings, and the first reason (if any) the row cannot be trusted."""
-    event_time = F.try_to_timestamp(F.trim("event_time"), F.lit(REES46_TIME_FORMAT))
-    price = F.col("price").try_cast("double")
-    product_id = F.col("product_id").try_cast("long")
-    user_id = F.trim("user_id")
-    reason = (
-        F.when(F.col(CORRUPT).isNotNull(), "malformed_line")
-        .when(user_id.isNull() | (user_id == ""), "missing_user_id")
-        .when(event_time.isNull(), "unparseable_timestamp")
-        .when((event_time < F.lit(EARLIEST_EVENT)) | (event_time > F.current_timestamp() + F.expr("INTERVAL 1 DAY")),
-              "timestamp_out_of_range")
-        .when(~F.col("event_type").isin(EVENT_TYPES) | F.col("event_type").isNull(), "unknown_event_type")
-        .when(product_id.isNull(), "missing_product_id")
-        .when(F.col("price").isNotNull() & price.isNull(), "unparseable_price")
-        .when((price < 0) | (price > cfg.max_price), "invalid_price")
-    )
-    return raw.select(
-        F.to_json(F.struct(*RAW_COLUMNS)).alias("raw"),
-        F.col(CORRUPT),
-        "source_file",
-        reason.alias("reject_reason"),
-        event_time.alias("event_time"),
-        F.col("event_type"),
-        product_id.alias("product_id"),
-        F.col("category_id").try_cast("long").alias("category_id"),
-        F.nullif(F.trim("category_code"), F.lit("")).alias("category_code"),
-        F.nullif(F.trim("brand"), F.lit("")).alias("brand"),
-        price.alias("price"),
-        user_id.alias("user_id"),
-    )
-
-
-def classify(parsed: DataFrame, cfg: IngestSettings) -> DataFrame:
-    """One status per row: its quarantine reason, else `duplicate` (a later copy of an event), `bot` or `clean`."""
-    rejected = parsed.filter(F.col("reject_reason").isNotNull()).withColumn("status", F.col("reject_reason"))
-    valid = parsed.filter(F.col("reject_reason").isNull()).withColumn(
-        "copy_number", F.row_number().over(Window.partitionBy(*EVENT_KEY).orderBy("raw", "source_file"))
-    )
-    bots = bot_users(valid.filter(F.col("copy_number") == 1), cfg.bot_events_per_minute)
-    checked = valid.join(bots, on="user_id", how="left").withColumn(
-        "status",
-        F.when(F.col("copy_number") > 1, DUPLICATE).when(F.col("is_bot"), BOT).otherwise(CLEAN),
-    )
-    return rejected.unionByName(checked.drop("copy_number", "is_bot"))
-
-
-def bot_users(events: DataFrame, max_events_per_minute: int) -> DataFrame:
-    """Users who fired more than `max_events_per_minute` events within one calendar minute."""
+def reject_reason(cfg: IngestSettings) -> Column:
+    """The first reason a canonical row cannot be trusted, or null."""
+    latest = F.current_timestamp() + F.expr(f"INTERVAL {cfg.max_future_hours} HOURS")
     return (
-        events.groupBy("user_id", F.date_trunc("minute", "event_time").alias("minute"))
-        .count()
-        .filter(F.col("count") > max_events_per_minute)
-        .select("user_id", F.lit(True).alias("is_bot"))
-        .distinct()
+        F.when(F.col("malformed"), "malformed_line")
+        .when(F.col("bad_encoding"), "bad_encoding")
+        .when(F.col("user_id").isNull(), "missing_user_id")
+        .when(F.col("event_time").isNull(), "unparseable_timestamp")
+        .when(
+            (F.col("event_time") < F.lit(cfg.earliest_event_date)) | (F.col("event_time") > latest),
+            "timestamp_out_of_range",
+        )
+        .when(F.col("event_type").isNull(), "unknown_event_type")
+        .when(F.col("raw_product_id").isNotNull() & F.col("product_id").isNull(), "unparseable_product_id")
+        .when(F.col("raw_price").isNotNull() & F.col("price").isNull(), "unparseable_price")
+        .when((F.col("price") < 0) | (F.col("price") > cfg.max_price), "invalid_price")
+        .when(F.col("quantity") <= 0, "invalid_quantity")
     )
 
 
-def with_customer_id(events: DataFrame, key: bytes) -> DataFrame:
-    """Replace the raw user id by its keyed hash (HMAC-SHA256); the raw id does not leave this function."""
-    return events.withColumn("customer_id", hmac_sha256(F.col("user_id"), key)).drop("user_id")
+def pseudonymise(rows: DataFrame, key: bytes) -> DataFrame:
+    """`customer_id` = HMAC-SHA256 of the raw user id; the raw id is kept only as `user_id` for the identity map."""
+    return rows.withColumn("customer_id", hmac_sha256(F.col("user_id"), key))
 
 
 def hmac_sha256(message: Column, key: bytes) -> Column:
@@ -179,78 +211,237 @@ def hmac_sha256(message: Column, key: bytes) -> Column:
     return F.sha2(F.concat(F.lit(outer_pad), inner), 256)
 
 
-def with_sessions(events: DataFrame, gap_minutes: int) -> DataFrame:
-    """Split each customer's events into sessions at gaps longer than `gap_minutes` (a gap of exactly that stays)."""
-    by_time = Window.partitionBy("customer_id").orderBy("event_time", "event_type", "product_id")
-    seconds = F.col("event_time").cast("long")
-    gap = seconds - F.lag(seconds).over(by_time)
-    starts_session = F.when(gap.isNull() | (gap > gap_minutes * 60), 1).otherwise(0)
+def event_id() -> Column:
+    """The event key: same customer, type, item and time is the same event."""
+    millis = F.unix_millis(F.col("event_time")).cast("string")
+    return F.substring(
+        F.sha2(
+            F.concat_ws(
+                "|", "customer_id", "event_type", F.coalesce(F.col("product_id").cast("string"), F.lit("")), millis
+            ),
+            256,
+        ),
+        1,
+        32,
+    )
+
+
+def classify(rows: DataFrame, max_events_per_minute: int) -> DataFrame:
+    """One status per row: its quarantine reason, else `duplicate` (a later copy in the batch), `bot` or `clean`."""
+    rejected = rows.filter(F.col("reject_reason").isNotNull()).withColumn("status", F.col("reject_reason"))
+    valid = (
+        rows.filter(F.col("reject_reason").isNull())
+        .withColumn("event_id", event_id())
+        .withColumn("copy_number", F.row_number().over(Window.partitionBy("event_id").orderBy("raw", "source_file")))
+    )
+    bots = bot_customers(valid.filter(F.col("copy_number") == 1), max_events_per_minute)
+    checked = valid.join(bots, on="customer_id", how="left").withColumn(
+        "status", F.when(F.col("copy_number") > 1, DUPLICATE).when(F.col("is_bot"), BOT).otherwise(CLEAN)
+    )
+    return rejected.unionByName(checked.drop("copy_number", "is_bot"), allowMissingColumns=True)
+
+
+def bot_customers(events: DataFrame, max_events_per_minute: int) -> DataFrame:
+    """Customers who fired more than `max_events_per_minute` events within one calendar minute."""
     return (
-        events.withColumn("starts_session", starts_session)
-        .withColumn("session_number", F.sum("starts_session").over(by_time.rowsBetween(Window.unboundedPreceding, 0)))
-        .withColumn("session_id", F.substring(F.sha2(F.concat_ws(":", "customer_id", "session_number"), 256), 1, 32))
-        .withColumn("session_number", F.col("session_number").cast("int"))
-        .withColumn("event_date", F.to_date("event_time"))
-        .drop("starts_session")
+        events.groupBy("customer_id", F.date_trunc("minute", "event_time").alias("minute"))
+        .count()
+        .filter(F.col("count") > max_events_per_minute)
+        .select("customer_id", F.lit(True).alias("is_bot"))
+        .distinct()
     )
 
 
-def to_quarantine_rows(rejected: DataFrame) -> DataFrame:
-    return rejected.select(
-        F.col("status").alias("reason"),
-        F.coalesce(F.col(CORRUPT), F.col("raw")).alias("raw"),
-        "source_file",
-        F.current_timestamp().alias("quarantined_at"),
+def with_sessions(events: DataFrame, gap_minutes: int) -> DataFrame:
+    """`session_id` per event: a session ends at a gap longer than `gap_minutes` (a gap of exactly that stays).
+
+    Windows are partitioned by customer and day, so one very active customer cannot pile into one task; sessions
+    that run over midnight are joined through a small per-customer window over days.
+    """
+    gap_seconds = gap_minutes * 60
+    seconds = F.col("event_time").cast("long")
+    by_day = Window.partitionBy("customer_id", "event_date").orderBy("event_time", "event_id")
+    in_day = events.withColumn("event_date", F.to_date("event_time")).withColumn(
+        "gap_in_day", seconds - F.lag(seconds).over(by_day)
+    )
+    days = in_day.groupBy("customer_id", "event_date").agg(
+        F.min("event_time").alias("day_first"),
+        F.max("event_time").alias("day_last"),
+        F.max(F.when(F.col("gap_in_day") > gap_seconds, F.col("event_time"))).alias("day_last_start"),
+    )
+    by_customer = Window.partitionBy("customer_id").orderBy("event_date")
+    earlier = by_customer.rowsBetween(Window.unboundedPreceding, -1)
+    days = (
+        days.withColumn("previous_last", F.lag("day_last").over(by_customer))
+        .withColumn("continues", (F.col("day_first").cast("long") - F.col("previous_last").cast("long")) <= gap_seconds)
+        .withColumn("day_opening_start", F.when(~F.coalesce(F.col("continues"), F.lit(False)), F.col("day_first")))
+        .withColumn("latest_start", F.coalesce(F.col("day_last_start"), F.col("day_opening_start")))
+        .withColumn("carried_start", F.last("latest_start", ignorenulls=True).over(earlier))
+        .select("customer_id", "event_date", "day_opening_start", "carried_start")
+    )
+    starts = F.when(F.col("gap_in_day") > gap_seconds, F.col("event_time"))
+    running_start = F.max(starts).over(by_day.rowsBetween(Window.unboundedPreceding, 0))
+    session_start = F.coalesce(running_start, F.col("day_opening_start"), F.col("carried_start"))
+    return (
+        in_day.join(days, on=["customer_id", "event_date"], how="inner")
+        .withColumn(
+            "session_id",
+            F.substring(
+                F.sha2(F.concat_ws("|", "customer_id", F.unix_millis(session_start).cast("string")), 256), 1, 32
+            ),
+        )
+        .drop("gap_in_day", "day_opening_start", "carried_start")
     )
 
 
-AUDIT_SCHEMA = T.StructType([
-    T.StructField("run_id", T.StringType(), False),
-    T.StructField("ingested_at", T.TimestampType(), False),
-    T.StructField("source", T.StringType(), False),
-    T.StructField("rows_read", T.LongType(), False),
-    T.StructField("clean", T.LongType(), False),
-    T.StructField("duplicates", T.LongType(), False),
-    T.StructField("bot_rows", T.LongType(), False),
-    T.StructField("quarantined", T.LongType(), False),
-    T.StructField("quarantined_by_reason", T.MapType(T.StringType(), T.LongType()), False),
-    T.StructField("clean_written", T.LongType(), False),
-    T.StructField("quarantined_written", T.LongType(), False),
-    T.StructField("events_version", T.LongType(), False),
-])
+def ensure_events_table(spark: SparkSession, path: str) -> None:
+    """Create the events table with its NOT NULL columns and CHECK constraints, once."""
+    (DeltaTable.createIfNotExists(spark).location(path).addColumns(EVENTS_SCHEMA).partitionedBy("event_date").execute())
+    existing = DeltaTable.forPath(spark, path).detail().first()["properties"]
+    for name, expression in CHECK_CONSTRAINTS.items():
+        if f"delta.constraints.{name}" not in existing:
+            spark.sql(f"ALTER TABLE delta.`{path}` ADD CONSTRAINT {name} CHECK ({expression})")
 
 
-def audit_row(rows_read: int, by_status: dict[str, int], clean_written: int, quarantined_written: int,
-              events_version: int, source: str) -> dict:
-    reasons = {k: v for k, v in by_status.items() if k not in (CLEAN, DUPLICATE, BOT)}
+def merge_events(spark: SparkSession, clean: DataFrame, path: str, gap_minutes: int) -> dict[str, str]:
+    """Insert new events, re-link sessions that late events join, leave everything else as it is."""
+    new = clean.select(*(c for c in EVENTS_COLUMNS if c not in ("session_id", "event_date")))
+    span = new.groupBy("customer_id").agg(
+        (F.min("event_time") - F.expr(f"INTERVAL {SESSION_CONTEXT_DAYS} DAYS")).alias("context_from"),
+        (F.max("event_time") + F.expr(f"INTERVAL {SESSION_CONTEXT_DAYS} DAYS")).alias("context_to"),
+    )
+    dates = span.agg(F.min("context_from").cast("date"), F.max("context_to").cast("date")).first()
+    if dates[0] is None:
+        return {}
+    existing = spark.read.format("delta").load(path).filter(F.col("event_date").between(dates[0], dates[1]))
+    context = (
+        existing.join(span, on="customer_id", how="inner")
+        .filter(F.col("event_time").between(F.col("context_from"), F.col("context_to")))
+        .select(*new.columns)
+    )
+    combined = context.unionByName(new).dropDuplicates(["event_id"]).transform(with_sessions, gap_minutes)
+    target = DeltaTable.forPath(spark, path)
+    date_range = f"t.event_date BETWEEN DATE'{dates[0]}' AND DATE'{dates[1]}'"
+    (
+        target.alias("t")
+        .merge(
+            combined.select(*EVENTS_COLUMNS).alias("s"),
+            f"{date_range} AND t.event_date = s.event_date AND t.event_id = s.event_id",
+        )
+        .whenMatchedUpdate(condition="t.session_id <> s.session_id", set={"session_id": "s.session_id"})
+        .whenNotMatchedInsertAll()
+        .execute()
+    )
+    return dict(target.history(1).select("operationMetrics").first()[0] or {})
+
+
+def write_quarantine(classified: DataFrame, files: list[str], settings: Settings) -> int:
+    """Replace the quarantine rows of this batch's files (so a re-run does not double them); return rows written."""
+    rejected = classified.filter(~F.col("status").isin(*NOT_QUARANTINED)).select(
+        F.col("status").alias("reason"), "raw", "source_file", F.current_timestamp().alias("quarantined_at")
+    )
+    writer = rejected.write.format("delta")
+    if lake.exists(classified.sparkSession, settings.lake, lake.QUARANTINE) and files:
+        quoted = ", ".join("'" + f.replace("'", "''") + "'" for f in files)
+        writer = writer.mode("overwrite").option("replaceWhere", f"source_file IN ({quoted})")
+    else:
+        writer = writer.mode("append")
+    writer.save(lake.path(settings.lake, lake.QUARANTINE))
+    return int(
+        lake.last_commit_metrics(classified.sparkSession, settings.lake, lake.QUARANTINE).get("numOutputRows", 0)
+    )
+
+
+def write_identity_map(clean: DataFrame, location: str) -> None:
+    """pseudonym -> raw id, kept apart from the lakehouse, for re-identification at warehouse export only."""
+    pairs = clean.select("customer_id", "user_id").distinct()
+    spark = clean.sparkSession
+    if not DeltaTable.isDeltaTable(spark, location):
+        pairs.write.format("delta").save(location)
+        return
+    (
+        DeltaTable.forPath(spark, location)
+        .alias("t")
+        .merge(pairs.alias("s"), "t.customer_id = s.customer_id")
+        .whenNotMatchedInsertAll()
+        .execute()
+    )
+
+
+AUDIT_SCHEMA = T.StructType(
+    [
+        T.StructField("run_id", T.StringType(), False),
+        T.StructField("batch_id", T.LongType(), False),
+        T.StructField("ingested_at", T.TimestampType(), False),
+        T.StructField("source_mapping", T.StringType(), False),
+        T.StructField("input", T.StringType(), False),
+        T.StructField("files", T.LongType(), False),
+        T.StructField("rows_read", T.LongType(), False),
+        T.StructField("clean", T.LongType(), False),
+        T.StructField("replays", T.LongType(), False),
+        T.StructField("duplicates", T.LongType(), False),
+        T.StructField("bot_rows", T.LongType(), False),
+        T.StructField("quarantined", T.LongType(), False),
+        T.StructField("quarantined_by_reason", T.MapType(T.StringType(), T.LongType()), False),
+        T.StructField("quarantined_written", T.LongType(), False),
+        T.StructField("events_added", T.LongType(), False),
+        T.StructField("sessions_relinked", T.LongType(), False),
+        T.StructField("events_version", T.LongType(), False),
+    ]
+)
+AUDIT_SUMMARY = ["rows_read", "clean", "replays", "duplicates", "bot_rows", "quarantined"]
+
+
+def audit_row(
+    batch_id: int,
+    mapping_name: str,
+    source: str,
+    files: int,
+    rows_read: int,
+    by_status: dict[str, int],
+    inserted: int,
+    quarantined_written: int,
+    events_added: int,
+    sessions_relinked: int,
+    events_version: int,
+) -> dict:
+    """Where every row of a batch went. Clean rows that were already in the table count as replays."""
+    reasons = {k: v for k, v in by_status.items() if k not in NOT_QUARANTINED}
     return {
         "run_id": uuid.uuid4().hex,
-        "ingested_at": dt.datetime.now(dt.timezone.utc).replace(tzinfo=None),
-        "source": source,
+        "batch_id": batch_id,
+        "ingested_at": dt.datetime.now(dt.UTC).replace(tzinfo=None),
+        "source_mapping": mapping_name,
+        "input": source,
+        "files": files,
         "rows_read": rows_read,
-        "clean": by_status.get(CLEAN, 0),
+        "clean": inserted,
+        "replays": by_status.get(CLEAN, 0) - inserted,
         "duplicates": by_status.get(DUPLICATE, 0),
         "bot_rows": by_status.get(BOT, 0),
         "quarantined": sum(reasons.values()),
         "quarantined_by_reason": reasons,
-        "clean_written": clean_written,
         "quarantined_written": quarantined_written,
+        "events_added": events_added,
+        "sessions_relinked": sessions_relinked,
         "events_version": events_version,
     }
 
 
 def check_reconciliation(audit: dict) -> None:
-    """Rows read = clean + quarantined + duplicates + bot rows, and Delta wrote exactly the clean and quarantined."""
-    accounted = audit["clean"] + audit["quarantined"] + audit["duplicates"] + audit["bot_rows"]
+    """Rows read = clean + replays + quarantined + duplicates + bot rows, and Delta wrote exactly those."""
+    accounted = sum(audit[k] for k in ("clean", "replays", "quarantined", "duplicates", "bot_rows"))
     problems = []
     if accounted != audit["rows_read"]:
         problems.append(f"{audit['rows_read']} rows read but {accounted} accounted for")
-    if audit["clean_written"] != audit["clean"]:
-        problems.append(f"{audit['clean']} clean rows but {audit['clean_written']} written to the events table")
+    if audit["replays"] < 0:
+        problems.append(f"the MERGE inserted {audit['clean']} rows, more than the batch's clean rows")
+    if audit["events_added"] != audit["clean"]:
+        problems.append(f"{audit['clean']} clean rows inserted but the events table grew by {audit['events_added']}")
     if audit["quarantined_written"] != audit["quarantined"]:
         problems.append(f"{audit['quarantined']} rejected rows but {audit['quarantined_written']} quarantined")
     if problems:
-        raise ReconciliationError(f"ingest run {audit['run_id']} does not reconcile: " + "; ".join(problems))
+        raise ReconciliationError(f"ingest batch {audit['batch_id']} does not reconcile: " + "; ".join(problems))
 
 
 def _path_exists(spark: SparkSession, location: str) -> bool:
@@ -260,3 +451,16 @@ def _path_exists(spark: SparkSession, location: str) -> bool:
     fs = hadoop_path.getFileSystem(spark.sparkContext._jsc.hadoopConfiguration())
     matches = fs.globStatus(hadoop_path)
     return matches is not None and len(matches) > 0
+
+
+def _short_hash(text: str) -> str:
+    return hashlib.sha256(text.encode()).hexdigest()[:12]
+
+
+def _cause_of(error: StreamingQueryException) -> Exception:
+    """The error raised inside a batch, rather than the streaming wrapper around it."""
+    message = str(error)
+    for known in (ReconciliationError, IngestError, ConfigError):
+        if known.__name__ in message:
+            return known(message.split(f"{known.__name__}:", 1)[-1].strip().splitlines()[0])
+    return error

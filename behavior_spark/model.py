@@ -11,8 +11,9 @@ EMBEDDING_LAYER = "customer_embedding"
 PROPENSITY_LAYER = "propensity"
 
 
-def build_model(numeric_dim: int, sequence_length: int, event_types: int, category_buckets: int,
-                gap_buckets: int) -> tf.keras.Model:
+def build_model(
+    numeric_dim: int, sequence_length: int, event_types: int, category_buckets: int, gap_buckets: int
+) -> tf.keras.Model:
     """numeric -> 128 -> 64; sequence embeddings -> 2 x Conv1D(64, 3) -> max pool; concat -> 64 -> sigmoid."""
     layers = tf.keras.layers
     numeric = layers.Input((numeric_dim,), name="numeric", dtype="float32")
@@ -20,11 +21,13 @@ def build_model(numeric_dim: int, sequence_length: int, event_types: int, catego
         name: layers.Input((sequence_length,), name=name, dtype="int32")
         for name in ("seq_event_type", "seq_category", "seq_gap_bucket")
     }
-    embedded = layers.Concatenate(name="sequence_embedding")([
-        layers.Embedding(event_types, 8, name="event_type_embedding")(seq_inputs["seq_event_type"]),
-        layers.Embedding(category_buckets, 16, name="category_embedding")(seq_inputs["seq_category"]),
-        layers.Embedding(gap_buckets, 4, name="gap_embedding")(seq_inputs["seq_gap_bucket"]),
-    ])
+    embedded = layers.Concatenate(name="sequence_embedding")(
+        [
+            layers.Embedding(event_types, 8, name="event_type_embedding")(seq_inputs["seq_event_type"]),
+            layers.Embedding(category_buckets, 16, name="category_embedding")(seq_inputs["seq_category"]),
+            layers.Embedding(gap_buckets, 4, name="gap_embedding")(seq_inputs["seq_gap_bucket"]),
+        ]
+    )
     sequence = layers.Conv1D(64, 3, activation="relu", padding="same", name="conv_1")(embedded)
     sequence = layers.Conv1D(64, 3, activation="relu", padding="same", name="conv_2")(sequence)
     sequence = layers.GlobalMaxPooling1D(name="sequence_pool")(sequence)
@@ -38,5 +41,6 @@ def build_model(numeric_dim: int, sequence_length: int, event_types: int, catego
 
 def scoring_model(model: tf.keras.Model) -> tf.keras.Model:
     """The same weights, answering both the propensity and the 64-dimension customer embedding."""
-    return tf.keras.Model(inputs=model.inputs,
-                          outputs=[model.get_layer(PROPENSITY_LAYER).output, model.get_layer(EMBEDDING_LAYER).output])
+    return tf.keras.Model(
+        inputs=model.inputs, outputs=[model.get_layer(PROPENSITY_LAYER).output, model.get_layer(EMBEDDING_LAYER).output]
+    )

@@ -18,10 +18,12 @@ from behavior_spark.config import Settings
 log = logging.getLogger(__name__)
 
 EMBEDDING_DIM = 64
-PREDICTION_TYPE = T.StructType([
-    T.StructField("propensity", T.FloatType(), True),
-    T.StructField("embedding", T.ArrayType(T.FloatType()), True),
-])
+PREDICTION_TYPE = T.StructType(
+    [
+        T.StructField("propensity", T.FloatType(), True),
+        T.StructField("embedding", T.ArrayType(T.FloatType()), True),
+    ]
+)
 
 
 def run(spark: SparkSession, settings: Settings) -> dict:
@@ -29,13 +31,19 @@ def run(spark: SparkSession, settings: Settings) -> dict:
     metadata = train.load_metadata(settings.train.model_dir)
     expected = features.numeric_feature_names()
     if metadata["feature_names"] != expected:
-        raise ValueError(f"the model at {settings.train.model_dir} was trained on other features than this code "
-                         f"builds ({len(metadata['feature_names'])} against {len(expected)}): retrain it")
+        raise ValueError(
+            f"the model at {settings.train.model_dir} was trained on other features than this code "
+            f"builds ({len(metadata['feature_names'])} against {len(expected)}): retrain it"
+        )
     table = lake.read(spark, settings.lake, lake.FEATURES)
     scoring_date = settings.score.scoring_date or dt.date.today()
     scores = score(table, metadata, settings.train.model_dir, settings.score.batch_size).select(
-        "customer_id", "cutoff_date", "propensity", "embedding",
-        F.lit(metadata["trained_at"]).alias("model_version"), F.lit(scoring_date).alias("scoring_date"),
+        "customer_id",
+        "cutoff_date",
+        "propensity",
+        "embedding",
+        F.lit(metadata["trained_at"]).alias("model_version"),
+        F.lit(scoring_date).alias("scoring_date"),
     )
     lake.overwrite(scores, settings.lake, lake.SCORES)
     written = lake.read(spark, settings.lake, lake.SCORES)
@@ -79,8 +87,12 @@ def _make_predict_fn(model_path: str):
 
         def predict(numeric, seq_event_type, seq_category, seq_gap_bucket):
             propensity, embedding = model(
-                [numeric.astype(np.float32), seq_event_type.astype(np.int32), seq_category.astype(np.int32),
-                 seq_gap_bucket.astype(np.int32)],
+                [
+                    numeric.astype(np.float32),
+                    seq_event_type.astype(np.int32),
+                    seq_category.astype(np.int32),
+                    seq_gap_bucket.astype(np.int32),
+                ],
                 training=False,
             )
             return {"propensity": propensity.numpy()[:, 0], "embedding": embedding.numpy()}

@@ -22,14 +22,16 @@ def run(spark: SparkSession, settings: Settings) -> dict:
     scores = lake.read(spark, settings.lake, lake.SCORES)
     customers = scores.join(
         lake.read(spark, settings.lake, lake.FEATURES).select("customer_id", *PROFILE_COLUMNS[1:]),
-        on="customer_id", how="inner",
+        on="customer_id",
+        how="inner",
     )
     assigned = assign_segments(customers, settings.segment)
     profiles = profile(assigned)
     named = assigned.join(profiles.select("segment_id", "segment_name"), on="segment_id", how="inner")
     lake.overwrite(
         named.select("customer_id", "segment_id", "segment_name", "propensity", "scoring_date"),
-        settings.lake, lake.SEGMENTS,
+        settings.lake,
+        lake.SEGMENTS,
     )
     lake.overwrite(profiles, settings.lake, "segment_profiles")
     sizes = {r["segment_name"]: r["customers"] for r in profiles.collect()}  # one row per segment

@@ -57,8 +57,10 @@ def run(spark: SparkSession, settings: Settings) -> dict:
     train_rows = inputs.filter(F.col("split") == "train").count()
     validation_rows = inputs.filter(F.col("split") == "validation").count()
     if train_rows == 0 or validation_rows == 0:
-        raise ValueError(f"the features table has {train_rows} training and {validation_rows} validation rows; "
-                         "both must be non-empty (generate or ingest more data, or change features.split_*)")
+        raise ValueError(
+            f"the features table has {train_rows} training and {validation_rows} validation rows; "
+            "both must be non-empty (generate or ingest more data, or change features.split_*)"
+        )
     spec = TrainingSpec(
         numeric_dim=len(features.numeric_feature_names()),
         sequence_length=settings.features.sequence_length,
@@ -70,8 +72,10 @@ def run(spark: SparkSession, settings: Settings) -> dict:
         train_rows=train_rows,
         validation_rows=validation_rows,
     )
-    with _converter(spark, settings, _split(inputs, "train", cfg.num_proc)) as train_data, \
-            _converter(spark, settings, _split(inputs, "validation", cfg.num_proc)) as validation_data:
+    with (
+        _converter(spark, settings, _split(inputs, "train", cfg.num_proc)) as train_data,
+        _converter(spark, settings, _split(inputs, "validation", cfg.num_proc)) as validation_data,
+    ):
         results = _horovod_run(make_train_fn(spec, train_data, validation_data), cfg.num_proc)
     chief = next(r for r in results if r["rank"] == 0)
     metadata = {
@@ -80,7 +84,7 @@ def run(spark: SparkSession, settings: Settings) -> dict:
         "sequence_length": spec.sequence_length,
         "category_buckets": spec.category_buckets,
         "features_version": features_version,
-        "trained_at": dt.datetime.now(dt.timezone.utc).isoformat(timespec="seconds"),
+        "trained_at": dt.datetime.now(dt.UTC).isoformat(timespec="seconds"),
         "num_proc": cfg.num_proc,
         "steps_per_rank": [r["steps"] for r in sorted(results, key=lambda r: r["rank"])],
         "history": chief["history"],
@@ -88,16 +92,21 @@ def run(spark: SparkSession, settings: Settings) -> dict:
     }
     save_model(cfg.model_dir, chief["model_bytes"], metadata)
     final = {k: v[-1] for k, v in chief["history"].items()}
-    return {"model_dir": cfg.model_dir, "train_rows": train_rows, "validation_rows": validation_rows,
-            "processes": len(results), "final_metrics": final}
+    return {
+        "model_dir": cfg.model_dir,
+        "train_rows": train_rows,
+        "validation_rows": validation_rows,
+        "processes": len(results),
+        "final_metrics": final,
+    }
 
 
 def make_train_fn(spec: TrainingSpec, train_data, validation_data):
     """The function each Horovod process runs; TensorFlow is imported inside it, on the worker."""
 
     def train_fn() -> dict:
-        import tensorflow as tf
         import horovod.tensorflow.keras as hvd
+        import tensorflow as tf
 
         from behavior_spark.features import EVENT_TYPE_IDS, GAP_BUCKETS
         from behavior_spark.model import build_model
@@ -106,8 +115,9 @@ def make_train_fn(spec: TrainingSpec, train_data, validation_data):
         hvd.init()
         tf.keras.utils.set_random_seed(spec.seed)
         tf.config.threading.set_inter_op_parallelism_threads(1)
-        model = build_model(spec.numeric_dim, spec.sequence_length, len(EVENT_TYPE_IDS) + 1, spec.category_buckets,
-                            GAP_BUCKETS)
+        model = build_model(
+            spec.numeric_dim, spec.sequence_length, len(EVENT_TYPE_IDS) + 1, spec.category_buckets, GAP_BUCKETS
+        )
         scaled_lr = spec.learning_rate * hvd.size()
         model.compile(
             optimizer=hvd.DistributedOptimizer(tf.keras.optimizers.Adam(scaled_lr)),
@@ -128,8 +138,10 @@ def make_train_fn(spec: TrainingSpec, train_data, validation_data):
             return x, batch.label
 
         shard = {"cur_shard": hvd.rank(), "shard_count": hvd.size(), "num_epochs": None, "workers_count": 1}
-        with train_data.make_tf_dataset(batch_size=spec.batch_size, **shard) as train_ds, \
-                validation_data.make_tf_dataset(batch_size=spec.batch_size, **shard) as validation_ds:
+        with (
+            train_data.make_tf_dataset(batch_size=spec.batch_size, **shard) as train_ds,
+            validation_data.make_tf_dataset(batch_size=spec.batch_size, **shard) as validation_ds,
+        ):
             history = model.fit(
                 train_ds.map(to_inputs),
                 steps_per_epoch=steps,
@@ -145,8 +157,7 @@ def make_train_fn(spec: TrainingSpec, train_data, validation_data):
                 model.save(os.path.join(tmp, MODEL_FILE))
                 model_bytes = Path(tmp, MODEL_FILE).read_bytes()
         history_values = {k: [float(v) for v in values] for k, values in history.history.items()}
-        return {"rank": hvd.rank(), "steps": steps * spec.epochs, "history": history_values,
-                "model_bytes": model_bytes}
+        return {"rank": hvd.rank(), "steps": steps * spec.epochs, "history": history_values, "model_bytes": model_bytes}
 
     return train_fn
 

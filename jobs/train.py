@@ -1,4 +1,4 @@
-"""spark-submit entry point for the `train` stage: `spark-submit jobs/train.py --conf conf/local.yaml [--set k=v]`."""
+"""spark-submit entry point: `spark-submit jobs/train.py --conf conf/local.yaml [--set section.key=value]`."""
 
 import sys
 

@@ -30,15 +30,18 @@ def pseudonym_key(monkeypatch) -> str:
 def tiny_settings(tmp_path):
     """Settings for a small end-to-end run inside a temporary lakehouse."""
     root = tmp_path / "lakehouse"
-    return load_settings(None, [
-        f"lake.root={root}",
-        "generate.rows=20000",
-        "generate.files=2",
-        f"generate.output={root}/raw/events",
-        f"ingest.input={root}/raw/events",
-        "spark.shuffle_partitions=2",
-        "train.epochs=2",
-        "train.batch_size=128",
-        f"train.model_dir={root}/models/propensity",
-        "segment.k=4",
-    ])
+    return load_settings(
+        None,
+        [
+            f"lake.root={root}",
+            "generate.rows=20000",
+            "generate.files=2",
+            f"generate.output={root}/raw/events",
+            f"ingest.input={root}/raw/events",
+            "spark.shuffle_partitions=2",
+            "train.epochs=2",
+            "train.batch_size=128",
+            f"train.model_dir={root}/models/propensity",
+            "segment.k=4",
+        ],
+    )

@@ -35,7 +35,7 @@ def test_an_integer_is_accepted_where_a_number_is_expected():
         ("train.epochs=2.5", "setting 'train.epochs' must be an integer"),
         ("train.epochs=0", "setting 'train.epochs' must be positive"),
         ("features.cutoff=yesterday", r"setting 'features.cutoff' must be a date \(YYYY-MM-DD\) or null"),
-        ("ingest.format=xml", r"setting 'ingest.format' must be one of \['csv', 'json', 'parquet'\]"),
+        ("generate.format=xml", r"setting 'generate.format' must be one of \['csv', 'json'\]"),
         ("features.split_train=0.9", "must be fractions that leave a test split"),
         ("train=3", "setting 'train' must be a section"),
         ("novalue", "--set expects section.key=value"),

@@ -26,18 +26,37 @@ def finished_run(tmp_path_factory):
     from behavior_spark.config import load_settings
 
     root = tmp_path_factory.mktemp("e2e") / "lakehouse"
-    settings = load_settings(None, [
-        f"lake.root={root}", "generate.rows=20000", "generate.files=2", f"generate.output={root}/raw/events",
-        f"ingest.input={root}/raw/events", "spark.shuffle_partitions=2", "train.epochs=2", "train.batch_size=128",
-        f"train.model_dir={root}/models/propensity", "segment.k=4",
-    ])
+    settings = load_settings(
+        None,
+        [
+            f"lake.root={root}",
+            "generate.rows=20000",
+            "generate.files=2",
+            f"generate.output={root}/raw/events",
+            f"ingest.input={root}/raw/events",
+            "spark.shuffle_partitions=2",
+            "train.epochs=2",
+            "train.batch_size=128",
+            f"train.model_dir={root}/models/propensity",
+            "segment.k=4",
+        ],
+    )
     conf = root.parent / "e2e.yaml"
     conf.write_text(yaml.safe_dump(as_dict(settings)))
     spark_submit = Path(sys.executable).parent / "spark-submit"
-    env = {**os.environ, "BEHAVIOR_SPARK_PSEUDONYM_KEY": "test-only-pseudonym-key-not-a-secret",
-           "PATH": f"{spark_submit.parent}{os.pathsep}{os.environ['PATH']}"}  # as with the venv activated
-    result = subprocess.run([str(spark_submit), "--master", "local[2]", str(ROOT / "jobs" / "run.py"),
-                             "--conf", str(conf)], capture_output=True, text=True, env=env, timeout=900, cwd=ROOT)
+    env = {
+        **os.environ,
+        "BEHAVIOR_SPARK_PSEUDONYM_KEY": "test-only-pseudonym-key-not-a-secret",
+        "PATH": f"{spark_submit.parent}{os.pathsep}{os.environ['PATH']}",
+    }  # as with the venv activated
+    result = subprocess.run(
+        [str(spark_submit), "--master", "local[2]", str(ROOT / "jobs" / "run.py"), "--conf", str(conf)],
+        capture_output=True,
+        text=True,
+        env=env,
+        timeout=900,
+        cwd=ROOT,
+    )
     assert result.returncode == 0, result.stderr[-5000:]
     return settings, result.stdout
 
