@@ -1,0 +1,29 @@
+"""Run a benchmark: `python -m bench <name> [--sizes N,N,...]`; prints a Markdown table and saves it in bench/results."""
+
+from __future__ import annotations
+
+import argparse
+import os
+from pathlib import Path
+
+from bench import ingest_bench
+
+BENCHES = {"ingest": ingest_bench.main}
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(prog="python -m bench")
+    parser.add_argument("name", choices=sorted(BENCHES))
+    parser.add_argument("--sizes", default="1000000,4000000,16000000", help="raw rows per step, comma separated")
+    parser.add_argument("--workdir", default=".cache/bench", help="scratch folder for generated data and tables")
+    args = parser.parse_args()
+    os.environ.setdefault("BEHAVIOR_SPARK_PSEUDONYM_KEY", "benchmark-only-key-not-a-secret")
+    table = BENCHES[args.name]([int(s) for s in args.sizes.split(",")], Path(args.workdir))
+    print(table)
+    results = Path(__file__).parent / "results"
+    results.mkdir(exist_ok=True)
+    (results / f"{args.name}.md").write_text(table + "\n")
+
+
+if __name__ == "__main__":
+    main()
