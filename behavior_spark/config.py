@@ -66,7 +66,10 @@ class IngestSettings:
 
 @dataclasses.dataclass(frozen=True)
 class FeatureSettings:
-    cutoff: dt.date | None = None  # None: the last event date minus the label window
+    cutoff: dt.date | None = None  # the latest cutoff; None: the last event date minus the label window
+    cutoffs: int = 1  # snapshots stacked into the table, `cutoff_step_days` apart, ending at `cutoff`
+    cutoff_step_days: int = 30
+    events_version: int | None = None  # the events-table version to read; None: the latest (rebuilds pin it)
     label_window_days: int = 30
     label_event: str = "purchase"
     sequence_length: int = 50
@@ -130,6 +133,8 @@ _POSITIVE = {
     "features.label_window_days",
     "features.sequence_length",
     "features.category_buckets",
+    "features.cutoffs",
+    "features.cutoff_step_days",
     "train.num_proc",
     "train.epochs",
     "train.batch_size",

@@ -1,14 +1,18 @@
-"""Featurize: point-in-time features per customer and a label from the window after the cutoff.
+"""Featurize: point-in-time features per customer and cutoff, and a label from the window after the cutoff.
 
-Features see only events strictly before the cutoff; the label sees only the label window after it. One groupBy
-pass builds the aggregates, one window pass the recent-event sequence. The model's input transform
+Features see only events strictly before the cutoff; the label sees only the label window after it. Several
+cutoffs (`features.cutoffs`, `features.cutoff_step_days` apart) are stacked into one table. Every aggregation is a
+groupBy with map-side combining, and every window is partitioned by customer *and day* (or runs over one row per
+customer-day), so a customer with millions of events never lands in one task. The model's input transform
 (`model_inputs`) lives here too, so training and scoring prepare rows the same way.
 """
 
 from __future__ import annotations
 
 import datetime as dt
+import json
 import logging
+from functools import reduce
 
 from pyspark.sql import Column, DataFrame, SparkSession, Window
 from pyspark.sql import functions as F
@@ -26,6 +30,15 @@ GAP_BUCKETS = len(GAP_BUCKET_SECONDS) + 3  # pad, first, one per bound, beyond t
 WINDOW_DAYS = [7, 30, 90]
 NO_PURCHASE_DAYS = 365.0  # days since last purchase for customers who never bought
 SEQUENCE_COLUMNS = ["seq_event_type", "seq_category", "seq_gap_bucket"]
+SHARE_FEATURES = {
+    "view_to_cart",
+    "cart_to_purchase",
+    "weekend_share",
+    "evening_share",
+    "night_share",
+    "purchase_session_share",
+    "top_category_share",
+}
 
 
 def numeric_feature_names() -> list[str]:
@@ -39,31 +52,72 @@ def numeric_feature_names() -> list[str]:
         "revenue",
         "avg_order_value",
         *windowed,
-        "sessions",
-        "events_per_session",
         "view_to_cart",
         "cart_to_purchase",
+        "activity_trend",
+        "mean_gap_hours",
         "weekend_share",
         "evening_share",
+        "night_share",
+        "sessions",
+        "events_per_session",
+        "avg_session_minutes",
+        "purchase_session_share",
         "distinct_categories",
+        "top_category_share",
+        "category_entropy",
+        "distinct_brands",
     ]
 
 
 def run(spark: SparkSession, settings: Settings) -> dict:
-    """Build the features table for the configured cutoff, and the normalisation statistics of its train split."""
+    """Build the features table for the configured cutoffs, and the normalisation statistics of its train split."""
     cfg = settings.features
-    events = lake.read(spark, settings.lake, lake.EVENTS)
-    events_version = lake.version(spark, settings.lake, lake.EVENTS)
-    cutoff = cfg.cutoff or default_cutoff(events, cfg.label_window_days)
-    features = build_features(events, cutoff, cfg)
-    lake.overwrite(features, settings.lake, lake.FEATURES, userMetadata=f"events_version={events_version}")
-    stats = normalisation_stats(lake.read(spark, settings.lake, lake.FEATURES).filter(F.col("split") == "train"))
-    lake.overwrite(stats, settings.lake, lake.FEATURE_STATS)
-    return {
-        "cutoff": cutoff.isoformat(),
+    events_version = (
+        cfg.events_version if cfg.events_version is not None else lake.version(spark, settings.lake, lake.EVENTS)
+    )
+    events = lake.read(spark, settings.lake, lake.EVENTS, version=events_version)
+    cutoffs = cutoff_dates(events, cfg)
+    table = reduce(DataFrame.unionByName, [build_features(events, cutoff, cfg) for cutoff in cutoffs])
+    record = {
         "events_version": events_version,
+        "cutoffs": [c.isoformat() for c in cutoffs],
+        "label_event": cfg.label_event,
+        "label_window_days": cfg.label_window_days,
+        "features": numeric_feature_names(),
+        "sequence_length": cfg.sequence_length,
+    }
+    lake.overwrite(table, settings.lake, lake.FEATURES, partition_by=["cutoff_date"], userMetadata=json.dumps(record))
+    written = lake.read(spark, settings.lake, lake.FEATURES)
+    stats = normalisation_stats(written.filter(F.col("split") == "train"))
+    lake.overwrite(stats, settings.lake, lake.FEATURE_STATS)
+    excluded = sum(customers_without_history(events, cutoff, cfg.label_window_days) for cutoff in cutoffs)
+    counts = {r["split"]: r["count"] for r in written.groupBy("split").count().collect()}  # three rows
+    return {
+        "cutoffs": record["cutoffs"],
+        "events_version": events_version,
+        "rows": sum(counts.values()),
+        "rows_by_split": counts,
+        "customers_without_history": excluded,
         "features_version": lake.version(spark, settings.lake, lake.FEATURES),
     }
+
+
+def recorded_run(spark: SparkSession, settings: Settings, version: int | None = None) -> dict:
+    """What a features-table version was built from (events version, cutoffs, feature list): to rebuild it exactly."""
+    from delta.tables import DeltaTable
+
+    history = DeltaTable.forPath(spark, lake.path(settings.lake, lake.FEATURES)).history()
+    if version is not None:
+        history = history.filter(F.col("version") == version)
+    row = history.orderBy(F.desc("version")).select("userMetadata").first()
+    return json.loads(row[0])
+
+
+def cutoff_dates(events: DataFrame, cfg: FeatureSettings) -> list[dt.date]:
+    """The configured cutoff (or the latest with a full label window after it), and earlier ones a step apart."""
+    latest = cfg.cutoff or default_cutoff(events, cfg.label_window_days)
+    return sorted(latest - dt.timedelta(days=i * cfg.cutoff_step_days) for i in range(cfg.cutoffs))
 
 
 def default_cutoff(events: DataFrame, label_window_days: int) -> dt.date:
@@ -80,29 +134,26 @@ def build_features(events: DataFrame, cutoff: dt.date, cfg: FeatureSettings) -> 
     history = events.filter(F.col("event_time") < cutoff_ts)
     label_end = dt.datetime.combine(cutoff + dt.timedelta(days=cfg.label_window_days), dt.time())
     future = events.filter((F.col("event_time") >= cutoff_ts) & (F.col("event_time") < F.lit(label_end)))
-    labels = (
-        future.filter(F.col("event_type") == cfg.label_event)
-        .select("customer_id")
-        .distinct()
-        .withColumn("label", F.lit(1))
-    )
+    labels = future.filter(F.col("event_type") == cfg.label_event).select("customer_id").distinct()
     return (
-        aggregates(history, cutoff_ts)
+        activity(history, cutoff_ts)
+        .join(session_stats(history), on="customer_id", how="left")
+        .join(category_affinity(history), on="customer_id", how="left")
         .join(recent_sequences(history, cfg.sequence_length, cfg.category_buckets), on="customer_id", how="left")
-        .join(labels, on="customer_id", how="left")
+        .join(labels.withColumn("label", F.lit(1)), on="customer_id", how="left")
         .select(
             "customer_id",
             F.lit(cutoff).alias("cutoff_date"),
             split_column(F.col("customer_id"), cfg).alias("split"),
             F.coalesce(F.col("label"), F.lit(0)).alias("label"),
-            *numeric_feature_names(),
+            *(F.col(name).cast("double").alias(name) for name in numeric_feature_names()),
             *SEQUENCE_COLUMNS,
         )
     )
 
 
-def aggregates(history: DataFrame, cutoff_ts: Column) -> DataFrame:
-    """Recency, frequency, monetary, windowed counts, session and time-pattern features in one pass."""
+def activity(history: DataFrame, cutoff_ts: Column) -> DataFrame:
+    """Recency, frequency, monetary, windowed counts and time patterns: one groupBy over the events."""
     days_before = (cutoff_ts.cast("long") - F.col("event_time").cast("long")) / 86_400.0
     is_type = {event: F.col("event_type") == event for event in FUNNEL_EVENTS}
     windowed = [
@@ -110,14 +161,13 @@ def aggregates(history: DataFrame, cutoff_ts: Column) -> DataFrame:
         for days in WINDOW_DAYS
         for event in FUNNEL_EVENTS
     ]
-    weekend = F.dayofweek("event_time").isin(1, 7)
-    evening = F.hour("event_time").between(17, 22)
+    hour = F.hour("event_time")
     grouped = (
         history.withColumn("days_before", days_before)
         .groupBy("customer_id")
         .agg(
             F.min("days_before").alias("days_since_last_event"),
-            F.min(F.when(is_type["purchase"], F.col("days_before"))).alias("days_since_last_purchase"),
+            F.min(F.when(is_type["purchase"], F.col("days_before"))).alias("_since_purchase"),
             F.max("days_before").alias("tenure_days"),
             F.count(F.lit(1)).alias("events"),
             F.count(F.when(is_type["purchase"], 1)).alias("purchases"),
@@ -126,51 +176,105 @@ def aggregates(history: DataFrame, cutoff_ts: Column) -> DataFrame:
             ),
             F.count(F.when(is_type["view"], 1)).alias("_views"),
             F.count(F.when(is_type["cart"], 1)).alias("_carts"),
+            F.count(F.when(days_before <= 7, 1)).alias("_events_7d"),
+            F.count(F.when(days_before <= 30, 1)).alias("_events_30d"),
             *windowed,
-            F.approx_count_distinct("session_id").alias("sessions"),
-            F.avg(weekend.cast("double")).alias("weekend_share"),
-            F.avg(evening.cast("double")).alias("evening_share"),
-            F.approx_count_distinct("category_id").alias("distinct_categories"),
+            F.avg(F.dayofweek("event_time").isin(1, 7).cast("double")).alias("weekend_share"),
+            F.avg(hour.between(17, 22).cast("double")).alias("evening_share"),
+            F.avg(hour.between(0, 5).cast("double")).alias("night_share"),
+            F.approx_count_distinct("brand").alias("distinct_brands"),
         )
     )
-    return (
-        grouped.select(
-            "*",
-            F.coalesce(F.col("days_since_last_purchase"), F.lit(NO_PURCHASE_DAYS)).alias("_since_purchase"),
-            (F.col("revenue") / F.greatest(F.col("purchases"), F.lit(1))).alias("avg_order_value"),
-            (F.col("events") / F.col("sessions")).alias("events_per_session"),
-            (F.col("_carts") / F.greatest(F.col("_views"), F.lit(1))).alias("view_to_cart"),
-            (F.col("purchases") / F.greatest(F.col("_carts"), F.lit(1))).alias("cart_to_purchase"),
-        )
-        .drop("days_since_last_purchase", "_views", "_carts")
-        .withColumnRenamed("_since_purchase", "days_since_last_purchase")
+    return grouped.select(
+        "*",
+        F.coalesce(F.col("_since_purchase"), F.lit(NO_PURCHASE_DAYS)).alias("days_since_last_purchase"),
+        (F.col("revenue") / F.greatest(F.col("purchases"), F.lit(1))).alias("avg_order_value"),
+        (F.col("_carts") / F.greatest(F.col("_views"), F.lit(1))).alias("view_to_cart"),
+        (F.col("purchases") / F.greatest(F.col("_carts"), F.lit(1))).alias("cart_to_purchase"),
+        # events a day in the last 7 days against the 23 before them (1 = steady, > 1 = heating up)
+        ((F.col("_events_7d") / 7.0 + 0.1) / ((F.col("_events_30d") - F.col("_events_7d")) / 23.0 + 0.1)).alias(
+            "activity_trend"
+        ),
+        # the mean gap between consecutive events is the span over the gaps
+        (
+            (F.col("tenure_days") - F.col("days_since_last_event")) * 24 / F.greatest(F.col("events") - 1, F.lit(1))
+        ).alias("mean_gap_hours"),
+    ).drop("_since_purchase", "_views", "_carts", "_events_7d", "_events_30d")
+
+
+def session_stats(history: DataFrame) -> DataFrame:
+    """Sessions, their length in events and minutes, and the share that ended in a purchase."""
+    sessions = history.groupBy("customer_id", "session_id").agg(
+        F.count(F.lit(1)).alias("session_events"),
+        ((F.max("event_time").cast("long") - F.min("event_time").cast("long")) / 60.0).alias("minutes"),
+        F.max((F.col("event_type") == "purchase").cast("double")).alias("has_purchase"),
+    )
+    return sessions.groupBy("customer_id").agg(
+        F.count(F.lit(1)).alias("sessions"),
+        F.avg("session_events").alias("events_per_session"),
+        F.avg("minutes").alias("avg_session_minutes"),
+        F.avg("has_purchase").alias("purchase_session_share"),
+    )
+
+
+def category_affinity(history: DataFrame) -> DataFrame:
+    """How concentrated a customer's activity is: distinct categories, the top one's share, entropy (nats)."""
+    per_category = history.groupBy("customer_id", "category_id").agg(F.count(F.lit(1)).alias("n"))
+    totals = per_category.groupBy("customer_id").agg(
+        F.count(F.lit(1)).alias("distinct_categories"),
+        F.sum("n").alias("_total"),
+        F.max("n").alias("_top"),
+        F.sum(F.col("n") * F.log(F.col("n"))).alias("_n_log_n"),
+    )
+    # entropy = log(N) - sum(n log n) / N, with N the customer's events
+    return totals.select(
+        "customer_id",
+        "distinct_categories",
+        (F.col("_top") / F.col("_total")).alias("top_category_share"),
+        (F.log(F.col("_total")) - F.col("_n_log_n") / F.col("_total")).alias("category_entropy"),
     )
 
 
 def recent_sequences(history: DataFrame, length: int, category_buckets: int) -> DataFrame:
-    """The last `length` events per customer as fixed-length int arrays: left-padded with 0, most recent last."""
-    latest_first = Window.partitionBy("customer_id").orderBy(
-        F.desc("event_time"), F.desc("event_type"), F.desc("product_id")
+    """The last `length` events per customer as fixed-length int arrays: left-padded with 0, most recent last.
+
+    Skew-safe: days are ranked per customer on one row per customer-day, events are ranked within their
+    customer-day, and only the days that can hold one of the last `length` events are read at all.
+    """
+    tokens = history.select(
+        "customer_id",
+        "event_date",
+        "event_time",
+        "event_id",
+        F.element_at(_lookup(EVENT_TYPE_IDS), F.col("event_type")).cast("int").alias("event_type_id"),
+        (1 + F.pmod(F.xxhash64(F.coalesce(F.col("category_id"), F.lit(-1))), F.lit(category_buckets - 1)))
+        .cast("int")
+        .alias("category_bucket"),
     )
-    previous_ts = F.lead(F.col("event_time").cast("long")).over(latest_first)
-    gap = F.col("event_time").cast("long") - previous_ts
+    latest_day_first = Window.partitionBy("customer_id").orderBy(F.desc("event_date"))
+    days = (
+        tokens.groupBy("customer_id", "event_date")
+        .agg(F.count(F.lit(1)).alias("day_events"), F.max("event_time").alias("day_last"))
+        .withColumn(
+            "later_events",
+            F.coalesce(F.sum("day_events").over(latest_day_first.rowsBetween(Window.unboundedPreceding, -1)), F.lit(0)),
+        )
+        .withColumn("earlier_day_last", F.lead("day_last").over(latest_day_first))
+        .filter(F.col("later_events") < length)
+        .select("customer_id", "event_date", "later_events", "earlier_day_last")
+    )
+    latest_first = Window.partitionBy("customer_id", "event_date").orderBy(F.desc("event_time"), F.desc("event_id"))
+    previous = F.coalesce(F.lead("event_time").over(latest_first), F.col("earlier_day_last"))
+    gap = F.col("event_time").cast("long") - F.col("previous_time").cast("long")
     gap_bucket = F.when(gap.isNull(), 1)
     for i, bound in enumerate(GAP_BUCKET_SECONDS):
         gap_bucket = gap_bucket.when(gap <= bound, i + 2)
-    gap_bucket = gap_bucket.otherwise(len(GAP_BUCKET_SECONDS) + 2)
-    event_type_id = F.element_at(
-        F.create_map(*[F.lit(x) for kv in EVENT_TYPE_IDS.items() for x in kv]), F.col("event_type")
-    )
-    category = 1 + F.pmod(F.xxhash64(F.coalesce(F.col("category_id"), F.lit(-1))), F.lit(category_buckets - 1))
     recent = (
-        history.select(
-            "customer_id",
-            F.row_number().over(latest_first).alias("recency_rank"),
-            event_type_id.cast("int").alias("event_type_id"),
-            category.cast("int").alias("category_bucket"),
-            gap_bucket.cast("int").alias("gap_bucket"),
-        )
+        tokens.join(days, on=["customer_id", "event_date"], how="inner")
+        .withColumn("recency_rank", F.row_number().over(latest_first) + F.col("later_events"))
+        .withColumn("previous_time", previous)
         .filter(F.col("recency_rank") <= length)
+        .withColumn("gap_bucket", gap_bucket.otherwise(len(GAP_BUCKET_SECONDS) + 2))
         .groupBy("customer_id")
         .agg(
             F.sort_array(
@@ -185,13 +289,22 @@ def recent_sequences(history: DataFrame, length: int, category_buckets: int) -> 
         "customer_id",
         *(
             F.concat(padding, F.col(f"recent.{field}")).alias(name)
-            for field, name in zip(["event_type_id", "category_bucket", "gap_bucket"], SEQUENCE_COLUMNS, strict=False)
+            for field, name in zip(["event_type_id", "category_bucket", "gap_bucket"], SEQUENCE_COLUMNS)
         ),
     )
 
 
+def customers_without_history(events: DataFrame, cutoff: dt.date, label_window_days: int) -> int:
+    """Customers seen in the label window but never before the cutoff: they get no feature row."""
+    cutoff_ts = F.lit(dt.datetime.combine(cutoff, dt.time()))
+    label_end = F.lit(dt.datetime.combine(cutoff + dt.timedelta(days=label_window_days), dt.time()))
+    before = events.filter(F.col("event_time") < cutoff_ts).select("customer_id").distinct()
+    after = events.filter(F.col("event_time").between(cutoff_ts, label_end)).select("customer_id").distinct()
+    return after.join(before, on="customer_id", how="left_anti").count()
+
+
 def split_column(customer_id: Column, cfg: FeatureSettings) -> Column:
-    """train / validation / test by a hash of the customer id: stable across runs, one split per customer."""
+    """train / validation / test by a hash of the customer id: stable across runs and cutoffs."""
     draw = F.pmod(F.xxhash64(F.lit("split"), customer_id), F.lit(10_000)) / 10_000.0
     return (
         F.when(draw < cfg.split_train, "train")
@@ -201,9 +314,9 @@ def split_column(customer_id: Column, cfg: FeatureSettings) -> Column:
 
 
 def model_input_value(name: str) -> Column:
-    """Counts, money and durations are heavy-tailed: the model sees log1p of them; shares and rates as they are."""
-    column = F.col(name).cast("double")
-    if name.endswith("_share") or name in ("view_to_cart", "cart_to_purchase"):
+    """Counts, money and durations are heavy-tailed: the model sees log1p of them; shares as they are."""
+    column = F.coalesce(F.col(name).cast("double"), F.lit(0.0))
+    if name in SHARE_FEATURES:
         return column
     return F.log1p(F.greatest(column, F.lit(0.0)))
 
@@ -244,3 +357,7 @@ def model_inputs(features: DataFrame, stats: dict[str, tuple[float, float]]) -> 
 def read_stats(spark: SparkSession, settings: Settings) -> dict[str, tuple[float, float]]:
     rows = lake.read(spark, settings.lake, lake.FEATURE_STATS).collect()  # one row per feature, never per customer
     return {r["feature"]: (r["mean"], r["std"]) for r in rows}
+
+
+def _lookup(mapping: dict) -> Column:
+    return F.create_map(*[F.lit(x) for pair in mapping.items() for x in pair])

@@ -10,10 +10,12 @@ and the batch fails if those counts and what Delta wrote do not add up.
 
 from __future__ import annotations
 
+import contextlib
 import datetime as dt
 import hashlib
 import logging
 import os
+import time
 import uuid
 
 from delta.tables import DeltaTable
@@ -111,33 +113,51 @@ def run(spark: SparkSession, settings: Settings) -> dict:
 def process_batch(
     spark: SparkSession, batch: DataFrame, batch_id: int, mapping: SourceMapping, key: bytes, settings: Settings
 ) -> dict:
-    """Classify, quarantine, MERGE and audit one batch of raw rows."""
+    """Classify, quarantine, write and audit one batch of raw rows.
+
+    The raw files are parsed once (persisted); valid rows are shuffled once, by customer and day, and every later
+    step (dedup, bot rates, sessions) runs on that partitioning.
+    """
     cfg = settings.ingest
     events_path = lake.path(settings.lake, lake.EVENTS)
-    batch = batch.persist(StorageLevel.MEMORY_AND_DISK)
-    classified = (
+    parsed = (
         sources.canonical(batch, mapping)
         .withColumn("reject_reason", reject_reason(cfg))
         .transform(pseudonymise, key)
-        .transform(classify, cfg.bot_events_per_minute)
-        .persist(StorageLevel.MEMORY_AND_DISK)
+        .persist(StorageLevel.MEMORY_AND_DISK)  # read and parsed once; spills to disk when it does not fit
     )
+    checked = None
     try:
-        rows_read = batch.count()
-        by_status = {r["status"]: r["count"] for r in classified.groupBy("status").count().collect()}
-        files = sorted(r[0] for r in batch.select("source_file").distinct().collect())  # bounded by maxFilesPerTrigger
-        quarantined_written = write_quarantine(classified, files, settings)
-        if cfg.identity_map:
-            write_identity_map(classified.filter(F.col("status") == CLEAN), cfg.identity_map)
-        events_before = spark.read.format("delta").load(events_path).count()
-        merge_metrics = merge_events(
-            spark, classified.filter(F.col("status") == CLEAN), events_path, cfg.session_gap_minutes
+        with _timed("parse"):
+            per_file = parsed.groupBy("source_file").count().collect()  # one row per file, <= maxFilesPerTrigger
+        rows_read = sum(r["count"] for r in per_file)
+        files = sorted(r["source_file"] for r in per_file)
+        with _timed("quarantine"):
+            quarantined_written = write_quarantine(parsed.filter(F.col("reject_reason").isNotNull()), files, settings)
+        checked = with_copy_and_rate(parsed.filter(F.col("reject_reason").isNull())).persist(
+            StorageLevel.MEMORY_AND_DISK
         )
+        classified = classify(checked, cfg.bot_events_per_minute)
+        with _timed("classify"):
+            checked.count()
+        by_status = {r["status"]: r["count"] for r in classified.groupBy("status").count().collect()}
+        by_status.update(
+            {
+                r["reject_reason"]: r["count"]
+                for r in parsed.filter(F.col("reject_reason").isNotNull()).groupBy("reject_reason").count().collect()
+            }
+        )
+        clean = classified.filter(F.col("status") == CLEAN)
+        if cfg.identity_map:
+            write_identity_map(clean, cfg.identity_map)
+        events_before = spark.read.format("delta").load(events_path).count()
+        with _timed("write events"):
+            inserted, relinked = write_events(spark, clean, events_path, cfg.session_gap_minutes)
         events_after = spark.read.format("delta").load(events_path).count()
     finally:
-        classified.unpersist()
-        batch.unpersist()
-    inserted = int(merge_metrics.get("numTargetRowsInserted", 0))
+        parsed.unpersist()
+        if checked is not None:
+            checked.unpersist()
     audit = audit_row(
         batch_id,
         mapping.name,
@@ -148,7 +168,7 @@ def process_batch(
         inserted,
         quarantined_written,
         events_after - events_before,
-        int(merge_metrics.get("numTargetRowsUpdated", 0)),
+        relinked,
         lake.version(spark, settings.lake, lake.EVENTS),
     )
     (
@@ -226,29 +246,44 @@ def event_id() -> Column:
     )
 
 
-def classify(rows: DataFrame, max_events_per_minute: int) -> DataFrame:
-    """One status per row: its quarantine reason, else `duplicate` (a later copy in the batch), `bot` or `clean`."""
-    rejected = rows.filter(F.col("reject_reason").isNotNull()).withColumn("status", F.col("reject_reason"))
-    valid = (
-        rows.filter(F.col("reject_reason").isNull())
-        .withColumn("event_id", event_id())
-        .withColumn("copy_number", F.row_number().over(Window.partitionBy("event_id").orderBy("raw", "source_file")))
-    )
-    bots = bot_customers(valid.filter(F.col("copy_number") == 1), max_events_per_minute)
-    checked = valid.join(bots, on="customer_id", how="left").withColumn(
-        "status", F.when(F.col("copy_number") > 1, DUPLICATE).when(F.col("is_bot"), BOT).otherwise(CLEAN)
-    )
-    return rejected.unionByName(checked.drop("copy_number", "is_bot"), allowMissingColumns=True)
+def with_copy_and_rate(valid: DataFrame) -> DataFrame:
+    """Valid rows, shuffled once by customer and day, with their copy number and their minute's event count.
 
-
-def bot_customers(events: DataFrame, max_events_per_minute: int) -> DataFrame:
-    """Customers who fired more than `max_events_per_minute` events within one calendar minute."""
+    `copy_number` > 1 marks a later copy of the same event (same customer, type, item and time); `minute_events`
+    counts first copies in the row's calendar minute, the bot signal.
+    """
+    by_customer_day = ["customer_id", "event_date"]
+    first_copy_order = ["price", "category_id", "category_code", "brand", "quantity", "source_file"]
+    minute = F.date_trunc("minute", "event_time")
     return (
-        events.groupBy("customer_id", F.date_trunc("minute", "event_time").alias("minute"))
-        .count()
-        .filter(F.col("count") > max_events_per_minute)
-        .select("customer_id", F.lit(True).alias("is_bot"))
+        valid.withColumn("event_date", F.to_date("event_time"))
+        .withColumn("event_id", event_id())
+        .drop("raw_line", "raw_fields")
+        .repartition(*by_customer_day)
+        .withColumn(
+            "copy_number",
+            F.row_number().over(Window.partitionBy(*by_customer_day, "event_id").orderBy(*first_copy_order)),
+        )
+        .withColumn(
+            "minute_events",
+            F.count(F.when(F.col("copy_number") == 1, 1)).over(
+                Window.partitionBy(*by_customer_day, minute.alias("minute"))
+            ),
+        )
+    )
+
+
+def classify(checked: DataFrame, max_events_per_minute: int) -> DataFrame:
+    """`duplicate` for later copies, `bot` for every row of a customer who ever exceeded the rate, else `clean`."""
+    bots = (
+        checked.filter(F.col("minute_events") > max_events_per_minute)
+        .select("customer_id")
         .distinct()
+        .withColumn("is_bot", F.lit(True))
+    )
+    # Bot customers are few (a handful per million users): broadcast them rather than shuffle every event.
+    return checked.join(F.broadcast(bots), on="customer_id", how="left").withColumn(
+        "status", F.when(F.col("copy_number") > 1, DUPLICATE).when(F.col("is_bot"), BOT).otherwise(CLEAN)
     )
 
 
@@ -261,9 +296,9 @@ def with_sessions(events: DataFrame, gap_minutes: int) -> DataFrame:
     gap_seconds = gap_minutes * 60
     seconds = F.col("event_time").cast("long")
     by_day = Window.partitionBy("customer_id", "event_date").orderBy("event_time", "event_id")
-    in_day = events.withColumn("event_date", F.to_date("event_time")).withColumn(
-        "gap_in_day", seconds - F.lag(seconds).over(by_day)
-    )
+    if "event_date" not in events.columns:  # keep an existing column: the rows may already be partitioned on it
+        events = events.withColumn("event_date", F.to_date("event_time"))
+    in_day = events.withColumn("gap_in_day", seconds - F.lag(seconds).over(by_day))
     days = in_day.groupBy("customer_id", "event_date").agg(
         F.min("event_time").alias("day_first"),
         F.max("event_time").alias("day_last"),
@@ -303,52 +338,75 @@ def ensure_events_table(spark: SparkSession, path: str) -> None:
             spark.sql(f"ALTER TABLE delta.`{path}` ADD CONSTRAINT {name} CHECK ({expression})")
 
 
-def merge_events(spark: SparkSession, clean: DataFrame, path: str, gap_minutes: int) -> dict[str, str]:
-    """Insert new events, re-link sessions that late events join, leave everything else as it is."""
-    new = clean.select(*(c for c in EVENTS_COLUMNS if c not in ("session_id", "event_date")))
+def write_events(spark: SparkSession, clean: DataFrame, path: str, gap_minutes: int) -> tuple[int, int]:
+    """Add the batch's clean events; return (rows inserted, sessions re-linked).
+
+    Where the table holds nothing near the batch's events (a first load, a new day) an append is exactly what a
+    MERGE would do, at a fraction of the cost. Otherwise the batch is MERGEd on its event key together with the
+    table's nearby events, so replays are skipped and sessions that late events bridge are re-linked.
+    """
+    new = clean.select(*(c for c in EVENTS_COLUMNS if c != "session_id"))
     span = new.groupBy("customer_id").agg(
         (F.min("event_time") - F.expr(f"INTERVAL {SESSION_CONTEXT_DAYS} DAYS")).alias("context_from"),
         (F.max("event_time") + F.expr(f"INTERVAL {SESSION_CONTEXT_DAYS} DAYS")).alias("context_to"),
     )
-    dates = span.agg(F.min("context_from").cast("date"), F.max("context_to").cast("date")).first()
+    dates = new.agg(F.min("event_date"), F.max("event_date")).first()
     if dates[0] is None:
-        return {}
-    existing = spark.read.format("delta").load(path).filter(F.col("event_date").between(dates[0], dates[1]))
+        return 0, 0
+    first, last = dates[0] - dt.timedelta(days=SESSION_CONTEXT_DAYS), dates[1] + dt.timedelta(days=SESSION_CONTEXT_DAYS)
+    nearby = spark.read.format("delta").load(path).filter(F.col("event_date").between(first, last))
+    if nearby.isEmpty():
+        sessionised = new.transform(with_sessions, gap_minutes).select(*EVENTS_COLUMNS)
+        sessionised.write.format("delta").mode("append").save(path)
+        return int(lake.commit_metrics(spark, path).get("numOutputRows", 0)), 0
     context = (
-        existing.join(span, on="customer_id", how="inner")
+        nearby.join(span, on="customer_id", how="inner")
         .filter(F.col("event_time").between(F.col("context_from"), F.col("context_to")))
         .select(*new.columns)
     )
-    combined = context.unionByName(new).dropDuplicates(["event_id"]).transform(with_sessions, gap_minutes)
-    target = DeltaTable.forPath(spark, path)
-    date_range = f"t.event_date BETWEEN DATE'{dates[0]}' AND DATE'{dates[1]}'"
-    (
-        target.alias("t")
-        .merge(
-            combined.select(*EVENTS_COLUMNS).alias("s"),
-            f"{date_range} AND t.event_date = s.event_date AND t.event_id = s.event_id",
-        )
-        .whenMatchedUpdate(condition="t.session_id <> s.session_id", set={"session_id": "s.session_id"})
-        .whenNotMatchedInsertAll()
-        .execute()
+    source = (
+        context.unionByName(new)
+        .dropDuplicates(["event_id"])
+        .transform(with_sessions, gap_minutes)
+        .select(*EVENTS_COLUMNS)
+        .persist(StorageLevel.MEMORY_AND_DISK)
     )
-    return dict(target.history(1).select("operationMetrics").first()[0] or {})
+    try:
+        target = DeltaTable.forPath(spark, path)
+        (
+            target.alias("t")
+            .merge(
+                source.alias("s"),
+                f"t.event_date BETWEEN DATE'{first}' AND DATE'{last}' "
+                "AND t.event_date = s.event_date AND t.event_id = s.event_id",
+            )
+            .whenMatchedUpdate(condition="t.session_id <> s.session_id", set={"session_id": "s.session_id"})
+            .whenNotMatchedInsertAll()
+            .execute()
+        )
+    finally:
+        source.unpersist()
+    metrics = lake.commit_metrics(spark, path)
+    return int(metrics.get("numTargetRowsInserted", 0)), int(metrics.get("numTargetRowsUpdated", 0))
 
 
-def write_quarantine(classified: DataFrame, files: list[str], settings: Settings) -> int:
+def write_quarantine(rejected: DataFrame, files: list[str], settings: Settings) -> int:
     """Replace the quarantine rows of this batch's files (so a re-run does not double them); return rows written."""
-    rejected = classified.filter(~F.col("status").isin(*NOT_QUARANTINED)).select(
-        F.col("status").alias("reason"), "raw", "source_file", F.current_timestamp().alias("quarantined_at")
+    rejected = rejected.select(
+        F.col("reject_reason").alias("reason"),
+        F.coalesce(F.col("raw_line"), F.to_json("raw_fields")).alias("raw"),
+        "source_file",
+        F.current_timestamp().alias("quarantined_at"),
     )
     writer = rejected.write.format("delta")
-    if lake.exists(classified.sparkSession, settings.lake, lake.QUARANTINE) and files:
+    if lake.exists(rejected.sparkSession, settings.lake, lake.QUARANTINE) and files:
         quoted = ", ".join("'" + f.replace("'", "''") + "'" for f in files)
         writer = writer.mode("overwrite").option("replaceWhere", f"source_file IN ({quoted})")
     else:
         writer = writer.mode("append")
     writer.save(lake.path(settings.lake, lake.QUARANTINE))
     return int(
-        lake.last_commit_metrics(classified.sparkSession, settings.lake, lake.QUARANTINE).get("numOutputRows", 0)
+        lake.commit_metrics(rejected.sparkSession, lake.path(settings.lake, lake.QUARANTINE)).get("numOutputRows", 0)
     )
 
 
@@ -451,6 +509,13 @@ def _path_exists(spark: SparkSession, location: str) -> bool:
     fs = hadoop_path.getFileSystem(spark.sparkContext._jsc.hadoopConfiguration())
     matches = fs.globStatus(hadoop_path)
     return matches is not None and len(matches) > 0
+
+
+@contextlib.contextmanager
+def _timed(step: str):
+    started = time.monotonic()
+    yield
+    log.debug("ingest step %s: %.1f s", step, time.monotonic() - started)
 
 
 def _short_hash(text: str) -> str:

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import os
+
 from delta.tables import DeltaTable
 from pyspark.sql import DataFrame, SparkSession
 
@@ -17,7 +19,9 @@ SEGMENTS = "customer_segments"
 
 
 def path(lake: LakeSettings, table: str) -> str:
-    return lake.table(table)
+    """The table's location: a URI (s3://, dbfs:/, abfss://) as given, a local path made absolute."""
+    location = lake.table(table)
+    return location if "://" in location or location.startswith("dbfs:") else os.path.abspath(location)
 
 
 def read(spark: SparkSession, lake: LakeSettings, table: str, version: int | None = None) -> DataFrame:
@@ -50,7 +54,7 @@ def version(spark: SparkSession, lake: LakeSettings, table: str) -> int:
     return DeltaTable.forPath(spark, path(lake, table)).history(1).select("version").first()[0]
 
 
-def last_commit_metrics(spark: SparkSession, lake: LakeSettings, table: str) -> dict[str, str]:
-    """Delta's own operation metrics of the latest commit (numOutputRows, ...)."""
-    row = DeltaTable.forPath(spark, path(lake, table)).history(1).select("operationMetrics").first()
+def commit_metrics(spark: SparkSession, location: str) -> dict[str, str]:
+    """Delta's own operation metrics of the table's latest commit (numOutputRows, numTargetRowsInserted, ...)."""
+    row = DeltaTable.forPath(spark, location).history(1).select("operationMetrics").first()
     return dict(row[0] or {})

@@ -35,7 +35,7 @@ def run(spark: SparkSession, settings: Settings) -> dict:
             f"the model at {settings.train.model_dir} was trained on other features than this code "
             f"builds ({len(metadata['feature_names'])} against {len(expected)}): retrain it"
         )
-    table = lake.read(spark, settings.lake, lake.FEATURES)
+    table = latest_snapshot(lake.read(spark, settings.lake, lake.FEATURES))
     scoring_date = settings.score.scoring_date or dt.date.today()
     scores = score(table, metadata, settings.train.model_dir, settings.score.batch_size).select(
         "customer_id",
@@ -48,6 +48,12 @@ def run(spark: SparkSession, settings: Settings) -> dict:
     lake.overwrite(scores, settings.lake, lake.SCORES)
     written = lake.read(spark, settings.lake, lake.SCORES)
     return {"customers_scored": written.count(), "test_auc": test_auc(written, table)}
+
+
+def latest_snapshot(features: DataFrame) -> DataFrame:
+    """The rows of the latest cutoff: today's picture of every customer."""
+    latest = features.agg(F.max("cutoff_date")).first()[0]
+    return features.filter(F.col("cutoff_date") == F.lit(latest))
 
 
 def score(table: DataFrame, metadata: dict, model_dir: str, batch_size: int) -> DataFrame:

@@ -21,8 +21,8 @@ PROFILE_COLUMNS = ["propensity", "days_since_last_event", "purchases", "revenue"
 def run(spark: SparkSession, settings: Settings) -> dict:
     scores = lake.read(spark, settings.lake, lake.SCORES)
     customers = scores.join(
-        lake.read(spark, settings.lake, lake.FEATURES).select("customer_id", *PROFILE_COLUMNS[1:]),
-        on="customer_id",
+        lake.read(spark, settings.lake, lake.FEATURES).select("customer_id", "cutoff_date", *PROFILE_COLUMNS[1:]),
+        on=["customer_id", "cutoff_date"],
         how="inner",
     )
     assigned = assign_segments(customers, settings.segment)

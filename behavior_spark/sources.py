@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import dataclasses
 import json
+from functools import reduce
 from pathlib import Path
 
 import yaml
@@ -202,11 +203,13 @@ def canonical(raw: DataFrame, m: SourceMapping) -> DataFrame:
         price = field("price").try_cast("double")
         price_text = field("price")
     user_id = field("user_id")
-    raw_json = F.to_json(F.struct(*m.raw_columns))
+    texts = [F.col(RAW_TEXT), *(F.col(c) for c in m.raw_columns)]
+    undecodable = reduce(lambda a, b: a | b, (F.coalesce(F.contains(t, F.lit("\ufffd")), F.lit(False)) for t in texts))
     return raw.select(
-        F.coalesce(F.col(RAW_TEXT), raw_json).alias("raw"),
+        F.col(RAW_TEXT).alias("raw_line"),
+        F.struct(*m.raw_columns).alias("raw_fields"),  # serialised only for the rows that are quarantined
         F.col(CORRUPT).isNotNull().alias("malformed"),
-        F.contains(F.coalesce(F.col(RAW_TEXT), raw_json), F.lit("\ufffd")).alias("bad_encoding"),
+        undecodable.alias("bad_encoding"),
         "source_file",
         event_time.alias("event_time"),
         F.nullif(user_id, F.lit("")).alias("user_id"),

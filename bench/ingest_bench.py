@@ -23,11 +23,18 @@ def main(sizes: list[int], workdir: Path) -> str:
     for size in sizes:
         folder = workdir / f"ingest-{size}"
         shutil.rmtree(folder, ignore_errors=True)
-        settings = load_settings(None, [
-            f"lake.root={folder / 'lake'}", f"generate.rows={size}", f"generate.output={folder / 'raw'}",
-            f"generate.files={max(2, size // 500_000)}", f"ingest.input={folder / 'raw'}",
-            "spark.shuffle_partitions=16", "spark.driver_memory=12g",
-        ])
+        settings = load_settings(
+            None,
+            [
+                f"lake.root={folder / 'lake'}",
+                f"generate.rows={size}",
+                f"generate.output={folder / 'raw'}",
+                f"generate.files={max(2, size // 500_000)}",
+                f"ingest.input={folder / 'raw'}",
+                "spark.shuffle_partitions=16",
+                "spark.driver_memory=12g",
+            ],
+        )
         spark = local_session(settings.spark)
         write_raw(generate_events(spark, settings.generate), settings.generate)
         floor_s = _timed(lambda: _copy_to_parquet(spark, settings.generate.output, str(folder / "floor")))
@@ -35,8 +42,10 @@ def main(sizes: list[int], workdir: Path) -> str:
         result = ingest.run(spark, settings)
         ingest_s = time.monotonic() - started
         rows.append((size, result["rows_read"], ingest_s, floor_s))
-        print(f"ingest bench {size}: {result['rows_read']} rows, ingest {ingest_s:.1f} s, floor {floor_s:.1f} s",
-              flush=True)
+        print(
+            f"ingest bench {size}: {result['rows_read']} rows, ingest {ingest_s:.1f} s, floor {floor_s:.1f} s",
+            flush=True,
+        )
         spark.stop()
         shutil.rmtree(folder, ignore_errors=True)
     return _table(rows)
@@ -55,9 +64,13 @@ def _timed(action) -> float:
 
 def _table(rows: list[tuple[int, int, float, float]]) -> str:
     base = rows[0][2]
-    lines = ["| raw rows | ingest s | rows/s | I/O floor s | ingest / floor | time / smallest |",
-             "|---:|---:|---:|---:|---:|---:|"]
+    lines = [
+        "| raw rows | ingest s | rows/s | I/O floor s | ingest / floor | time / smallest |",
+        "|---:|---:|---:|---:|---:|---:|",
+    ]
     for _, read, ingest_s, floor_s in rows:
-        lines.append(f"| {read:,} | {ingest_s:.1f} | {read / ingest_s:,.0f} | {floor_s:.1f} | "
-                     f"{ingest_s / floor_s:.2f}x | {ingest_s / base:.2f}x |")
+        lines.append(
+            f"| {read:,} | {ingest_s:.1f} | {read / ingest_s:,.0f} | {floor_s:.1f} | "
+            f"{ingest_s / floor_s:.2f}x | {ingest_s / base:.2f}x |"
+        )
     return "\n".join(lines)

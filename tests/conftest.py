@@ -11,6 +11,7 @@ from behavior_spark.session import local_session
 
 TEST_KEY = "test-only-pseudonym-key-not-a-secret"
 os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
+os.environ.setdefault("PYARROW_IGNORE_TIMEZONE", "1")
 
 
 @pytest.fixture(scope="session")
