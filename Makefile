@@ -14,8 +14,9 @@ test: setup
 lint: setup
 	.venv/bin/ruff check behavior_spark jobs tests scripts bench
 
+BENCH_ARGS ?= stages --sizes 1000000,4000000,16000000
 bench: setup
-	.venv/bin/python -m bench $(ARGS)
+	.venv/bin/python -m bench $(or $(ARGS),$(BENCH_ARGS))
 
 # Re-resolve requirements/lock.txt from requirements/base.txt in a scratch environment.
 lock:

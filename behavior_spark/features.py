@@ -289,7 +289,7 @@ def recent_sequences(history: DataFrame, length: int, category_buckets: int) -> 
         "customer_id",
         *(
             F.concat(padding, F.col(f"recent.{field}")).alias(name)
-            for field, name in zip(["event_type_id", "category_bucket", "gap_bucket"], SEQUENCE_COLUMNS)
+            for field, name in zip(["event_type_id", "category_bucket", "gap_bucket"], SEQUENCE_COLUMNS, strict=False)
         ),
     )
 

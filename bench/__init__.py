@@ -1,1 +1,1 @@
-"""Benchmarks: `make bench ARGS="ingest --sizes 1000000,4000000"` (see bench/__main__.py)."""
+"""Benchmarks: `make bench` runs them all; `make bench ARGS="stages --sizes 1000000"` runs one (bench/__main__.py)."""

@@ -1,4 +1,4 @@
-"""Run a benchmark: `python -m bench <name> [--sizes N,N,...]`; prints a Markdown table and saves it in bench/results."""
+"""Run a benchmark: `python -m bench <name> [--sizes N,...]`; prints a Markdown table, saves it in bench/results."""
 
 from __future__ import annotations
 
@@ -6,9 +6,9 @@ import argparse
 import os
 from pathlib import Path
 
-from bench import ingest_bench
+from bench import stages
 
-BENCHES = {"ingest": ingest_bench.main}
+BENCHES = {"stages": stages.main}
 
 
 def main() -> None:

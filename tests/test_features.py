@@ -95,7 +95,7 @@ def test_sequence_padding_order_truncation_and_gaps(spark):
     # seven events over three days; only the last five survive, most recent last
     long_hours = [24 * 2 + 5, 24 * 2 + 4, 24 + 3, 24 + 2.99, 24 + 1, 2, 1]
     long_kinds = ["view", "view", "cart", "view", "remove_from_cart", "view", "purchase"]
-    spec += [("long", h, k, 1, 1.0) for h, k in zip(long_hours, long_kinds)]
+    spec += [("long", h, k, 1, 1.0) for h, k in zip(long_hours, long_kinds, strict=False)]
     got = build(spark, spec, sequence_length=5)
     assert list(got["short"]["seq_event_type"]) == [0, 0, 1, 2, 4]
     assert list(got["short"]["seq_gap_bucket"]) == [0, 0, 1, 4, 4]  # first event, then gaps of one hour
