@@ -14,6 +14,7 @@ import contextlib
 import datetime as dt
 import hashlib
 import logging
+import math
 import os
 import time
 import uuid
@@ -33,7 +34,11 @@ log = logging.getLogger(__name__)
 
 CLEAN, DUPLICATE, REPLAY, BOT = "clean", "duplicate", "replay", "bot"
 NOT_QUARANTINED = (CLEAN, DUPLICATE, REPLAY, BOT)
-SESSION_CONTEXT_DAYS = 1  # existing events this close to a batch's events are re-sessionised with it
+# Rows are shuffled by (day, bucket of customers): a customer's day is the largest unit of work, sessions never cross
+# midnight, and each task writes one file per day it holds. ROWS_PER_FILE sizes the buckets.
+PARTITION_KEYS = ["event_date", "bucket"]
+WINDOW_KEYS = [*PARTITION_KEYS, "customer_id"]
+ROWS_PER_FILE = 1_000_000
 EVENTS_SCHEMA = T.StructType(
     [
         T.StructField("event_id", T.StringType(), False),
@@ -134,9 +139,10 @@ def process_batch(
         files = sorted(r["source_file"] for r in per_file)
         with _timed("quarantine"):
             quarantined_written = write_quarantine(parsed.filter(F.col("reject_reason").isNotNull()), files, settings)
-        checked = with_copy_and_rate(parsed.filter(F.col("reject_reason").isNull())).persist(
-            StorageLevel.MEMORY_AND_DISK
-        )
+        valid = parsed.filter(F.col("reject_reason").isNull())
+        days = valid.select(F.to_date("event_time")).distinct().count()
+        buckets = buckets_per_day(rows_read - quarantined_written, days)
+        checked = with_checks(valid, cfg.session_gap_minutes, buckets).persist(StorageLevel.MEMORY_AND_DISK)
         classified = classify(checked, cfg.bot_events_per_minute)
         with _timed("classify"):
             checked.count()
@@ -152,7 +158,7 @@ def process_batch(
             write_identity_map(clean, cfg.identity_map)
         events_before = spark.read.format("delta").load(events_path).count()
         with _timed("write events"):
-            inserted, relinked = write_events(spark, clean, events_path, cfg.session_gap_minutes)
+            inserted, relinked = write_events(spark, clean, events_path, cfg.session_gap_minutes, buckets)
         events_after = spark.read.format("delta").load(events_path).count()
     finally:
         parsed.unpersist()
@@ -246,87 +252,75 @@ def event_id() -> Column:
     )
 
 
-def with_copy_and_rate(valid: DataFrame) -> DataFrame:
-    """Valid rows, shuffled once by customer and day, with their copy number and their minute's event count.
-
-    `copy_number` > 1 marks a later copy of the same event (same customer, type, item and time); `minute_events`
-    counts first copies in the row's calendar minute, the bot signal.
-    """
-    by_customer_day = ["customer_id", "event_date"]
-    first_copy_order = ["price", "category_id", "category_code", "brand", "quantity", "source_file"]
-    minute = F.date_trunc("minute", "event_time")
+def with_checks(valid: DataFrame, gap_minutes: int, buckets_per_day: int) -> DataFrame:
+    """Valid rows after one shuffle (by day and customer bucket) and one sort (by time), with `is_copy` (a later
+    copy of the same event: same customer, type, item and time, so copies sort next to each other) and
+    `session_id`, both from the same ordered pass."""
+    by_time = _in_time_order()
     return (
         valid.withColumn("event_date", F.to_date("event_time"))
         .withColumn("event_id", event_id())
+        .withColumn("ts", F.unix_micros("event_time"))
         .drop("raw_line", "raw_fields")
-        .repartition(*by_customer_day)
-        .withColumn(
-            "copy_number",
-            F.row_number().over(Window.partitionBy(*by_customer_day, "event_id").orderBy(*first_copy_order)),
+        .transform(shuffle_by_day, buckets_per_day)
+        .select(
+            "*", F.lag("event_id").over(by_time).alias("previous_id"), F.lag("ts").over(by_time).alias("previous_ts")
         )
-        .withColumn(
-            "minute_events",
-            F.count(F.when(F.col("copy_number") == 1, 1)).over(
-                Window.partitionBy(*by_customer_day, minute.alias("minute"))
-            ),
-        )
+        .withColumn("is_copy", F.coalesce(F.col("previous_id") == F.col("event_id"), F.lit(False)))
+        .transform(with_sessions, gap_minutes)
+        .drop("previous_id")
     )
+
+
+def shuffle_by_day(rows: DataFrame, buckets_per_day: int) -> DataFrame:
+    """Hash rows into (day, customer bucket) partitions; windows over WINDOW_KEYS then need no further shuffle."""
+    bucketed = rows.withColumn("bucket", F.pmod(F.xxhash64("customer_id"), F.lit(buckets_per_day)).cast("int"))
+    # No partition count: spark.sql.shuffle.partitions sets it, and adaptive execution coalesces small partitions.
+    return bucketed.repartition(*PARTITION_KEYS)
+
+
+def buckets_per_day(valid_rows: int, days: int) -> int:
+    """Customer buckets per day so that one (day, bucket) holds about ROWS_PER_FILE rows."""
+    return max(1, math.ceil(valid_rows / max(days, 1) / ROWS_PER_FILE))
 
 
 def classify(checked: DataFrame, max_events_per_minute: int) -> DataFrame:
     """`duplicate` for later copies, `bot` for every row of a customer who ever exceeded the rate, else `clean`."""
     bots = (
-        checked.filter(F.col("minute_events") > max_events_per_minute)
+        checked.filter(~F.col("is_copy"))
+        .groupBy("customer_id", F.date_trunc("minute", "event_time").alias("minute"))
+        .count()
+        .filter(F.col("count") > max_events_per_minute)
         .select("customer_id")
         .distinct()
         .withColumn("is_bot", F.lit(True))
     )
     # Bot customers are few (a handful per million users): broadcast them rather than shuffle every event.
     return checked.join(F.broadcast(bots), on="customer_id", how="left").withColumn(
-        "status", F.when(F.col("copy_number") > 1, DUPLICATE).when(F.col("is_bot"), BOT).otherwise(CLEAN)
+        "status", F.when(F.col("is_copy"), DUPLICATE).when(F.col("is_bot"), BOT).otherwise(CLEAN)
     )
 
 
 def with_sessions(events: DataFrame, gap_minutes: int) -> DataFrame:
-    """`session_id` per event: a session ends at a gap longer than `gap_minutes` (a gap of exactly that stays).
-
-    Windows are partitioned by customer and day, so one very active customer cannot pile into one task; sessions
-    that run over midnight are joined through a small per-customer window over days.
-    """
-    gap_seconds = gap_minutes * 60
-    seconds = F.col("event_time").cast("long")
-    by_day = Window.partitionBy("customer_id", "event_date").orderBy("event_time", "event_id")
+    """`session_id` per event: a session ends at a gap longer than `gap_minutes` (a gap of exactly that stays) and
+    at midnight UTC, as web analytics tools split them; so one customer's day is all a session ever needs."""
     if "event_date" not in events.columns:  # keep an existing column: the rows may already be partitioned on it
         events = events.withColumn("event_date", F.to_date("event_time"))
-    in_day = events.withColumn("gap_in_day", seconds - F.lag(seconds).over(by_day))
-    days = in_day.groupBy("customer_id", "event_date").agg(
-        F.min("event_time").alias("day_first"),
-        F.max("event_time").alias("day_last"),
-        F.max(F.when(F.col("gap_in_day") > gap_seconds, F.col("event_time"))).alias("day_last_start"),
-    )
-    by_customer = Window.partitionBy("customer_id").orderBy("event_date")
-    earlier = by_customer.rowsBetween(Window.unboundedPreceding, -1)
-    days = (
-        days.withColumn("previous_last", F.lag("day_last").over(by_customer))
-        .withColumn("continues", (F.col("day_first").cast("long") - F.col("previous_last").cast("long")) <= gap_seconds)
-        .withColumn("day_opening_start", F.when(~F.coalesce(F.col("continues"), F.lit(False)), F.col("day_first")))
-        .withColumn("latest_start", F.coalesce(F.col("day_last_start"), F.col("day_opening_start")))
-        .withColumn("carried_start", F.last("latest_start", ignorenulls=True).over(earlier))
-        .select("customer_id", "event_date", "day_opening_start", "carried_start")
-    )
-    starts = F.when(F.col("gap_in_day") > gap_seconds, F.col("event_time"))
-    running_start = F.max(starts).over(by_day.rowsBetween(Window.unboundedPreceding, 0))
-    session_start = F.coalesce(running_start, F.col("day_opening_start"), F.col("carried_start"))
-    return (
-        in_day.join(days, on=["customer_id", "event_date"], how="inner")
-        .withColumn(
-            "session_id",
-            F.substring(
-                F.sha2(F.concat_ws("|", "customer_id", F.unix_millis(session_start).cast("string")), 256), 1, 32
-            ),
-        )
-        .drop("gap_in_day", "day_opening_start", "carried_start")
-    )
+    if "ts" not in events.columns:
+        events = events.withColumn("ts", F.unix_micros("event_time"))
+    if "bucket" not in events.columns:
+        events = events.withColumn("bucket", F.lit(0))
+    if "previous_ts" not in events.columns:
+        events = events.withColumn("previous_ts", F.lag("ts").over(_in_time_order()))
+    gap = F.col("ts") - F.col("previous_ts")
+    starts = F.when(gap.isNull() | (gap > gap_minutes * 60_000_000), F.col("ts"))
+    session_start = F.max(starts).over(_in_time_order().rowsBetween(Window.unboundedPreceding, 0))
+    session_id = F.sha2(F.concat_ws("|", F.col("customer_id"), session_start.cast("string")), 256)
+    return events.withColumn("session_id", F.substring(session_id, 1, 32)).drop("previous_ts")
+
+
+def _in_time_order() -> Window:
+    return Window.partitionBy(*WINDOW_KEYS).orderBy("ts", "event_id")
 
 
 def ensure_events_table(spark: SparkSession, path: str) -> None:
@@ -338,47 +332,40 @@ def ensure_events_table(spark: SparkSession, path: str) -> None:
             spark.sql(f"ALTER TABLE delta.`{path}` ADD CONSTRAINT {name} CHECK ({expression})")
 
 
-def write_events(spark: SparkSession, clean: DataFrame, path: str, gap_minutes: int) -> tuple[int, int]:
+def write_events(spark: SparkSession, clean: DataFrame, path: str, gap_minutes: int, buckets: int) -> tuple[int, int]:
     """Add the batch's clean events; return (rows inserted, sessions re-linked).
 
-    Where the table holds nothing near the batch's events (a first load, a new day) an append is exactly what a
-    MERGE would do, at a fraction of the cost. Otherwise the batch is MERGEd on its event key together with the
-    table's nearby events, so replays are skipped and sessions that late events bridge are re-linked.
+    Where the table holds nothing on the batch's days (a first load, a new day) an append is exactly what a MERGE
+    would do, at a fraction of the cost. Otherwise the batch is MERGEd on its event key together with the table's
+    events of the same customers and days, so replays are skipped and sessions that late events bridge re-linked.
     """
-    new = clean.select(*(c for c in EVENTS_COLUMNS if c != "session_id"))
-    span = new.groupBy("customer_id").agg(
-        (F.min("event_time") - F.expr(f"INTERVAL {SESSION_CONTEXT_DAYS} DAYS")).alias("context_from"),
-        (F.max("event_time") + F.expr(f"INTERVAL {SESSION_CONTEXT_DAYS} DAYS")).alias("context_to"),
-    )
-    dates = new.agg(F.min("event_date"), F.max("event_date")).first()
-    if dates[0] is None:
+    days = [r[0] for r in clean.select("event_date").distinct().collect()]  # one row per day in the batch
+    if not days:
         return 0, 0
-    first, last = dates[0] - dt.timedelta(days=SESSION_CONTEXT_DAYS), dates[1] + dt.timedelta(days=SESSION_CONTEXT_DAYS)
-    nearby = spark.read.format("delta").load(path).filter(F.col("event_date").between(first, last))
-    if nearby.isEmpty():
-        sessionised = new.transform(with_sessions, gap_minutes).select(*EVENTS_COLUMNS)
-        sessionised.write.format("delta").mode("append").save(path)
+    same_days = spark.read.format("delta").load(path).filter(F.col("event_date").isin(days))
+    if same_days.isEmpty():
+        clean.select(*EVENTS_COLUMNS).write.format("delta").mode("append").save(path)
         return int(lake.commit_metrics(spark, path).get("numOutputRows", 0)), 0
-    context = (
-        nearby.join(span, on="customer_id", how="inner")
-        .filter(F.col("event_time").between(F.col("context_from"), F.col("context_to")))
-        .select(*new.columns)
-    )
+    new = clean.select(*(c for c in EVENTS_COLUMNS if c != "session_id"))
+    same_customer_days = new.select("event_date", "customer_id").distinct()
+    context = same_days.join(same_customer_days, on=["event_date", "customer_id"], how="inner")
     source = (
-        context.unionByName(new)
+        context.select(*new.columns)
+        .unionByName(new)
         .dropDuplicates(["event_id"])
+        .transform(shuffle_by_day, buckets)
         .transform(with_sessions, gap_minutes)
         .select(*EVENTS_COLUMNS)
         .persist(StorageLevel.MEMORY_AND_DISK)
     )
+    day_list = ", ".join(f"DATE'{day}'" for day in days)
     try:
-        target = DeltaTable.forPath(spark, path)
         (
-            target.alias("t")
+            DeltaTable.forPath(spark, path)
+            .alias("t")
             .merge(
                 source.alias("s"),
-                f"t.event_date BETWEEN DATE'{first}' AND DATE'{last}' "
-                "AND t.event_date = s.event_date AND t.event_id = s.event_id",
+                f"t.event_date IN ({day_list}) AND t.event_date = s.event_date " "AND t.event_id = s.event_id",
             )
             .whenMatchedUpdate(condition="t.session_id <> s.session_id", set={"session_id": "s.session_id"})
             .whenNotMatchedInsertAll()

@@ -8,11 +8,18 @@ from behavior_spark.config import Settings, load_settings
 
 
 def bench_settings(folder: Path, raw_rows: int) -> Settings:
-    return load_settings(None, [
-        f"lake.root={folder / 'lake'}", f"generate.rows={raw_rows}", f"generate.output={folder / 'raw'}",
-        f"generate.files={max(2, raw_rows // 500_000)}", f"ingest.input={folder / 'raw'}",
-        "spark.shuffle_partitions=16", "spark.driver_memory=12g",
-    ])
+    return load_settings(
+        None,
+        [
+            f"lake.root={folder / 'lake'}",
+            f"generate.rows={raw_rows}",
+            f"generate.output={folder / 'raw'}",
+            f"generate.files={max(2, raw_rows // 500_000)}",
+            f"ingest.input={folder / 'raw'}",
+            "spark.shuffle_partitions=16",
+            "spark.driver_memory=12g",
+        ],
+    )
 
 
 def ratio_table(rows: list[tuple[int, float, float]], unit: str, stage: str, floor: str) -> str:
@@ -23,6 +30,8 @@ def ratio_table(rows: list[tuple[int, float, float]], unit: str, stage: str, flo
         "|---:|---:|---:|---:|---:|---:|---:|",
     ]
     for size, stage_s, floor_s in rows:
-        lines.append(f"| {size:,} | {stage_s:.1f} | {size / stage_s:,.0f} | {floor_s:.1f} | {stage_s / floor_s:.2f}x | "
-                     f"{size / base_size:.1f}x | {stage_s / base_s:.1f}x |")
+        lines.append(
+            f"| {size:,} | {stage_s:.1f} | {size / stage_s:,.0f} | {floor_s:.1f} | {stage_s / floor_s:.2f}x | "
+            f"{size / base_size:.1f}x | {stage_s / base_s:.1f}x |"
+        )
     return "\n".join(lines)

@@ -31,13 +31,14 @@ if [[ ! -f "$packages_stamp" ]]; then
   "$VENV/bin/pip" install --quiet --upgrade "pip<25" "setuptools<70" wheel
   "$VENV/bin/pip" install --quiet -r requirements/lock.txt
   "$VENV/bin/pip" install --quiet --no-deps -e .
-  rm -f "$VENV"/.packages-*
+  rm -f "$VENV"/.packages-* "$VENV"/.horovod-*
   touch "$packages_stamp"
   changed=1
 fi
 
-if ! "$VENV/bin/python" -c "import horovod, sys; sys.exit(horovod.__version__ != '$HOROVOD_VERSION')" 2>/dev/null \
-   || ! "$VENV/bin/python" -c "import horovod.tensorflow" 2>/dev/null; then
+horovod_stamp="$VENV/.horovod-$HOROVOD_VERSION"  # removed whenever the packages (and so TensorFlow) are reinstalled
+if [[ ! -f "$horovod_stamp" ]] && ! "$VENV/bin/python" -c "import horovod.tensorflow, horovod, sys; \
+     sys.exit(horovod.__version__ != '$HOROVOD_VERSION')" 2>/dev/null; then
   step "Horovod $HOROVOD_VERSION from source with TensorFlow and Gloo (about 3 minutes on 2 cores)"
   CMAKE_POLICY_VERSION_MINIMUM=3.5 \
   HOROVOD_WITH_TENSORFLOW=1 HOROVOD_WITHOUT_PYTORCH=1 HOROVOD_WITHOUT_MXNET=1 \
@@ -46,6 +47,7 @@ if ! "$VENV/bin/python" -c "import horovod, sys; sys.exit(horovod.__version__ !=
     || fail "the Horovod build failed: it needs cmake, g++ and the TensorFlow in $VENV"
   changed=1
 fi
+touch "$horovod_stamp"
 
 mkdir -p "$JARS"
 for artifact in "${MAVEN_ARTIFACTS[@]}"; do

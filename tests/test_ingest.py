@@ -253,17 +253,14 @@ def test_session_splits_after_the_gap_not_at_it(spark):
     assert sessionise(spark, rows) == [["a1", "a2", "a3"], ["a4"], ["b1"]]
 
 
-def test_session_runs_over_midnight_and_over_a_quiet_day(spark):
+def test_sessions_end_at_midnight_utc(spark):
     rows = [
         ("a", "a1", "2026-01-01 23:50:00"),
-        ("a", "a2", "2026-01-02 00:10:00"),  # one session over midnight
+        ("a", "a2", "2026-01-02 00:10:00"),  # 20 minutes later, but a new day: a new session
         ("a", "a3", "2026-01-02 00:20:00"),
-        ("a", "a4", "2026-01-02 09:00:00"),  # a4 starts another
-        ("a", "a5", "2026-01-02 23:59:00"),
-        ("a", "a6", "2026-01-03 00:01:00"),
-        ("a", "a7", "2026-01-05 12:00:00"),
+        ("a", "a4", "2026-01-02 09:00:00"),
     ]
-    assert sessionise(spark, rows) == [["a1", "a2", "a3"], ["a4"], ["a5", "a6"], ["a7"]]
+    assert sessionise(spark, rows) == [["a1"], ["a2", "a3"], ["a4"]]
 
 
 # --- re-runs and incremental batches -----------------------------------------------------------------------------
