@@ -53,6 +53,7 @@ EVENTS_SCHEMA = T.StructType(
         T.StructField("quantity", T.IntegerType(), False),
         T.StructField("customer_id", T.StringType(), False),
         T.StructField("session_id", T.StringType(), False),
+        T.StructField("session_index", T.IntegerType(), False),
     ]
 )
 EVENTS_COLUMNS = EVENTS_SCHEMA.fieldNames()
@@ -314,9 +315,14 @@ def with_sessions(events: DataFrame, gap_minutes: int) -> DataFrame:
         events = events.withColumn("previous_ts", F.lag("ts").over(_in_time_order()))
     gap = F.col("ts") - F.col("previous_ts")
     starts = F.when(gap.isNull() | (gap > gap_minutes * 60_000_000), F.col("ts"))
-    session_start = F.max(starts).over(_in_time_order().rowsBetween(Window.unboundedPreceding, 0))
+    so_far = _in_time_order().rowsBetween(Window.unboundedPreceding, 0)
+    session_start = F.max(starts).over(so_far)
     session_id = F.sha2(F.concat_ws("|", F.col("customer_id"), session_start.cast("string")), 256)
-    return events.withColumn("session_id", F.substring(session_id, 1, 32)).drop("previous_ts")
+    return (
+        events.withColumn("session_id", F.substring(session_id, 1, 32))
+        .withColumn("session_index", F.count(starts).over(so_far).cast("int"))  # 1, 2, ... in the customer's day
+        .drop("previous_ts")
+    )
 
 
 def _in_time_order() -> Window:
@@ -346,7 +352,7 @@ def write_events(spark: SparkSession, clean: DataFrame, path: str, gap_minutes: 
     if same_days.isEmpty():
         clean.select(*EVENTS_COLUMNS).write.format("delta").mode("append").save(path)
         return int(lake.commit_metrics(spark, path).get("numOutputRows", 0)), 0
-    new = clean.select(*(c for c in EVENTS_COLUMNS if c != "session_id"))
+    new = clean.select(*(c for c in EVENTS_COLUMNS if c not in ("session_id", "session_index")))
     same_customer_days = new.select("event_date", "customer_id").distinct()
     context = same_days.join(same_customer_days, on=["event_date", "customer_id"], how="inner")
     source = (
@@ -367,7 +373,10 @@ def write_events(spark: SparkSession, clean: DataFrame, path: str, gap_minutes: 
                 source.alias("s"),
                 f"t.event_date IN ({day_list}) AND t.event_date = s.event_date " "AND t.event_id = s.event_id",
             )
-            .whenMatchedUpdate(condition="t.session_id <> s.session_id", set={"session_id": "s.session_id"})
+            .whenMatchedUpdate(
+                condition="t.session_id <> s.session_id OR t.session_index <> s.session_index",
+                set={"session_id": "s.session_id", "session_index": "s.session_index"},
+            )
             .whenNotMatchedInsertAll()
             .execute()
         )

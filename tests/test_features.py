@@ -34,6 +34,7 @@ def event_rows(spec):
                 1,
                 customer,
                 f"{customer}-{at.date()}",
+                1,
             )
         )
     return rows
@@ -164,6 +165,7 @@ def test_a_heavy_customer_gets_correct_features(spark):
             F.lit(1).alias("quantity"),
             F.lit("heavy").alias("customer_id"),
             F.lit("s").alias("session_id"),
+            F.lit(1).alias("session_index"),
         )
     )
     cfg = load_settings(None).features

@@ -263,6 +263,14 @@ def test_sessions_end_at_midnight_utc(spark):
     assert sessionise(spark, rows) == [["a1"], ["a2", "a3"], ["a4"]]
 
 
+def test_sessions_are_numbered_within_the_customers_day(spark):
+    schema = "customer_id string, event_id string, event_time string"
+    rows = [("a", "a1", "2026-01-01 08:00:00"), ("a", "a2", "2026-01-01 08:10:00"), ("a", "a3", "2026-01-01 12:00:00")]
+    df = spark.createDataFrame(rows, schema).withColumn("event_time", F.to_timestamp("event_time"))
+    got = {r["event_id"]: r["session_index"] for r in ingest.with_sessions(df, 30).collect()}
+    assert got == {"a1": 1, "a2": 1, "a3": 2}
+
+
 # --- re-runs and incremental batches -----------------------------------------------------------------------------
 
 
