@@ -16,6 +16,7 @@ FEATURES = "customer_features"
 FEATURE_STATS = "feature_stats"
 SCORES = "customer_scores"
 SEGMENTS = "customer_segments"
+SEGMENT_PROFILES = "segment_profiles"
 
 
 def path(lake: LakeSettings, table: str) -> str:

@@ -9,7 +9,7 @@ from collections.abc import Callable
 
 from pyspark.sql import SparkSession
 
-from behavior_spark import features, generate, ingest, score, segment, train
+from behavior_spark import features, generate, ingest, lake, score, segment, train
 from behavior_spark.config import Settings
 
 log = logging.getLogger(__name__)
@@ -41,10 +41,13 @@ def run_all(spark: SparkSession, settings: Settings) -> dict:
 
 def summary(results: dict[str, dict], settings: Settings) -> str:
     """What the run wrote and where, in words and numbers."""
-    lines = [f"behavior-spark run: lakehouse at {settings.lake.root}"]
+    lines = [f"behavior-spark run: lakehouse at {lake.path(settings.lake, '')}"]
     for stage, result in results.items():
         shown = {k: v for k, v in result.items() if k not in ("quarantined_by_reason", "run_id", "ingested_at")}
         lines.append(f"  {stage:<9} {json.dumps(shown, default=str)}")
         if stage == "ingest":
             lines.append(f"            quarantined by reason: {json.dumps(result['quarantined_by_reason'])}")
+    tables = [lake.EVENTS, lake.QUARANTINE, lake.INGEST_AUDIT, lake.FEATURES, lake.FEATURE_STATS, lake.SCORES,
+              lake.SEGMENTS, lake.SEGMENT_PROFILES]
+    lines.append(f"  Delta tables: {', '.join(tables)}; model: {settings.train.model_dir}")
     return "\n".join(lines)

@@ -33,7 +33,7 @@ def run(spark: SparkSession, settings: Settings) -> dict:
         settings.lake,
         lake.SEGMENTS,
     )
-    lake.overwrite(profiles, settings.lake, "segment_profiles")
+    lake.overwrite(profiles, settings.lake, lake.SEGMENT_PROFILES)
     sizes = {r["segment_name"]: r["customers"] for r in profiles.collect()}  # one row per segment
     return {"segments": sizes}
 

@@ -1,4 +1,4 @@
-"""One local, Delta-enabled SparkSession for the whole test run, and a fresh lakehouse folder per test."""
+"""One local, Delta-enabled SparkSession for the whole test run, and the test-only pseudonymisation key."""
 
 from __future__ import annotations
 
@@ -6,7 +6,7 @@ import os
 
 import pytest
 
-from behavior_spark.config import SparkSettings, load_settings
+from behavior_spark.config import SparkSettings
 from behavior_spark.session import local_session
 
 TEST_KEY = "test-only-pseudonym-key-not-a-secret"
@@ -25,24 +25,3 @@ def spark():
 def pseudonym_key(monkeypatch) -> str:
     monkeypatch.setenv("BEHAVIOR_SPARK_PSEUDONYM_KEY", TEST_KEY)
     return TEST_KEY
-
-
-@pytest.fixture
-def tiny_settings(tmp_path):
-    """Settings for a small end-to-end run inside a temporary lakehouse."""
-    root = tmp_path / "lakehouse"
-    return load_settings(
-        None,
-        [
-            f"lake.root={root}",
-            "generate.rows=20000",
-            "generate.files=2",
-            f"generate.output={root}/raw/events",
-            f"ingest.input={root}/raw/events",
-            "spark.shuffle_partitions=2",
-            "train.epochs=2",
-            "train.batch_size=128",
-            f"train.model_dir={root}/models/propensity",
-            "segment.k=4",
-        ],
-    )
