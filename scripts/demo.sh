@@ -11,4 +11,6 @@ if [[ -z "${BEHAVIOR_SPARK_PSEUDONYM_KEY:-}" ]]; then
   export BEHAVIOR_SPARK_PSEUDONYM_KEY
   echo "demo: BEHAVIOR_SPARK_PSEUDONYM_KEY not set; using this machine's random demo key from $key_file"
 fi
+# The demo generates new raw files each time, so it starts from an empty lakehouse (conf/local.yaml: ./lakehouse).
+rm -rf lakehouse
 exec .venv/bin/behavior-spark run --conf conf/local.yaml "$@"
