@@ -32,8 +32,8 @@ from behavior_spark.sources import EVENT_TYPES, SourceMapping
 
 log = logging.getLogger(__name__)
 
-CLEAN, DUPLICATE, REPLAY, BOT = "clean", "duplicate", "replay", "bot"
-NOT_QUARANTINED = (CLEAN, DUPLICATE, REPLAY, BOT)
+CLEAN, DUPLICATE, BOT = "clean", "duplicate", "bot"  # replays are clean rows the MERGE found already present
+NOT_QUARANTINED = (CLEAN, DUPLICATE, BOT)
 # Rows are shuffled by (day, bucket of customers): a customer's day is the largest unit of work, sessions never cross
 # midnight, and each task writes one file per day it holds. ROWS_PER_FILE sizes the buckets.
 PARTITION_KEYS = ["event_date", "bucket"]

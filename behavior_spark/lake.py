@@ -46,10 +46,6 @@ def overwrite(df: DataFrame, lake: LakeSettings, table: str, partition_by: list[
     writer.save(path(lake, table))
 
 
-def append(df: DataFrame, lake: LakeSettings, table: str) -> None:
-    df.write.format("delta").mode("append").option("mergeSchema", "true").save(path(lake, table))
-
-
 def version(spark: SparkSession, lake: LakeSettings, table: str) -> int:
     """The table's latest committed version."""
     return DeltaTable.forPath(spark, path(lake, table)).history(1).select("version").first()[0]

@@ -47,7 +47,15 @@ def summary(results: dict[str, dict], settings: Settings) -> str:
         lines.append(f"  {stage:<9} {json.dumps(shown, default=str)}")
         if stage == "ingest":
             lines.append(f"            quarantined by reason: {json.dumps(result['quarantined_by_reason'])}")
-    tables = [lake.EVENTS, lake.QUARANTINE, lake.INGEST_AUDIT, lake.FEATURES, lake.FEATURE_STATS, lake.SCORES,
-              lake.SEGMENTS, lake.SEGMENT_PROFILES]
+    tables = [
+        lake.EVENTS,
+        lake.QUARANTINE,
+        lake.INGEST_AUDIT,
+        lake.FEATURES,
+        lake.FEATURE_STATS,
+        lake.SCORES,
+        lake.SEGMENTS,
+        lake.SEGMENT_PROFILES,
+    ]
     lines.append(f"  Delta tables: {', '.join(tables)}; model: {settings.train.model_dir}")
     return "\n".join(lines)

@@ -54,8 +54,8 @@ def run(spark: SparkSession, settings: Settings) -> dict:
     inputs = table.transform(features.model_inputs, stats).select(
         *INPUT_COLUMNS, F.col("label").cast("float").alias("label"), "split"
     )
-    train_rows = inputs.filter(F.col("split") == "train").count()
-    validation_rows = inputs.filter(F.col("split") == "validation").count()
+    rows_by_split = {r["split"]: r["count"] for r in table.groupBy("split").count().collect()}  # three rows
+    train_rows, validation_rows = rows_by_split.get("train", 0), rows_by_split.get("validation", 0)
     if train_rows == 0 or validation_rows == 0:
         raise ValueError(
             f"the features table has {train_rows} training and {validation_rows} validation rows; "
