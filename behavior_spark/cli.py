@@ -34,7 +34,13 @@ def parse_args(argv: list[str]) -> argparse.Namespace:
         metavar="SECTION.KEY=VALUE",
         help="override one setting; repeatable",
     )
-    return parser.parse_args(argv)
+    parser.add_argument(
+        "--resume", action="store_true", help="train: continue from the last checkpoint (train.resume=true)"
+    )
+    args = parser.parse_args(argv)
+    if args.resume:
+        args.overrides.append("train.resume=true")
+    return args
 
 
 def main(argv: list[str] | None = None) -> int:

@@ -83,8 +83,14 @@ class TrainSettings:
     num_proc: int = 2
     epochs: int = 3
     batch_size: int = 512
-    learning_rate: float = 0.001
+    learning_rate: float = 0.001  # per process; scaled by the number of processes, with one epoch of warm-up
     seed: int = 7
+    class_weight: str = "balanced"  # balanced | none: how the rare positive label is weighted in the loss
+    patience: int = 2  # early stopping: epochs without a better validation loss
+    resume: bool = False  # continue from the last checkpoint in model_dir (the CLI's --resume)
+    reader_threads: int | None = None  # Petastorm threads per process; None: the cores Spark gives each GPU
+    threshold: float = 0.5  # the propensity above which a customer counts as a predicted buyer (accuracy)
+    importance_rows: int = 20_000  # validation rows sampled for permutation feature importance
     model_dir: str = "lakehouse/models/propensity"
 
 
@@ -121,6 +127,7 @@ class Settings:
 _CHOICES = {
     "generate.format": {"csv", "json"},
     "features.label_event": {"view", "cart", "remove_from_cart", "purchase", "wishlist"},
+    "train.class_weight": {"balanced", "none"},
     "log.level": {"DEBUG", "INFO", "WARNING", "ERROR"},
 }
 _POSITIVE = {
@@ -139,6 +146,8 @@ _POSITIVE = {
     "train.epochs",
     "train.batch_size",
     "train.learning_rate",
+    "train.patience",
+    "train.importance_rows",
     "score.batch_size",
     "segment.k",
     "ingest.max_price",

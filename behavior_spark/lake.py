@@ -17,6 +17,7 @@ FEATURE_STATS = "feature_stats"
 SCORES = "customer_scores"
 SEGMENTS = "customer_segments"
 SEGMENT_PROFILES = "segment_profiles"
+MODEL_EVALUATION = "model_evaluation"
 
 
 def path(lake: LakeSettings, table: str) -> str:
@@ -44,6 +45,17 @@ def overwrite(df: DataFrame, lake: LakeSettings, table: str, partition_by: list[
     if partition_by:
         writer = writer.partitionBy(*partition_by)
     writer.save(path(lake, table))
+
+
+def replace(df: DataFrame, lake: LakeSettings, table: str, where: str, partition_by: list[str] = ()) -> None:
+    """Replace the rows matching `where` (SQL) with `df`, in one commit; create the table if it is new.
+
+    Re-running with the same `where` (a scoring date, a model version) leaves other rows alone: idempotent.
+    """
+    if not exists(df.sparkSession, lake, table):
+        overwrite(df, lake, table, partition_by)
+        return
+    df.write.format("delta").mode("overwrite").option("replaceWhere", where).save(path(lake, table))
 
 
 def version(spark: SparkSession, lake: LakeSettings, table: str) -> int:

@@ -5,7 +5,13 @@ Imported only where TensorFlow runs (training workers, scoring workers), never b
 
 from __future__ import annotations
 
+import math
+import tempfile
+
+import numpy as np
 import tensorflow as tf
+
+from behavior_spark import artifacts
 
 EMBEDDING_LAYER = "customer_embedding"
 PROPENSITY_LAYER = "propensity"
@@ -39,8 +45,40 @@ def build_model(
     return tf.keras.Model(inputs=[numeric, *seq_inputs.values()], outputs=propensity, name="purchase_propensity")
 
 
-def scoring_model(model: tf.keras.Model) -> tf.keras.Model:
-    """The same weights, answering both the propensity and the 64-dimension customer embedding."""
-    return tf.keras.Model(
-        inputs=model.inputs, outputs=[model.get_layer(PROPENSITY_LAYER).output, model.get_layer(EMBEDDING_LAYER).output]
-    )
+def scoring_model(model: tf.keras.Model, prior_shift: float = 0.0) -> tf.keras.Model:
+    """The same weights, answering the propensity and the 64-dimension customer embedding.
+
+    `prior_shift` undoes class weighting: a model trained with weights w0, w1 learns odds w1/w0 times the true
+    ones, so adding log(w0/w1) to its logit gives back a calibrated probability.
+    """
+    head = model.get_layer(PROPENSITY_LAYER)
+    embedding = model.get_layer(EMBEDDING_LAYER).output
+    propensity = tf.keras.layers.Lambda(
+        lambda e: tf.sigmoid(tf.matmul(e, head.kernel) + head.bias + prior_shift), name="calibrated_propensity"
+    )(embedding)
+    return tf.keras.Model(inputs=model.inputs, outputs=[propensity, embedding])
+
+
+def prior_shift(class_weight: dict | None) -> float:
+    """log(w0 / w1) of the training class weights (JSON may have turned their keys into strings)."""
+    if not class_weight:
+        return 0.0
+    weights = {int(k): float(v) for k, v in class_weight.items()}
+    return math.log(weights[0] / weights[1])
+
+
+def load_model(model_dir: str, metadata: dict) -> tf.keras.Model:
+    """The saved model as a calibrated scoring model (propensity, embedding)."""
+    with tempfile.NamedTemporaryFile(suffix=".h5") as saved:
+        saved.write(artifacts.read_bytes(artifacts.join(model_dir, "model.h5")))
+        saved.flush()
+        model = tf.keras.models.load_model(saved.name, compile=False)
+    return scoring_model(model, prior_shift(metadata["training"]["class_weight"]))
+
+
+def scoring_inputs(columns: dict[str, np.ndarray]) -> list[np.ndarray]:
+    """The model's inputs in order, in the dtypes it was built with."""
+    return [
+        columns["numeric"].astype(np.float32),
+        *(columns[name].astype(np.int32) for name in ("seq_event_type", "seq_category", "seq_gap_bucket")),
+    ]

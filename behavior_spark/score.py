@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import datetime as dt
 import logging
-from pathlib import Path
 
 from pyspark.ml.evaluation import BinaryClassificationEvaluator
 from pyspark.ml.functions import predict_batch_udf
@@ -42,12 +41,16 @@ def run(spark: SparkSession, settings: Settings) -> dict:
         "cutoff_date",
         "propensity",
         "embedding",
-        F.lit(metadata["trained_at"]).alias("model_version"),
+        F.lit(metadata["model_version"]).alias("model_version"),
         F.lit(scoring_date).alias("scoring_date"),
     )
-    lake.overwrite(scores, settings.lake, lake.SCORES)
-    written = lake.read(spark, settings.lake, lake.SCORES)
-    return {"customers_scored": written.count(), "test_auc": test_auc(written, table)}
+    lake.replace(scores, settings.lake, lake.SCORES, f"scoring_date = '{scoring_date}'", partition_by=["scoring_date"])
+    written = lake.read(spark, settings.lake, lake.SCORES).filter(F.col("scoring_date") == F.lit(scoring_date))
+    return {
+        "scoring_date": scoring_date.isoformat(),
+        "customers_scored": written.count(),
+        "test_auc": test_auc(written, table),
+    }
 
 
 def latest_snapshot(features: DataFrame) -> DataFrame:
@@ -60,7 +63,7 @@ def score(table: DataFrame, metadata: dict, model_dir: str, batch_size: int) -> 
     """Add `propensity` and `embedding` to a features DataFrame, batch by batch on the executors."""
     length = metadata["sequence_length"]
     predict = predict_batch_udf(
-        _make_predict_fn(str(Path(model_dir, train.MODEL_FILE).resolve())),
+        _make_predict_fn(model_dir, metadata),
         return_type=PREDICTION_TYPE,
         batch_size=batch_size,
         input_tensor_shapes=[[len(metadata["feature_names"])], [length], [length], [length]],
@@ -82,25 +85,28 @@ def test_auc(scores: DataFrame, table: DataFrame) -> float:
     return float(evaluator.evaluate(joined))
 
 
-def _make_predict_fn(model_path: str):
+def _make_predict_fn(model_dir: str, metadata: dict):
     def make_predict_fn():
-        import numpy as np
+        """Runs once per Python worker: load the model, size TensorFlow's threads to this task's cores."""
         import tensorflow as tf
+        from pyspark import TaskContext
 
-        from behavior_spark.model import scoring_model
+        from behavior_spark.model import load_model, scoring_inputs
 
-        model = scoring_model(tf.keras.models.load_model(model_path, compile=False))
+        context = TaskContext.get()
+        cores = context.cpus() if context is not None else 1
+        tf.config.threading.set_intra_op_parallelism_threads(cores)
+        tf.config.threading.set_inter_op_parallelism_threads(1)
+        model = load_model(model_dir, metadata)
 
         def predict(numeric, seq_event_type, seq_category, seq_gap_bucket):
-            propensity, embedding = model(
-                [
-                    numeric.astype(np.float32),
-                    seq_event_type.astype(np.int32),
-                    seq_category.astype(np.int32),
-                    seq_gap_bucket.astype(np.int32),
-                ],
-                training=False,
-            )
+            columns = {
+                "numeric": numeric,
+                "seq_event_type": seq_event_type,
+                "seq_category": seq_category,
+                "seq_gap_bucket": seq_gap_bucket,
+            }
+            propensity, embedding = model(scoring_inputs(columns), training=False)
             return {"propensity": propensity.numpy()[:, 0], "embedding": embedding.numpy()}
 
         return predict

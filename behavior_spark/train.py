@@ -1,9 +1,12 @@
-"""Train: the features table -> Petastorm -> `horovod.spark.run` -> one tf.keras model, saved by the driver.
+"""Train: a pinned features-table version -> Petastorm -> `horovod.spark.run` -> one tf.keras model.
 
-The driver reads every setting into plain values and hands the worker function only those values and two
-picklable Petastorm converters. Each Horovod process reads its own shard, runs the same number of steps per epoch
-(the dataset repeats, so an uneven shard cannot end early and hang the others), and rank 0 returns the trained
-model's bytes; the driver writes the artifact.
+The driver reads every setting into plain values (`TrainingSpec`) and hands the worker function only those and the
+Parquet files Petastorm materialised. Each Horovod process reads its own shard through `feed`, runs the same number
+of steps per epoch (the feed is endless, so an uneven shard cannot end early and hang the others), averages its
+metrics with the other ranks, and stops early on the averaged validation loss, so all ranks stop together. Rank 0
+writes a checkpoint each epoch and returns the trained model's bytes; the driver writes the artifact and evaluates
+it (`evaluate`). A rank that raises records its error where the driver can read it, so the job fails with that
+rank's message rather than Horovod's "a process exited".
 """
 
 from __future__ import annotations
@@ -13,21 +16,28 @@ import datetime as dt
 import json
 import logging
 import os
+import re
 import tempfile
+import time
 import warnings
-from pathlib import Path
 
 from pyspark.sql import DataFrame, SparkSession
 from pyspark.sql import functions as F
 
-from behavior_spark import features, lake
+from behavior_spark import artifacts, features, feed, lake
 from behavior_spark.config import Settings
 
 log = logging.getLogger(__name__)
 
 MODEL_FILE = "model.h5"
 METADATA_FILE = "metadata.json"
+CHECKPOINTS = "checkpoints"
 INPUT_COLUMNS = ["numeric", *features.SEQUENCE_COLUMNS]
+_CHECKPOINT_NAME = re.compile(r"^epoch-(\d+)\.h5$")
+
+
+class TrainingError(RuntimeError):
+    """A Horovod rank failed; the message names the rank and its error."""
 
 
 @dataclasses.dataclass(frozen=True)
@@ -43,10 +53,22 @@ class TrainingSpec:
     seed: int
     train_rows: int
     validation_rows: int
+    class_weight: dict[int, float] | None
+    patience: int
+    reader_threads: int
+    checkpoint_dir: str
+    initial_epoch: int = 0
+    initial_model: bytes | None = dataclasses.field(default=None, repr=False)
+
+    @property
+    def widths(self) -> dict[str, int]:
+        return {"numeric": self.numeric_dim, **{name: self.sequence_length for name in features.SEQUENCE_COLUMNS}}
 
 
 def run(spark: SparkSession, settings: Settings) -> dict:
-    """Train with `train.num_proc` Horovod processes and write the model artifact to `train.model_dir`."""
+    """Train with `train.num_proc` Horovod processes; write the model artifact to `train.model_dir`; evaluate it."""
+    from behavior_spark import evaluate
+
     cfg = settings.train
     stats = features.read_stats(spark, settings)
     features_version = lake.version(spark, settings.lake, lake.FEATURES)
@@ -54,14 +76,73 @@ def run(spark: SparkSession, settings: Settings) -> dict:
     inputs = table.transform(features.model_inputs, stats).select(
         *INPUT_COLUMNS, F.col("label").cast("float").alias("label"), "split"
     )
-    rows_by_split = {r["split"]: r["count"] for r in table.groupBy("split").count().collect()}  # three rows
-    train_rows, validation_rows = rows_by_split.get("train", 0), rows_by_split.get("validation", 0)
+    counts = {(r["split"], r["label"]): r["count"] for r in table.groupBy("split", "label").count().collect()}  # 6
+    spec = training_spec(settings, counts, reader_threads(spark, cfg.reader_threads))
+    log.info(
+        "training on %d rows (validation %d), %d processes, class weights %s%s",
+        spec.train_rows,
+        spec.validation_rows,
+        cfg.num_proc,
+        spec.class_weight,
+        f", resuming after epoch {spec.initial_epoch}" if spec.initial_epoch else "",
+    )
+    train, validation = (_split(inputs, name, cfg.num_proc) for name in ("train", "validation"))
+    results = fit(spark, settings, spec, train, validation)
+    chief = results[0]
+    metadata = {
+        "model_version": dt.datetime.now(dt.UTC).strftime("%Y%m%dT%H%M%SZ"),
+        "trained_at": dt.datetime.now(dt.UTC).isoformat(timespec="seconds"),
+        "feature_names": features.numeric_feature_names(),
+        "normalisation": stats,
+        "sequence_length": spec.sequence_length,
+        "category_buckets": spec.category_buckets,
+        "event_type_ids": features.EVENT_TYPE_IDS,
+        "gap_bucket_seconds": features.GAP_BUCKET_SECONDS,
+        "features_version": features_version,
+        "features_run": features.recorded_run(spark, settings, features_version),
+        "num_proc": cfg.num_proc,
+        "steps_per_rank": [r["steps"] for r in results],
+        "weights_sha256_per_rank": [r["weights_sha256"] for r in results],
+        "epochs_run": chief["epochs_run"],
+        "resumed_after_epoch": spec.initial_epoch,
+        "history": chief["history"],
+        "training": {k: v for k, v in dataclasses.asdict(spec).items() if k != "initial_model"},
+    }
+    save_model(cfg.model_dir, chief["model_bytes"], metadata)
+    evaluation = evaluate.run(spark, settings, table, metadata)
+    metadata.update(evaluation)
+    save_model(cfg.model_dir, chief["model_bytes"], metadata)
+    return {
+        "model_dir": cfg.model_dir,
+        "model_version": metadata["model_version"],
+        "train_rows": spec.train_rows,
+        "validation_rows": spec.validation_rows,
+        "processes": len(results),
+        "epochs_run": chief["epochs_run"],
+        "final_metrics": {k: round(v[-1], 4) for k, v in chief["history"].items()},
+        "test_metrics": {
+            k: round(v, 4) for k, v in evaluation["test_metrics"]["model"].items() if isinstance(v, float)
+        },
+    }
+
+
+def training_spec(settings: Settings, counts: dict[tuple[str, int], int], threads: int) -> TrainingSpec:
+    """The worker's settings, with class weights from the training split's label counts and the resume point."""
+    cfg = settings.train
+    train_rows = counts.get(("train", 0), 0) + counts.get(("train", 1), 0)
+    validation_rows = counts.get(("validation", 0), 0) + counts.get(("validation", 1), 0)
     if train_rows == 0 or validation_rows == 0:
         raise ValueError(
             f"the features table has {train_rows} training and {validation_rows} validation rows; "
             "both must be non-empty (generate or ingest more data, or change features.split_*)"
         )
-    spec = TrainingSpec(
+    checkpoint_dir = artifacts.join(cfg.model_dir, CHECKPOINTS)
+    initial_epoch, initial_model = latest_checkpoint(checkpoint_dir) if cfg.resume else (0, None)
+    if cfg.resume and initial_model is None:
+        log.warning("--resume: no checkpoint in %s, training from the start", checkpoint_dir)
+    elif not cfg.resume:
+        artifacts.delete_folder(checkpoint_dir)
+    return TrainingSpec(
         numeric_dim=len(features.numeric_feature_names()),
         sequence_length=settings.features.sequence_length,
         category_buckets=settings.features.category_buckets,
@@ -71,53 +152,121 @@ def run(spark: SparkSession, settings: Settings) -> dict:
         seed=cfg.seed,
         train_rows=train_rows,
         validation_rows=validation_rows,
+        class_weight=class_weights(counts.get(("train", 0), 0), counts.get(("train", 1), 0), cfg.class_weight),
+        patience=cfg.patience,
+        reader_threads=threads,
+        checkpoint_dir=checkpoint_dir,
+        initial_epoch=initial_epoch,
+        initial_model=initial_model,
     )
+
+
+def reader_threads(spark: SparkSession, configured: int | None) -> int:
+    """Petastorm reader threads per process: as set, or the cores Spark gives each GPU (each core on a CPU node)."""
+    if configured:
+        return configured
+    conf = spark.sparkContext.getConf()
+    cores = int(conf.get("spark.executor.cores", str(os.cpu_count() or 1)))
+    gpus = float(conf.get("spark.executor.resource.gpu.amount", "0"))
+    return max(1, int(cores // gpus) if gpus >= 1 else cores)
+
+
+def class_weights(negatives: int, positives: int, mode: str) -> dict[int, float] | None:
+    """'balanced': each class weighs as much as the other in the loss (n / (2 * class count)); 'none': None."""
+    if mode == "none" or negatives == 0 or positives == 0:
+        return None
+    total = negatives + positives
+    return {0: total / (2.0 * negatives), 1: total / (2.0 * positives)}
+
+
+def latest_checkpoint(checkpoint_dir: str) -> tuple[int, bytes | None]:
+    """(epoch, model bytes) of the newest checkpoint, or (0, None)."""
+    epochs = [int(m.group(1)) for name in artifacts.list_names(checkpoint_dir) if (m := _CHECKPOINT_NAME.match(name))]
+    if not epochs:
+        return 0, None
+    epoch = max(epochs)
+    return epoch, artifacts.read_bytes(artifacts.join(checkpoint_dir, checkpoint_name(epoch)))
+
+
+def checkpoint_name(epoch: int) -> str:
+    return f"epoch-{epoch:04d}.h5"
+
+
+def fit(
+    spark: SparkSession, settings: Settings, spec: TrainingSpec, train: DataFrame, validation: DataFrame
+) -> list[dict]:
+    """Materialise both splits for Petastorm (wide, see `feed`), run the Horovod processes; results by rank."""
     with (
-        _converter(spark, settings, _split(inputs, "train", cfg.num_proc)) as train_data,
-        _converter(spark, settings, _split(inputs, "validation", cfg.num_proc)) as validation_data,
+        _converter(spark, settings, feed.to_wide(train, spec.widths)) as train_data,
+        _converter(spark, settings, feed.to_wide(validation, spec.widths)) as validation_data,
     ):
-        results = _horovod_run(make_train_fn(spec, train_data, validation_data), cfg.num_proc)
-    chief = next(r for r in results if r["rank"] == 0)
-    metadata = {
-        "feature_names": features.numeric_feature_names(),
-        "normalisation": stats,
-        "sequence_length": spec.sequence_length,
-        "category_buckets": spec.category_buckets,
-        "features_version": features_version,
-        "trained_at": dt.datetime.now(dt.UTC).isoformat(timespec="seconds"),
-        "num_proc": cfg.num_proc,
-        "steps_per_rank": [r["steps"] for r in sorted(results, key=lambda r: r["rank"])],
-        "history": chief["history"],
-        "training": dataclasses.asdict(spec),
-    }
-    save_model(cfg.model_dir, chief["model_bytes"], metadata)
-    final = {k: v[-1] for k, v in chief["history"].items()}
-    return {
-        "model_dir": cfg.model_dir,
-        "train_rows": train_rows,
-        "validation_rows": validation_rows,
-        "processes": len(results),
-        "final_metrics": final,
-    }
+        train_fn = make_train_fn(spec, train_data.file_urls, validation_data.file_urls)
+        errors = artifacts.join(settings.lake.table("_train_errors"), dt.datetime.now(dt.UTC).strftime("%Y%m%d%H%M%S"))
+        return run_workers(train_fn, settings.train.num_proc, errors)
 
 
-def make_train_fn(spec: TrainingSpec, train_data, validation_data):
+def run_workers(train_fn, num_proc: int, error_dir: str) -> list[dict]:
+    """`horovod.spark.run` with Gloo; results sorted by rank. A failed rank raises TrainingError with its error."""
+    import horovod.spark
+
+    try:
+        results = horovod.spark.run(_guarded(train_fn, error_dir), num_proc=num_proc, use_gloo=True, verbose=0)
+    except Exception as error:
+        raise TrainingError(_first_failure(error_dir) or f"Horovod training failed: {error}") from error
+    finally:
+        artifacts.delete_folder(error_dir)
+    return sorted(results, key=lambda r: r["rank"])
+
+
+def _guarded(train_fn, error_dir: str):
+    """Wrap a worker function so its exception is written to `error_dir` before the process exits."""
+
+    def guarded():
+        try:
+            return train_fn()
+        except BaseException as error:
+            rank = os.environ.get("HOROVOD_RANK", "?")
+            record = {"rank": rank, "error": f"{type(error).__name__}: {error}", "at": time.time()}
+            artifacts.write_bytes(artifacts.join(error_dir, f"rank-{rank}.json"), json.dumps(record).encode())
+            raise
+
+    return guarded
+
+
+def _first_failure(error_dir: str) -> str | None:
+    """The earliest recorded error: the rank that failed first, not the ones that lost their peer after it."""
+    records = [json.loads(artifacts.read_bytes(artifacts.join(error_dir, n))) for n in artifacts.list_names(error_dir)]
+    if not records:
+        return None
+    first = min(records, key=lambda r: r["at"])
+    return f"Horovod rank {first['rank']} failed: {first['error']}"
+
+
+def make_train_fn(spec: TrainingSpec, train_urls: list[str], validation_urls: list[str]):
     """The function each Horovod process runs; TensorFlow is imported inside it, on the worker."""
 
     def train_fn() -> dict:
+        import hashlib
+
         import horovod.tensorflow.keras as hvd
         import tensorflow as tf
 
         from behavior_spark.features import EVENT_TYPE_IDS, GAP_BUCKETS
         from behavior_spark.model import build_model
 
-        warnings.filterwarnings("ignore", category=FutureWarning)
+        warnings.filterwarnings("ignore")
         hvd.init()
+        _pin_gpu(tf, hvd.local_rank())
         tf.keras.utils.set_random_seed(spec.seed)
         tf.config.threading.set_inter_op_parallelism_threads(1)
         model = build_model(
             spec.numeric_dim, spec.sequence_length, len(EVENT_TYPE_IDS) + 1, spec.category_buckets, GAP_BUCKETS
         )
+        if spec.initial_model is not None:
+            with tempfile.NamedTemporaryFile(suffix=".h5") as saved:
+                saved.write(spec.initial_model)
+                saved.flush()
+                model.load_weights(saved.name)
         scaled_lr = spec.learning_rate * hvd.size()
         model.compile(
             optimizer=hvd.DistributedOptimizer(tf.keras.optimizers.Adam(scaled_lr)),
@@ -128,57 +277,82 @@ def make_train_fn(spec: TrainingSpec, train_data, validation_data):
         validation_steps = max(1, spec.validation_rows // (spec.batch_size * hvd.size()))
         callbacks = [
             hvd.callbacks.BroadcastGlobalVariablesCallback(0),
-            hvd.callbacks.MetricAverageCallback(),
+            hvd.callbacks.MetricAverageCallback(),  # before early stopping: every rank sees the same val_loss
             hvd.callbacks.LearningRateWarmupCallback(initial_lr=scaled_lr, warmup_epochs=1, steps_per_epoch=steps),
+            tf.keras.callbacks.EarlyStopping(monitor="val_loss", patience=spec.patience, restore_best_weights=True),
         ]
+        if hvd.rank() == 0:
 
-        @tf.autograph.experimental.do_not_convert
-        def to_inputs(batch):
-            x = {name: getattr(batch, name) for name in INPUT_COLUMNS}
-            return x, batch.label
+            class CheckpointEachEpoch(tf.keras.callbacks.Callback):
+                def on_epoch_end(self, epoch, logs=None):
+                    location = artifacts.join(spec.checkpoint_dir, checkpoint_name(epoch + 1))
+                    artifacts.write_bytes(location, _model_bytes(self.model))
 
-        shard = {"cur_shard": hvd.rank(), "shard_count": hvd.size(), "num_epochs": None, "workers_count": 1}
-        with (
-            train_data.make_tf_dataset(batch_size=spec.batch_size, **shard) as train_ds,
-            validation_data.make_tf_dataset(batch_size=spec.batch_size, **shard) as validation_ds,
-        ):
+            callbacks.append(CheckpointEachEpoch())
+        train_reader = feed.open_reader(train_urls, hvd.rank(), hvd.size(), spec.reader_threads, spec.seed)
+        validation_reader = feed.open_reader(validation_urls, hvd.rank(), hvd.size(), 1, spec.seed)
+        try:
             history = model.fit(
-                train_ds.map(to_inputs),
+                feed.batches(train_reader, spec.widths, "label", spec.batch_size),
                 steps_per_epoch=steps,
+                initial_epoch=spec.initial_epoch,
                 epochs=spec.epochs,
-                validation_data=validation_ds.map(to_inputs),
+                validation_data=feed.batches(validation_reader, spec.widths, "label", spec.batch_size),
                 validation_steps=validation_steps,
+                class_weight=spec.class_weight,
                 callbacks=callbacks,
                 verbose=0,
             )
-        model_bytes = None
-        if hvd.rank() == 0:
-            with tempfile.TemporaryDirectory() as tmp:
-                model.save(os.path.join(tmp, MODEL_FILE))
-                model_bytes = Path(tmp, MODEL_FILE).read_bytes()
-        history_values = {k: [float(v) for v in values] for k, values in history.history.items()}
-        return {"rank": hvd.rank(), "steps": steps * spec.epochs, "history": history_values, "model_bytes": model_bytes}
+        finally:
+            feed.close(train_reader)
+            feed.close(validation_reader)
+        weights = hashlib.sha256(b"".join(w.tobytes() for w in model.get_weights())).hexdigest()
+        epochs_run = len(history.epoch)
+        return {
+            "rank": hvd.rank(),
+            "steps": steps * epochs_run,
+            "epochs_run": epochs_run,
+            "weights_sha256": weights,
+            "history": {k: [float(v) for v in values] for k, values in history.history.items()},
+            "model_bytes": _model_bytes(model) if hvd.rank() == 0 else None,
+        }
 
     return train_fn
 
 
+def _pin_gpu(tf, local_rank: int) -> None:
+    """On a GPU node: this process sees only its own GPU, and allocates its memory as it needs it."""
+    gpus = tf.config.list_physical_devices("GPU")
+    if gpus:
+        gpu = gpus[local_rank % len(gpus)]
+        tf.config.experimental.set_memory_growth(gpu, True)
+        tf.config.set_visible_devices(gpu, "GPU")
+
+
+def _model_bytes(model) -> bytes:
+    with tempfile.TemporaryDirectory() as tmp:
+        path = os.path.join(tmp, MODEL_FILE)
+        model.save(path)
+        with open(path, "rb") as saved:
+            return saved.read()
+
+
 def save_model(model_dir: str, model_bytes: bytes, metadata: dict) -> None:
     """Write the model and its metadata (feature list, normalisation, data version, metrics) side by side."""
-    folder = Path(model_dir)
-    folder.mkdir(parents=True, exist_ok=True)
-    (folder / MODEL_FILE).write_bytes(model_bytes)
-    (folder / METADATA_FILE).write_text(json.dumps(metadata, indent=2, sort_keys=True))
+    artifacts.write_bytes(artifacts.join(model_dir, MODEL_FILE), model_bytes)
+    text = json.dumps(metadata, indent=2, sort_keys=True, default=str)
+    artifacts.write_bytes(artifacts.join(model_dir, METADATA_FILE), text.encode())
 
 
 def load_metadata(model_dir: str) -> dict:
-    path = Path(model_dir) / METADATA_FILE
-    if not path.is_file():
+    path = artifacts.join(model_dir, METADATA_FILE)
+    if not artifacts.exists(path):
         raise FileNotFoundError(f"no trained model at {model_dir} (missing {METADATA_FILE}): run the train stage first")
-    return json.loads(path.read_text())
+    return json.loads(artifacts.read_bytes(path))
 
 
 def _split(inputs: DataFrame, split: str, num_proc: int) -> DataFrame:
-    # At least one Parquet file per process, so every shard has rows.
+    # At least two Parquet files per process, so every shard has rows.
     return inputs.filter(F.col("split") == split).drop("split").repartition(max(2, num_proc * 2))
 
 
@@ -188,8 +362,8 @@ class _converter:
     def __init__(self, spark: SparkSession, settings: Settings, df: DataFrame):
         from petastorm.spark import SparkDatasetConverter, make_spark_converter
 
-        cache = settings.lake.table("_petastorm_cache")
-        url = cache if "://" in cache else Path(cache).resolve().as_uri()
+        cache = lake.path(settings.lake, "_petastorm_cache")
+        url = cache if "://" in cache else f"file://{cache}"
         spark.conf.set(SparkDatasetConverter.PARENT_CACHE_DIR_URL_CONF, url)
         with warnings.catch_warnings():
             warnings.simplefilter("ignore")
@@ -200,9 +374,3 @@ class _converter:
 
     def __exit__(self, *exc) -> None:
         self.converter.delete()
-
-
-def _horovod_run(train_fn, num_proc: int) -> list[dict]:
-    import horovod.spark
-
-    return horovod.spark.run(train_fn, num_proc=num_proc, use_gloo=True, verbose=0)

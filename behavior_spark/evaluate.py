@@ -1,0 +1,170 @@
+"""Evaluate a trained model on the test split, beside the baselines a user would try first.
+
+Every model is scored on the same test rows and measured the same way (`binary_metrics`): ROC-AUC, PR-AUC, log
+loss, expected calibration error over ten reliability bins, precision and lift in the top decile, and accuracy at
+the configured threshold. The baselines: logistic regression and gradient-boosted trees (Spark MLlib) on the same
+standardised numeric features, and a recency-frequency heuristic, which ranks but gives no probability (so its
+probability metrics are None). All of it is Spark aggregation; only the permutation importance works on a bounded
+sample in the driver. Results go to the `model_evaluation` Delta table and the model's metadata.
+"""
+
+from __future__ import annotations
+
+import logging
+
+import numpy as np
+import pandas as pd
+from pyspark.ml.classification import GBTClassifier, LogisticRegression
+from pyspark.ml.evaluation import BinaryClassificationEvaluator
+from pyspark.ml.functions import array_to_vector, vector_to_array
+from pyspark.sql import Column, DataFrame, SparkSession
+from pyspark.sql import functions as F
+
+from behavior_spark import features, lake
+from behavior_spark.config import Settings
+
+log = logging.getLogger(__name__)
+
+BINS = 10
+_EPSILON = 1e-7
+
+
+def run(spark: SparkSession, settings: Settings, table: DataFrame, metadata: dict) -> dict:
+    """Metrics of the model and the baselines on the test split, written to Delta; importance on validation."""
+    from behavior_spark import score
+
+    cfg = settings.train
+    stats = {name: tuple(value) for name, value in metadata["normalisation"].items()}
+    inputs = table.transform(features.model_inputs, stats).withColumn("label", F.col("label").cast("double"))
+    train, validation, test = (inputs.filter(F.col("split") == name) for name in ("train", "validation", "test"))
+    model_scores = score.score(test, metadata, cfg.model_dir, settings.score.batch_size)
+    scored = {
+        "model": (model_scores.select("label", F.col("propensity").cast("double").alias("score")), True),
+        "logistic_regression": (_mllib(LogisticRegression(maxIter=50, regParam=0.01), train, test), True),
+        "gradient_boosted_trees": (_mllib(GBTClassifier(maxIter=30, maxDepth=5, seed=cfg.seed), train, test), True),
+        "recency_frequency": (test.select("label", recency_frequency().alias("score")), False),
+    }
+    metrics, reliability = {}, {}
+    for name, (df, probabilities) in scored.items():
+        metrics[name], reliability[name] = binary_metrics(df, cfg.threshold, probabilities)
+    _write(spark, settings, metadata["model_version"], metrics)
+    log.info("test-split metrics (%s):\n%s", metadata["model_version"], format_table(metrics))
+    importance = permutation_importance(validation, metadata, cfg.model_dir, cfg.importance_rows, cfg.seed)
+    return {"test_metrics": metrics, "reliability": reliability["model"], "permutation_importance": importance}
+
+
+def recency_frequency() -> Column:
+    """The heuristic: recent, frequent buyers and browsers first."""
+    recent_activity = F.col("view_30d") + F.col("cart_30d") + F.col("purchase_30d")
+    return ((1 + F.col("purchases")) * (1 + recent_activity) / (1 + F.col("days_since_last_event"))).cast("double")
+
+
+def binary_metrics(scored: DataFrame, threshold: float, probabilities: bool = True) -> tuple[dict, list[dict]]:
+    """Ranking and probability metrics of a (label, score) DataFrame; the reliability bins (at most ten rows)."""
+    ranking = {
+        "roc_auc": _area(scored, "areaUnderROC"),
+        "pr_auc": _area(scored, "areaUnderPR"),
+        **_top_decile(scored),
+    }
+    if not probabilities:
+        return {**ranking, "log_loss": None, "expected_calibration_error": None, "accuracy": None}, []
+    p = F.least(F.greatest(F.col("score"), F.lit(_EPSILON)), F.lit(1 - _EPSILON))
+    y = F.col("label")
+    row = scored.agg(
+        F.avg(-(y * F.log(p) + (1 - y) * F.log(1 - p))).alias("log_loss"),
+        F.avg(((F.col("score") >= threshold).cast("double") == y).cast("double")).alias("accuracy"),
+    ).first()
+    bins = [
+        r.asDict()
+        for r in scored.groupBy(F.least(F.floor(F.col("score") * BINS), F.lit(BINS - 1)).alias("bin"))
+        .agg(F.count(F.lit(1)).alias("rows"), F.avg("score").alias("mean_score"), F.avg("label").alias("positive_rate"))
+        .orderBy("bin")
+        .collect()  # at most BINS rows
+    ]
+    total = sum(b["rows"] for b in bins)
+    ece = sum(b["rows"] / total * abs(b["mean_score"] - b["positive_rate"]) for b in bins)
+    return {
+        **ranking,
+        "log_loss": row["log_loss"],
+        "expected_calibration_error": ece,
+        "accuracy": row["accuracy"],
+    }, bins
+
+
+def format_table(metrics: dict[str, dict]) -> str:
+    names = list(next(iter(metrics.values())))
+    lines = [f"{'model':<24}" + "".join(f"{n[:14]:>16}" for n in names)]
+    for model, values in metrics.items():
+        cells = "".join(f"{'-' if values[n] is None else f'{values[n]:.4f}':>16}" for n in names)
+        lines.append(f"{model:<24}{cells}")
+    return "\n".join(lines)
+
+
+def permutation_importance(validation: DataFrame, metadata: dict, model_dir: str, rows: int, seed: int) -> dict:
+    """ROC-AUC lost when one input is shuffled across a bounded validation sample (the sequence as one input)."""
+    from behavior_spark.model import load_model, scoring_inputs
+
+    sample = validation.select("numeric", *features.SEQUENCE_COLUMNS, "label").limit(rows).toPandas()  # bounded
+    labels = sample["label"].to_numpy()
+    if len(sample) == 0 or labels.min() == labels.max():
+        return {}
+    model = load_model(model_dir, metadata)
+    columns = {name: np.stack(sample[name].to_numpy()) for name in ["numeric", *features.SEQUENCE_COLUMNS]}
+    rng = np.random.default_rng(seed)
+
+    def auc_with(columns: dict) -> float:
+        scores = model.predict(scoring_inputs(columns), batch_size=8192, verbose=0)[0][:, 0]
+        return roc_auc(labels, scores)
+
+    baseline = auc_with(columns)
+    importance = {}
+    for index, name in enumerate(metadata["feature_names"]):
+        shuffled = columns["numeric"].copy()
+        shuffled[:, index] = rng.permutation(shuffled[:, index])
+        importance[name] = baseline - auc_with({**columns, "numeric": shuffled})
+    order = rng.permutation(len(labels))
+    importance["recent_sequence"] = baseline - auc_with(
+        {**columns, **{name: columns[name][order] for name in features.SEQUENCE_COLUMNS}}
+    )
+    return dict(sorted(((k, round(float(v), 5)) for k, v in importance.items()), key=lambda kv: -kv[1]))
+
+
+def roc_auc(labels: np.ndarray, scores: np.ndarray) -> float:
+    """Mann-Whitney ROC-AUC with tied scores sharing their rank."""
+    ranks = pd.Series(scores).rank().to_numpy()
+    positives = labels == 1
+    n_pos, n_neg = positives.sum(), (~positives).sum()
+    return float((ranks[positives].sum() - n_pos * (n_pos + 1) / 2) / (n_pos * n_neg))
+
+
+def _mllib(estimator, train: DataFrame, test: DataFrame) -> DataFrame:
+    """Fit an MLlib classifier on the standardised numeric vector; (label, probability of 1) on the test split."""
+
+    def prepared(df: DataFrame) -> DataFrame:
+        return df.select(array_to_vector("numeric").alias("features"), "label")
+
+    fitted = estimator.setFeaturesCol("features").setLabelCol("label").fit(prepared(train))
+    predictions = fitted.transform(prepared(test))
+    return predictions.select("label", vector_to_array("probability")[1].alias("score"))
+
+
+def _area(scored: DataFrame, metric: str) -> float:
+    evaluator = BinaryClassificationEvaluator(rawPredictionCol="score", labelCol="label", metricName=metric)
+    return float(evaluator.evaluate(scored))
+
+
+def _top_decile(scored: DataFrame) -> dict:
+    """Precision among the 10% highest scores, and its lift over the base rate."""
+    cut = scored.agg(F.percentile_approx("score", 0.9).alias("cut"), F.avg("label").alias("base")).first()
+    top = scored.filter(F.col("score") >= cut["cut"]).agg(F.avg("label")).first()[0] or 0.0
+    return {"top_decile_precision": float(top), "top_decile_lift": float(top / cut["base"]) if cut["base"] else None}
+
+
+def _write(spark: SparkSession, settings: Settings, model_version: str, metrics: dict[str, dict]) -> None:
+    rows = [
+        (model_version, model, metric, None if value is None else float(value))
+        for model, values in metrics.items()
+        for metric, value in values.items()
+    ]
+    df = spark.createDataFrame(rows, "model_version string, model string, metric string, value double")
+    lake.replace(df, settings.lake, lake.MODEL_EVALUATION, f"model_version = '{model_version}'")

@@ -1,0 +1,177 @@
+"""Training: two real Horovod processes reading real Petastorm shards, on a tiny generated lakehouse.
+
+Checks equal steps and equal weights across ranks, checkpoints and resume, an uneven shard that must not hang, a
+failing rank that must fail the job with its own message, and the evaluation beside the baselines.
+"""
+
+import contextlib
+import json
+import math
+import signal
+import time
+
+import numpy as np
+import pytest
+from pyspark.sql import functions as F
+
+from behavior_spark import artifacts, evaluate, features, lake, pipeline, train
+from behavior_spark.config import load_settings
+from tests.conftest import TEST_KEY
+
+
+@contextlib.contextmanager
+def deadline(seconds: int):
+    """Fail instead of hanging the test run."""
+
+    def expired(*_):
+        raise TimeoutError(f"still running after {seconds} s: a hang")
+
+    previous = signal.signal(signal.SIGALRM, expired)
+    signal.alarm(seconds)
+    try:
+        yield
+    finally:
+        signal.alarm(0)
+        signal.signal(signal.SIGALRM, previous)
+
+
+def tiny_settings(root, *extra):
+    return load_settings(
+        None,
+        [
+            f"lake.root={root}",
+            "generate.rows=12000",
+            "generate.files=1",
+            f"generate.output={root}/raw",
+            f"ingest.input={root}/raw",
+            "spark.shuffle_partitions=2",
+            "features.cutoffs=1",
+            "train.epochs=2",
+            "train.batch_size=64",
+            "train.importance_rows=1000",
+            f"train.model_dir={root}/model",
+            *extra,
+        ],
+    )
+
+
+@pytest.fixture(scope="module")
+def features_lake(spark, tmp_path_factory):
+    root = tmp_path_factory.mktemp("train") / "lake"
+    settings = tiny_settings(root)
+    with pytest.MonkeyPatch.context() as patch:
+        patch.setenv("BEHAVIOR_SPARK_PSEUDONYM_KEY", TEST_KEY)
+        for stage in ("generate", "ingest", "featurize"):
+            pipeline.run_stage(stage, spark, settings)
+    return root
+
+
+@pytest.fixture(scope="module")
+def trained(spark, features_lake):
+    settings = tiny_settings(features_lake)
+    with deadline(600):
+        result = train.run(spark, settings)
+    return settings, result, train.load_metadata(settings.train.model_dir)
+
+
+def test_both_ranks_ran_the_same_steps_and_ended_with_the_same_weights(trained):
+    _, result, metadata = trained
+    assert result["processes"] == 2
+    steps = metadata["steps_per_rank"]
+    assert steps[0] == steps[1] > 0
+    digests = metadata["weights_sha256_per_rank"]
+    assert digests[0] == digests[1]
+
+
+def test_a_checkpoint_each_epoch_and_the_artifact_records_its_inputs(trained):
+    settings, result, metadata = trained
+    checkpoints = artifacts.list_names(f"{settings.train.model_dir}/checkpoints")
+    assert checkpoints[: result["epochs_run"]] == [train.checkpoint_name(e + 1) for e in range(result["epochs_run"])]
+    assert metadata["feature_names"] == features.numeric_feature_names()
+    assert set(metadata["normalisation"]) == set(metadata["feature_names"])
+    assert metadata["features_version"] >= 0 and metadata["features_run"]["events_version"] >= 0
+    assert metadata["training"]["class_weight"]["1"] > metadata["training"]["class_weight"]["0"]  # rare positives
+
+
+def test_evaluation_beside_the_baselines_is_written_and_importance_saved(spark, trained):
+    settings, _, metadata = trained
+    rows = lake.read(spark, settings.lake, lake.MODEL_EVALUATION).filter(
+        F.col("model_version") == metadata["model_version"]
+    )
+    models = {r["model"] for r in rows.select("model").distinct().collect()}
+    assert models == {"model", "logistic_regression", "gradient_boosted_trees", "recency_frequency"}
+    model = metadata["test_metrics"]["model"]
+    assert 0.5 < model["roc_auc"] <= 1 and model["log_loss"] > 0 and 0 <= model["expected_calibration_error"] < 1
+    assert metadata["test_metrics"]["recency_frequency"]["log_loss"] is None  # a ranking, not a probability
+    importance = metadata["permutation_importance"]
+    assert set(importance) == {*metadata["feature_names"], "recent_sequence"}
+
+
+def test_resume_continues_after_the_last_checkpoint(spark, trained):
+    settings, first, _ = trained
+    resumed = tiny_settings(settings.lake.root, "train.resume=true", f"train.epochs={first['epochs_run'] + 1}")
+    with deadline(600):
+        result = train.run(spark, resumed)
+    metadata = train.load_metadata(resumed.train.model_dir)
+    assert metadata["resumed_after_epoch"] == first["epochs_run"]
+    assert result["epochs_run"] == 1  # only the one epoch left
+    checkpoints = artifacts.list_names(f"{settings.train.model_dir}/checkpoints")
+    assert train.checkpoint_name(first["epochs_run"] + 1) in checkpoints
+
+
+def test_an_uneven_shard_does_not_hang(spark, features_lake):
+    settings = tiny_settings(features_lake, "train.epochs=1")
+    table = lake.read(spark, settings.lake, lake.FEATURES)
+    inputs = table.transform(features.model_inputs, features.read_stats(spark, settings)).select(
+        *train.INPUT_COLUMNS, F.col("label").cast("float").alias("label"), "split"
+    )
+    rows = inputs.filter(F.col("split") == "train").drop("split")
+    uneven = rows.coalesce(1).union(rows.limit(5).coalesce(1))  # two files: rank 0 gets all, rank 1 gets 5 rows
+    validation = inputs.filter(F.col("split") == "validation").drop("split").repartition(2)
+    counts = {(r["split"], r["label"]): r["count"] for r in table.groupBy("split", "label").count().collect()}
+    spec = train.training_spec(settings, counts, threads=1)
+    with deadline(600):
+        results = train.fit(spark, settings, spec, uneven, validation)
+    assert [r["steps"] for r in results] == [results[0]["steps"]] * 2
+
+
+def test_a_failing_rank_fails_the_job_with_its_own_message(tmp_path):
+    def train_fn():
+        import horovod.tensorflow as hvd
+        import tensorflow as tf
+
+        hvd.init()
+        if hvd.rank() == 1:
+            raise ValueError("shard 1 is unreadable")
+        for _ in range(1000):
+            hvd.allreduce(tf.constant(1.0))
+        return {"rank": hvd.rank()}
+
+    started = time.monotonic()
+    with deadline(300), pytest.raises(train.TrainingError, match="rank 1 failed: ValueError: shard 1 is unreadable"):
+        train.run_workers(train_fn, 2, str(tmp_path / "errors"))
+    assert time.monotonic() - started < 120
+
+
+def test_class_weights_balance_the_classes_and_the_prior_shift_undoes_them():
+    from behavior_spark.model import prior_shift
+
+    weights = train.class_weights(negatives=90, positives=10, mode="balanced")
+    assert weights == {0: 100 / 180, 1: 100 / 20}
+    assert 90 * weights[0] == pytest.approx(10 * weights[1])
+    assert prior_shift(json.loads(json.dumps(weights))) == pytest.approx(math.log(10 / 90))
+    assert train.class_weights(90, 10, "none") is None
+
+
+def test_binary_metrics_on_a_hand_built_example(spark):
+    rows = [(1.0, 0.9), (1.0, 0.8), (0.0, 0.7), (0.0, 0.2), (0.0, 0.1)] * 4
+    scored = spark.createDataFrame(rows, "label double, score double")
+    metrics, bins = evaluate.binary_metrics(scored, threshold=0.5)
+    assert metrics["roc_auc"] == pytest.approx(1.0)
+    assert metrics["accuracy"] == pytest.approx(0.8)  # 0.7 is a false positive
+    expected_ece = sum(abs(p - y) for y, p in rows[:5]) / 5  # one row per bin, each bin of the same size
+    assert metrics["expected_calibration_error"] == pytest.approx(expected_ece)
+    assert metrics["top_decile_precision"] == pytest.approx(1.0) and metrics["top_decile_lift"] == pytest.approx(2.5)
+    assert [b["rows"] for b in bins] == [4] * 5
+    labels, scores = np.array(rows).T
+    assert evaluate.roc_auc(labels, scores) == pytest.approx(1.0)
