@@ -11,7 +11,7 @@ from pathlib import Path
 
 from behavior_spark.config import ConfigError, Settings, load_settings
 
-STAGE_NAMES = ["generate", "ingest", "featurize", "train", "score", "segment", "run"]
+STAGE_NAMES = ["generate", "ingest", "featurize", "train", "score", "segment", "export", "report", "run"]
 EXIT_FAILED, EXIT_BAD_CONFIG = 1, 2
 DEFAULT_CONF = Path(__file__).resolve().parents[1] / "conf" / "local.yaml"
 log = logging.getLogger("behavior_spark")
@@ -81,6 +81,7 @@ def configure_logging(settings: Settings) -> None:
         level=logging.WARNING, format="%(asctime)s %(levelname)s %(name)s: %(message)s", stream=sys.stderr
     )
     log.setLevel(settings.log.level)
+    logging.getLogger("petastorm").setLevel(logging.ERROR)  # advice about file sizes of its own cache
     # Inherited by Spark's Python workers and the Horovod processes, which start after this.
     os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
     os.environ.setdefault("PYTHONWARNINGS", "ignore::FutureWarning,ignore::DeprecationWarning,ignore::UserWarning")

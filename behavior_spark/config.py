@@ -98,12 +98,28 @@ class TrainSettings:
 class ScoreSettings:
     batch_size: int = 8192
     scoring_date: dt.date | None = None  # None: today
+    drift_fail_psi: float | None = None  # fail before scoring when a feature's PSI exceeds this; None: warn only
 
 
 @dataclasses.dataclass(frozen=True)
 class SegmentSettings:
-    k: int = 5
+    k: int | None = None  # None: the best silhouette between k_min and k_max
+    k_min: int = 3
+    k_max: int = 8
+    k_sample_rows: int = 100_000  # customers sampled to choose k (the final model is fitted on all)
+    min_segment_size: int = 20  # k-anonymity: smaller segments are suppressed in profiles and reports
     seed: int = 7
+
+
+@dataclasses.dataclass(frozen=True)
+class WarehouseSettings:
+    url: str | None = None  # JDBC URL (jdbc:postgresql://host:5432/db, jdbc:redshift://...); None: no export
+    driver: str = "org.postgresql.Driver"  # the JDBC driver class (its JAR on spark.jars or the cluster)
+    table: str = "customer_segments"  # replaced per scoring date
+    user_env: str = "BEHAVIOR_SPARK_WAREHOUSE_USER"  # names the variable holding the user
+    password_env: str = "BEHAVIOR_SPARK_WAREHOUSE_PASSWORD"  # names the variable holding the password
+    reidentify: bool = False  # add raw user ids from ingest.identity_map (only there, only when on)
+    batch_size: int = 10_000  # rows per JDBC insert batch
 
 
 @dataclasses.dataclass(frozen=True)
@@ -121,6 +137,7 @@ class Settings:
     train: TrainSettings = TrainSettings()
     score: ScoreSettings = ScoreSettings()
     segment: SegmentSettings = SegmentSettings()
+    warehouse: WarehouseSettings = WarehouseSettings()
     log: LogSettings = LogSettings()
 
 
@@ -149,7 +166,10 @@ _POSITIVE = {
     "train.patience",
     "train.importance_rows",
     "score.batch_size",
+    "warehouse.batch_size",
     "segment.k",
+    "segment.k_min",
+    "segment.k_sample_rows",
     "ingest.max_price",
     "ingest.max_files_per_trigger",
 }
@@ -267,8 +287,13 @@ def _check_values(settings: Settings) -> None:
             value = getattr(values, field.name)
             if key in _CHOICES and value not in _CHOICES[key]:
                 raise ConfigError(f"setting {key!r} must be one of {sorted(_CHOICES[key])}, got {value!r}")
-            if key in _POSITIVE and value <= 0:
+            if key in _POSITIVE and value is not None and value <= 0:
                 raise ConfigError(f"setting {key!r} must be positive, got {value!r}")
+    if settings.segment.k_min > settings.segment.k_max:
+        raise ConfigError(
+            f"setting 'segment.k_min' ({settings.segment.k_min}) must not exceed 'segment.k_max' "
+            f"({settings.segment.k_max})"
+        )
     features = settings.features
     if not (
         0 < features.split_train

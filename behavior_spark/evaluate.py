@@ -50,7 +50,12 @@ def run(spark: SparkSession, settings: Settings, table: DataFrame, metadata: dic
     _write(spark, settings, metadata["model_version"], metrics)
     log.info("test-split metrics (%s):\n%s", metadata["model_version"], format_table(metrics))
     importance = permutation_importance(validation, metadata, cfg.model_dir, cfg.importance_rows, cfg.seed)
-    return {"test_metrics": metrics, "reliability": reliability["model"], "permutation_importance": importance}
+    return {
+        "test_metrics": metrics,
+        "reliability": reliability["model"],
+        "lift_by_decile": lift_by_decile(scored["model"][0]),
+        "permutation_importance": importance,
+    }
 
 
 def recency_frequency() -> Column:
@@ -89,6 +94,22 @@ def binary_metrics(scored: DataFrame, threshold: float, probabilities: bool = Tr
         "expected_calibration_error": ece,
         "accuracy": row["accuracy"],
     }, bins
+
+
+def lift_by_decile(scored: DataFrame) -> list[dict]:
+    """Positive rate and lift per score decile, highest scores first (ten rows, from approximate deciles)."""
+    edges = scored.approxQuantile("score", [i / BINS for i in range(1, BINS)], 0.001)
+    decile = F.lit(BINS)
+    for edge in edges:
+        decile = decile - (F.col("score") > F.lit(edge)).cast("int")  # 1 = the highest scores
+    base = scored.agg(F.avg("label")).first()[0] or 0.0
+    rows = (
+        scored.groupBy(decile.alias("decile"))
+        .agg(F.count(F.lit(1)).alias("rows"), F.avg("label").alias("positive_rate"))
+        .orderBy("decile")
+        .collect()  # ten rows
+    )
+    return [{**r.asDict(), "lift": r["positive_rate"] / base if base else None} for r in rows]
 
 
 def format_table(metrics: dict[str, dict]) -> str:

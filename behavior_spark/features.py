@@ -148,6 +148,7 @@ def build_features(events: DataFrame, cutoff: dt.date, cfg: FeatureSettings) -> 
             F.coalesce(F.col("label"), F.lit(0)).alias("label"),
             *(F.col(name).cast("double").alias(name) for name in numeric_feature_names()),
             *SEQUENCE_COLUMNS,
+            "top_category_id",  # descriptive, for segment profiles; not a model input
         )
     )
 
@@ -225,6 +226,7 @@ def category_affinity(history: DataFrame) -> DataFrame:
         F.sum("n").alias("_total"),
         F.max("n").alias("_top"),
         F.sum(F.col("n") * F.log(F.col("n"))).alias("_n_log_n"),
+        F.max(F.struct("n", "category_id"))["category_id"].alias("top_category_id"),  # ties: the higher id
     )
     # entropy = log(N) - sum(n log n) / N, with N the customer's events
     return totals.select(
@@ -232,6 +234,7 @@ def category_affinity(history: DataFrame) -> DataFrame:
         "distinct_categories",
         (F.col("_top") / F.col("_total")).alias("top_category_share"),
         (F.log(F.col("_total")) - F.col("_n_log_n") / F.col("_total")).alias("category_entropy"),
+        "top_category_id",
     )
 
 

@@ -12,14 +12,18 @@ The Spark side (`to_wide`) is a plain column projection; the TensorFlow side is 
 
 from __future__ import annotations
 
-from pyspark.sql import DataFrame
+from pyspark.sql import Column, DataFrame
 from pyspark.sql import functions as F
 
 
 def to_wide(df: DataFrame, widths: dict[str, int]) -> DataFrame:
     """Replace each fixed-length array column `name` by scalar columns `name_0` .. `name_{width-1}`."""
-    wide = [F.col(name)[i].alias(element(name, i)) for name, width in widths.items() for i in range(width)]
-    return df.select(*wide, *(c for c in df.columns if c not in widths))
+    return df.select(*wide_columns(widths), *(c for c in df.columns if c not in widths))
+
+
+def wide_columns(widths: dict[str, int]) -> list[Column]:
+    """The array columns' elements as scalar columns, in order."""
+    return [F.col(name)[i].alias(element(name, i)) for name, width in widths.items() for i in range(width)]
 
 
 def element(name: str, index: int) -> str:

@@ -17,7 +17,9 @@ FEATURE_STATS = "feature_stats"
 SCORES = "customer_scores"
 SEGMENTS = "customer_segments"
 SEGMENT_PROFILES = "segment_profiles"
+SEGMENT_CENTROIDS = "segment_centroids"
 MODEL_EVALUATION = "model_evaluation"
+FEATURE_DRIFT = "feature_drift"
 
 
 def path(lake: LakeSettings, table: str) -> str:

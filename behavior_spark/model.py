@@ -53,9 +53,10 @@ def scoring_model(model: tf.keras.Model, prior_shift: float = 0.0) -> tf.keras.M
     """
     head = model.get_layer(PROPENSITY_LAYER)
     embedding = model.get_layer(EMBEDDING_LAYER).output
-    propensity = tf.keras.layers.Lambda(
-        lambda e: tf.sigmoid(tf.matmul(e, head.kernel) + head.bias + prior_shift), name="calibrated_propensity"
-    )(embedding)
+    calibrated = tf.keras.layers.Dense(1, activation="sigmoid", name="calibrated_propensity")
+    propensity = calibrated(embedding)
+    kernel, bias = head.get_weights()
+    calibrated.set_weights([kernel, bias + prior_shift])
     return tf.keras.Model(inputs=model.inputs, outputs=[propensity, embedding])
 
 

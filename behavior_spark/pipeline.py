@@ -9,7 +9,7 @@ from collections.abc import Callable
 
 from pyspark.sql import SparkSession
 
-from behavior_spark import features, generate, ingest, lake, score, segment, train
+from behavior_spark import features, generate, ingest, lake, report, score, segment, train, warehouse
 from behavior_spark.config import Settings
 
 log = logging.getLogger(__name__)
@@ -22,6 +22,8 @@ STAGES: dict[str, Stage] = {
     "train": train.run,
     "score": score.run,
     "segment": segment.run,
+    "export": warehouse.run,
+    "report": report.run,
 }
 
 
@@ -56,6 +58,9 @@ def summary(results: dict[str, dict], settings: Settings) -> str:
         lake.SCORES,
         lake.SEGMENTS,
         lake.SEGMENT_PROFILES,
+        lake.SEGMENT_CENTROIDS,
+        lake.MODEL_EVALUATION,
+        lake.FEATURE_DRIFT,
     ]
     lines.append(f"  Delta tables: {', '.join(tables)}; model: {settings.train.model_dir}")
     return "\n".join(lines)

@@ -1,13 +1,26 @@
-"""Segment: customers grouped by KMeans on their embedding and propensity, each segment profiled and named."""
+"""Segment: customers grouped by KMeans, each segment profiled, named in plain words, and kept stable across runs.
+
+- Features: the 64-dimension embedding, the propensity and log recency, frequency and monetary value, scaled.
+- k: fixed (`segment.k`) or the best silhouette over `segment.k_min`..`segment.k_max`, chosen on a bounded sample.
+- Stable ids: each run's centroids (means of the unscaled features) are matched to the previous run's, nearest
+  first, so "segment 2" keeps its meaning next week; customers who moved between segments are counted.
+- Privacy: a segment smaller than `segment.min_segment_size` (k-anonymity) keeps its customers but its profile
+  is suppressed: no statistics, no top categories, in the table or the report.
+"""
 
 from __future__ import annotations
 
+import datetime as dt
 import logging
+import math
 
+from pyspark.ml import Pipeline
 from pyspark.ml.clustering import KMeans
-from pyspark.ml.feature import VectorAssembler
-from pyspark.ml.functions import array_to_vector
-from pyspark.sql import DataFrame, SparkSession, Window
+from pyspark.ml.evaluation import ClusteringEvaluator
+from pyspark.ml.feature import StandardScaler
+from pyspark.ml.functions import array_to_vector, vector_to_array
+from pyspark.ml.stat import Summarizer
+from pyspark.sql import Column, DataFrame, SparkSession, Window
 from pyspark.sql import functions as F
 
 from behavior_spark import lake
@@ -16,52 +29,202 @@ from behavior_spark.config import SegmentSettings, Settings
 log = logging.getLogger(__name__)
 
 PROFILE_COLUMNS = ["propensity", "days_since_last_event", "purchases", "revenue", "events"]
+TOP_CATEGORIES = 3
+SUPPRESSED = "suppressed (too few customers)"
 
 
 def run(spark: SparkSession, settings: Settings) -> dict:
+    cfg = settings.segment
     scores = lake.read(spark, settings.lake, lake.SCORES)
-    customers = scores.join(
-        lake.read(spark, settings.lake, lake.FEATURES).select("customer_id", "cutoff_date", *PROFILE_COLUMNS[1:]),
-        on=["customer_id", "cutoff_date"],
-        how="inner",
+    scoring_date = settings.score.scoring_date or scores.agg(F.max("scoring_date")).first()[0]
+    customers = (
+        scores.filter(F.col("scoring_date") == F.lit(scoring_date))
+        .join(
+            lake.read(spark, settings.lake, lake.FEATURES).select(
+                "customer_id", "cutoff_date", *PROFILE_COLUMNS[1:], "top_category_id"
+            ),
+            on=["customer_id", "cutoff_date"],
+            how="inner",
+        )
+        .transform(with_segment_features)
+        .cache()
     )
-    assigned = assign_segments(customers, settings.segment)
-    profiles = profile(assigned)
+    k = cfg.k or choose_k(customers, cfg)
+    clustered = fit_clusters(customers, k, cfg.seed)
+    centroids = cluster_centroids(clustered)  # k rows
+    previous = previous_centroids(spark, settings, scoring_date)  # k rows of the run before, or none
+    ids = match_segments(centroids, previous)
+    assigned = clustered.withColumn("segment_id", _lookup(ids)[F.col("cluster")]).drop("cluster")
+    profiles = profile(assigned, cfg.min_segment_size).withColumn("scoring_date", F.lit(scoring_date))
     named = assigned.join(profiles.select("segment_id", "segment_name"), on="segment_id", how="inner")
-    lake.overwrite(
+    moved = moves(spark, settings, named, scoring_date)
+    where = f"scoring_date = '{scoring_date}'"
+    lake.replace(
         named.select("customer_id", "segment_id", "segment_name", "propensity", "scoring_date"),
         settings.lake,
         lake.SEGMENTS,
+        where,
+        partition_by=["scoring_date"],
     )
-    lake.overwrite(profiles, settings.lake, lake.SEGMENT_PROFILES)
-    sizes = {r["segment_name"]: r["customers"] for r in profiles.collect()}  # one row per segment
-    return {"segments": sizes}
+    lake.replace(profiles, settings.lake, lake.SEGMENT_PROFILES, where)
+    centroid_rows = [(scoring_date, ids[c], vector) for c, vector in centroids.items()]
+    lake.replace(
+        spark.createDataFrame(centroid_rows, "scoring_date date, segment_id int, centroid array<double>"),
+        settings.lake,
+        lake.SEGMENT_CENTROIDS,
+        where,
+    )
+    customers.unpersist()
+    sizes = {r["segment_name"]: r["customers"] for r in profiles.orderBy("segment_id").collect()}  # k rows
+    return {"k": k, "segments": sizes, "customers_moved": moved, "matched_previous_run": bool(previous)}
 
 
-def assign_segments(customers: DataFrame, cfg: SegmentSettings) -> DataFrame:
-    """KMeans over the 64-dimension embedding plus the propensity; `segment_id` per customer."""
-    assembler = VectorAssembler(inputCols=["embedding_vector", "propensity"], outputCol="segment_features")
-    prepared = assembler.transform(customers.withColumn("embedding_vector", array_to_vector("embedding")))
-    model = KMeans(k=cfg.k, seed=cfg.seed, featuresCol="segment_features", predictionCol="segment_id").fit(prepared)
-    return model.transform(prepared).drop("embedding_vector", "segment_features")
+def with_segment_features(customers: DataFrame) -> DataFrame:
+    """`segment_features`: embedding, propensity, log recency / frequency / monetary, as one vector."""
+    extra = F.array(
+        F.col("propensity").cast("double"),
+        F.log1p(F.col("days_since_last_event")),
+        F.log1p(F.col("purchases")),
+        F.log1p(F.col("revenue")),
+    )
+    return customers.withColumn(
+        "segment_features", array_to_vector(F.concat(F.col("embedding").cast("array<double>"), extra))
+    )
 
 
-def profile(assigned: DataFrame) -> DataFrame:
-    """Size and mean profile per segment, with a plain-words name drawn from how it ranks against the others."""
+def fit_clusters(customers: DataFrame, k: int, seed: int) -> DataFrame:
+    """`cluster` (0..k-1) per customer, from KMeans on the standardised segment features."""
+    pipeline = Pipeline(
+        stages=[
+            StandardScaler(inputCol="segment_features", outputCol="scaled", withMean=True, withStd=True),
+            KMeans(k=k, seed=seed, featuresCol="scaled", predictionCol="cluster"),
+        ]
+    )
+    return pipeline.fit(customers).transform(customers).drop("scaled")
+
+
+def choose_k(customers: DataFrame, cfg: SegmentSettings) -> int:
+    """The k in `k_min`..`k_max` with the best silhouette, fitted and scored on at most `k_sample_rows` customers."""
+    total = customers.count()
+    sample = customers.sample(fraction=min(1.0, cfg.k_sample_rows / max(total, 1)), seed=cfg.seed).cache()
+    evaluator = ClusteringEvaluator(featuresCol="scaled_", predictionCol="cluster")
+    scaler = StandardScaler(inputCol="segment_features", outputCol="scaled_", withMean=True, withStd=True)
+    scaled = scaler.fit(sample).transform(sample).cache()
+    silhouettes = {}
+    for k in range(cfg.k_min, cfg.k_max + 1):
+        model = KMeans(k=k, seed=cfg.seed, featuresCol="scaled_", predictionCol="cluster").fit(scaled)
+        silhouettes[k] = evaluator.evaluate(model.transform(scaled))
+    scaled.unpersist()
+    sample.unpersist()
+    best = max(silhouettes, key=silhouettes.get)
+    log.info("silhouette by k: %s; k = %d", {k: round(v, 3) for k, v in silhouettes.items()}, best)
+    return best
+
+
+def cluster_centroids(clustered: DataFrame) -> dict[int, list[float]]:
+    rows = (
+        clustered.groupBy("cluster")
+        .agg(vector_to_array(Summarizer.mean(F.col("segment_features"))).alias("centroid"))
+        .collect()  # k rows
+    )
+    return {r["cluster"]: list(r["centroid"]) for r in rows}
+
+
+def previous_centroids(spark: SparkSession, settings: Settings, scoring_date: dt.date) -> dict[int, list[float]]:
+    """The latest stored centroids on or before this scoring date (a re-run matches its own first run)."""
+    if not lake.exists(spark, settings.lake, lake.SEGMENT_CENTROIDS):
+        return {}
+    stored = lake.read(spark, settings.lake, lake.SEGMENT_CENTROIDS).filter(F.col("scoring_date") <= scoring_date)
+    latest = stored.agg(F.max("scoring_date")).first()[0]
+    if latest is None:
+        return {}
+    return {r["segment_id"]: list(r["centroid"]) for r in stored.filter(F.col("scoring_date") == latest).collect()}
+
+
+def match_segments(current: dict[int, list[float]], previous: dict[int, list[float]]) -> dict[int, int]:
+    """cluster -> segment id: the previous run's id of the nearest previous centroid, closest pairs first.
+
+    Clusters left over (k grew) get new ids after the largest previous one.
+    """
+    pairs = sorted(
+        (math.dist(centroid, old), cluster, old_id)
+        for cluster, centroid in current.items()
+        for old_id, old in previous.items()
+    )
+    ids: dict[int, int] = {}
+    for _, cluster, old_id in pairs:
+        if cluster not in ids and old_id not in ids.values():
+            ids[cluster] = old_id
+    next_id = max(previous, default=-1) + 1
+    for cluster in sorted(current):
+        if cluster not in ids:
+            ids[cluster], next_id = next_id, next_id + 1
+    return ids
+
+
+def moves(spark: SparkSession, settings: Settings, named: DataFrame, scoring_date: dt.date) -> int | None:
+    """Customers whose segment differs from the previous scoring date's; None on the first run."""
+    if not lake.exists(spark, settings.lake, lake.SEGMENTS):
+        return None
+    segments = lake.read(spark, settings.lake, lake.SEGMENTS)
+    before = segments.filter(F.col("scoring_date") < scoring_date).agg(F.max("scoring_date")).first()[0]
+    if before is None:
+        return None
+    previous = segments.filter(F.col("scoring_date") == before).select(
+        "customer_id", F.col("segment_id").alias("previous_segment_id")
+    )
+    joined = named.join(previous, on="customer_id", how="inner")
+    return joined.filter(F.col("segment_id") != F.col("previous_segment_id")).count()
+
+
+def profile(assigned: DataFrame, min_segment_size: int) -> DataFrame:
+    """Size, mean profile, top categories and a plain-words name per segment; small segments suppressed."""
     stats = assigned.groupBy("segment_id").agg(
         F.count(F.lit(1)).alias("customers"), *(F.avg(c).alias(f"mean_{c}") for c in PROFILE_COLUMNS)
     )
+    ranked = Window.partitionBy("segment_id").orderBy(F.desc("n"), "top_category_id")
+    top = (
+        assigned.groupBy("segment_id", "top_category_id")
+        .agg(F.count(F.lit(1)).alias("n"))
+        .withColumn("rank", F.row_number().over(ranked))
+        .filter(F.col("rank") <= TOP_CATEGORIES)
+        .groupBy("segment_id")
+        .agg(F.sort_array(F.collect_list(F.struct("rank", "top_category_id"))).alias("_top"))
+        .select("segment_id", F.col("_top.top_category_id").alias("top_categories"))
+    )
+    small = F.col("customers") < min_segment_size
+    profiles = stats.join(top, on="segment_id", how="left").withColumn("suppressed", small)
+    hidden = [f"mean_{c}" for c in PROFILE_COLUMNS] + ["top_categories"]
+    return profiles.select(
+        "segment_id",
+        F.when(small, F.concat(F.lit(f"{SUPPRESSED} #"), F.col("segment_id").cast("string")))
+        .otherwise(segment_name())
+        .alias("segment_name"),
+        "customers",
+        "suppressed",
+        *(F.when(small, F.lit(None)).otherwise(F.col(c)).alias(c) for c in hidden),
+    )
+
+
+def segment_name() -> Column:
+    """Plain words from how a segment ranks against the other shown segments (there are only k), plus its id."""
+    every = Window.partitionBy(F.lit(0))
+
+    def shown(column: str) -> Column:
+        return F.when(~F.col("suppressed"), F.col(column))
+
+    def is_top(column: str) -> Column:
+        return F.col(column) == F.max(shown(column)).over(every)
+
     name = (
-        F.when(F.col("mean_propensity") == F.max("mean_propensity").over(_all()), "likely buyers")
-        .when(F.col("mean_revenue") == F.max("mean_revenue").over(_all()), "high spenders")
-        .when(F.col("mean_days_since_last_event") == F.max("mean_days_since_last_event").over(_all()), "lapsing")
-        .when(F.col("mean_propensity") == F.min("mean_propensity").over(_all()), "window shoppers")
+        F.when(is_top("mean_propensity"), "likely buyers")
+        .when(is_top("mean_revenue"), "loyal high spenders")
+        .when(is_top("mean_days_since_last_event"), "at risk")
+        .when(F.col("mean_purchases") == F.min(shown("mean_purchases")).over(every), "window shoppers")
         .otherwise("regulars")
     )
-    numbered = F.row_number().over(_all().orderBy("segment_id"))
-    return stats.withColumn("segment_name", F.concat_ws(" ", name, F.concat(F.lit("#"), numbered.cast("string"))))
+    return F.concat(name, F.lit(" #"), F.col("segment_id").cast("string"))
 
 
-def _all() -> Window:
-    """All segments in one window: there are only k of them."""
-    return Window.partitionBy(F.lit(0))
+def _lookup(mapping: dict[int, int]):
+    return F.create_map(*[F.lit(x) for pair in mapping.items() for x in pair])

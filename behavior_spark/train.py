@@ -104,6 +104,7 @@ def run(spark: SparkSession, settings: Settings) -> dict:
         "steps_per_rank": [r["steps"] for r in results],
         "weights_sha256_per_rank": [r["weights_sha256"] for r in results],
         "epochs_run": chief["epochs_run"],
+        "fit_seconds": chief["fit_seconds"],
         "resumed_after_epoch": spec.initial_epoch,
         "history": chief["history"],
         "training": {k: v for k, v in dataclasses.asdict(spec).items() if k != "initial_model"},
@@ -291,6 +292,7 @@ def make_train_fn(spec: TrainingSpec, train_urls: list[str], validation_urls: li
             callbacks.append(CheckpointEachEpoch())
         train_reader = feed.open_reader(train_urls, hvd.rank(), hvd.size(), spec.reader_threads, spec.seed)
         validation_reader = feed.open_reader(validation_urls, hvd.rank(), hvd.size(), 1, spec.seed)
+        started = time.monotonic()
         try:
             history = model.fit(
                 feed.batches(train_reader, spec.widths, "label", spec.batch_size),
@@ -306,12 +308,14 @@ def make_train_fn(spec: TrainingSpec, train_urls: list[str], validation_urls: li
         finally:
             feed.close(train_reader)
             feed.close(validation_reader)
+        fit_seconds = time.monotonic() - started
         weights = hashlib.sha256(b"".join(w.tobytes() for w in model.get_weights())).hexdigest()
         epochs_run = len(history.epoch)
         return {
             "rank": hvd.rank(),
             "steps": steps * epochs_run,
             "epochs_run": epochs_run,
+            "fit_seconds": fit_seconds,
             "weights_sha256": weights,
             "history": {k: [float(v) for v in values] for k, values in history.history.items()},
             "model_bytes": _model_bytes(model) if hvd.rank() == 0 else None,

@@ -6,9 +6,9 @@ import argparse
 import os
 from pathlib import Path
 
-from bench import stages
+from bench import feed, stages
 
-BENCHES = {"stages": stages.main}
+BENCHES = {"stages": stages.main, "feed": feed.main}
 
 
 def main() -> None:

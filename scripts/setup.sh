@@ -3,7 +3,9 @@
 #   1. a virtual environment (.venv) with the exact pins of requirements/lock.txt;
 #   2. Horovod 0.28.1 built from source against that TensorFlow, with Gloo (recipe: ../shared/STACK.md);
 #   3. the Delta Lake (and PostgreSQL JDBC) JARs from Maven Central, cached in .cache/jars;
-#   4. a check that imports each piece and starts a Delta-enabled SparkSession.
+#   4. Debian's PostgreSQL server (the warehouse integration test starts a throwaway one) and Chromium (the report
+#      test renders the HTML report headless);
+#   5. a check that imports each piece and starts a Delta-enabled SparkSession.
 # Each step is skipped when its result is already there, so a second run takes seconds.
 set -euo pipefail
 cd "$(dirname "$0")/.."
@@ -20,6 +22,21 @@ fail() { printf '\nsetup failed: %s\n' "$*" >&2; exit 1; }
 command -v "$PYTHON" >/dev/null || fail "$PYTHON not found: behavior-spark needs Python 3.11 (see ../shared/STACK.md)"
 command -v java >/dev/null || fail "java not found: Spark 4 needs a Java 17 runtime (apt-get install openjdk-17-jre-headless)"
 command -v mvn >/dev/null || fail "mvn not found: it fetches the Delta Lake JARs from Maven Central (apt-get install maven)"
+
+install_system_packages=1  # --no-system-packages: on a cluster node (deploy/emr/bootstrap.sh), not a dev machine
+[[ "${1:-}" == "--no-system-packages" ]] && install_system_packages=0
+system_packages=()
+compgen -G "/usr/lib/postgresql/*/bin/initdb" >/dev/null || system_packages+=(postgresql)
+command -v chromium >/dev/null || system_packages+=(chromium)
+if ((install_system_packages && ${#system_packages[@]})); then
+  step "Debian packages: ${system_packages[*]}"
+  sudo=(); [[ "$(id -u)" -eq 0 ]] || sudo=(sudo)
+  export DEBIAN_FRONTEND=noninteractive
+  "${sudo[@]}" apt-get install -y -q --no-install-recommends "${system_packages[@]}" >/dev/null \
+    || { "${sudo[@]}" apt-get update -q >/dev/null \
+         && "${sudo[@]}" apt-get install -y -q --no-install-recommends "${system_packages[@]}" >/dev/null; } \
+    || fail "could not install ${system_packages[*]} from Debian's packages"
+fi
 
 lock_hash=$(cat requirements/lock.txt pyproject.toml | sha256sum | cut -c1-16)
 packages_stamp="$VENV/.packages-$lock_hash"

@@ -2,7 +2,16 @@
 
 from __future__ import annotations
 
+import dataclasses
+import functools
+import glob
 import os
+import secrets
+import shutil
+import socket
+import subprocess
+import tempfile
+from pathlib import Path
 
 import pytest
 
@@ -25,3 +34,53 @@ def spark():
 def pseudonym_key(monkeypatch) -> str:
     monkeypatch.setenv("BEHAVIOR_SPARK_PSEUDONYM_KEY", TEST_KEY)
     return TEST_KEY
+
+
+@dataclasses.dataclass(frozen=True)
+class Postgres:
+    url: str
+    user: str
+    password: str
+
+
+@pytest.fixture(scope="session")
+def postgres():
+    """A throwaway PostgreSQL server (Debian's, installed by scripts/setup.sh) on a free loopback port.
+
+    Password authentication, with a password drawn for this run only.
+    """
+    bins = sorted(glob.glob("/usr/lib/postgresql/*/bin/initdb"))
+    if not bins:
+        pytest.fail("PostgreSQL server not installed: run scripts/setup.sh (make test does)")
+    bin_dir = Path(bins[-1]).parent
+    folder = Path(tempfile.mkdtemp(prefix="behavior-spark-pg-"))
+    as_postgres = ["runuser", "-u", "postgres", "--"] if os.geteuid() == 0 else []  # initdb refuses root
+    password = secrets.token_urlsafe(16)
+    (folder / "pwfile").write_text(password)
+    if as_postgres:
+        for path in (folder, folder / "pwfile"):
+            shutil.chown(path, "postgres", "postgres")
+    with socket.socket() as probe:
+        probe.bind(("127.0.0.1", 0))
+        port = probe.getsockname()[1]
+    data = folder / "data"
+    run = functools.partial(subprocess.run, check=True, capture_output=True, text=True)
+    run(
+        [
+            *as_postgres,
+            bin_dir / "initdb",
+            "-D",
+            data,
+            "-U",
+            "warehouse",
+            "--auth=scram-sha-256",
+            f"--pwfile={folder / 'pwfile'}",
+            "-E",
+            "UTF8",
+        ]
+    )
+    options = f"-p {port} -k {folder} -c listen_addresses=127.0.0.1"
+    run([*as_postgres, bin_dir / "pg_ctl", "-D", data, "-l", folder / "log", "-o", options, "-w", "start"])
+    yield Postgres(f"jdbc:postgresql://127.0.0.1:{port}/postgres", "warehouse", password)
+    run([*as_postgres, bin_dir / "pg_ctl", "-D", data, "-m", "fast", "-w", "stop"])
+    shutil.rmtree(folder, ignore_errors=True)

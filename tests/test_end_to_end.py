@@ -3,12 +3,17 @@
 Real Spark, real Delta tables, two real Horovod processes reading through Petastorm, real predict_batch_udf.
 """
 
+import dataclasses
 import json
 import os
+import re
+import shutil
 import subprocess
 import sys
 from pathlib import Path
 
+import numpy as np
+import pandas as pd
 import pytest
 import yaml
 from pyspark.sql import functions as F
@@ -21,7 +26,7 @@ ROOT = Path(__file__).resolve().parents[1]
 
 
 @pytest.fixture(scope="module")
-def finished_run(tmp_path_factory):
+def finished_run(tmp_path_factory, postgres):
     """Run every stage once through spark-submit; yield the settings and the run's printed summary."""
     from behavior_spark.config import load_settings
 
@@ -38,7 +43,10 @@ def finished_run(tmp_path_factory):
             "train.epochs=2",
             "train.batch_size=128",
             f"train.model_dir={root}/models/propensity",
-            "segment.k=4",
+            "segment.k_min=3",
+            "segment.k_max=4",
+            "score.scoring_date=2026-06-01",
+            f"warehouse.url={postgres.url}",
         ],
     )
     conf = root.parent / "e2e.yaml"
@@ -47,6 +55,8 @@ def finished_run(tmp_path_factory):
     env = {
         **os.environ,
         "BEHAVIOR_SPARK_PSEUDONYM_KEY": "test-only-pseudonym-key-not-a-secret",
+        "BEHAVIOR_SPARK_WAREHOUSE_USER": postgres.user,
+        "BEHAVIOR_SPARK_WAREHOUSE_PASSWORD": postgres.password,
         "PATH": f"{spark_submit.parent}{os.pathsep}{os.environ['PATH']}",
     }  # as with the venv activated
     result = subprocess.run(
@@ -57,13 +67,14 @@ def finished_run(tmp_path_factory):
         timeout=900,
         cwd=ROOT,
     )
-    assert result.returncode == 0, result.stderr[-5000:]
+    failures = [line for line in result.stderr.splitlines() if " failed: " in line]
+    assert result.returncode == 0, "\n".join(failures) or result.stderr[-3000:]
     return settings, result.stdout
 
 
 def test_summary_names_every_stage(finished_run):
     _, summary = finished_run
-    for stage in ("generate", "ingest", "featurize", "train", "score", "segment"):
+    for stage in ("generate", "ingest", "featurize", "train", "score", "segment", "export", "report"):
         assert f"  {stage}" in summary
 
 
@@ -114,4 +125,115 @@ def test_every_customer_in_exactly_one_segment(spark, finished_run):
     segments = lake.read(spark, settings.lake, lake.SEGMENTS)
     scores = lake.read(spark, settings.lake, lake.SCORES)
     assert segments.count() == segments.select("customer_id").distinct().count() == scores.count()
-    assert segments.select("segment_id").distinct().count() == settings.segment.k
+    assert settings.segment.k_min <= segments.select("segment_id").distinct().count() <= settings.segment.k_max
+
+
+def test_scores_equal_the_models_own_predictions(spark, finished_run):
+    from behavior_spark import features, model, train
+
+    settings, _ = finished_run
+    metadata = train.load_metadata(settings.train.model_dir)
+    stats = {name: tuple(value) for name, value in metadata["normalisation"].items()}
+    table = lake.read(spark, settings.lake, lake.FEATURES).transform(features.model_inputs, stats)
+    scores = lake.read(spark, settings.lake, lake.SCORES).select("customer_id", "cutoff_date", "propensity")
+    sample = table.join(scores, on=["customer_id", "cutoff_date"]).limit(300).toPandas()
+    columns = {name: np.stack(sample[name].to_numpy()) for name in train.INPUT_COLUMNS}
+    predicted = model.load_model(settings.train.model_dir, metadata).predict(model.scoring_inputs(columns), verbose=0)
+    np.testing.assert_allclose(sample["propensity"].to_numpy(), predicted[0][:, 0], rtol=1e-4, atol=1e-6)
+
+
+def test_rescoring_and_resegmenting_the_same_date_changes_nothing(spark, finished_run, monkeypatch):
+    from behavior_spark import score, segment
+
+    settings, _ = finished_run
+    before_scores = lake.read(spark, settings.lake, lake.SCORES).drop("embedding").toPandas()
+    before_segments = lake.read(spark, settings.lake, lake.SEGMENTS).select("customer_id", "segment_id").toPandas()
+    score.run(spark, settings)
+    reseeded = dataclasses.replace(settings, segment=dataclasses.replace(settings.segment, seed=99))
+    result = segment.run(spark, reseeded)  # another seed: KMeans may number its clusters differently
+    after_scores = lake.read(spark, settings.lake, lake.SCORES).drop("embedding").toPandas()
+    after_segments = lake.read(spark, settings.lake, lake.SEGMENTS).select("customer_id", "segment_id").toPandas()
+    key = ["customer_id"]
+    pd.testing.assert_frame_equal(
+        before_scores.sort_values(key, ignore_index=True), after_scores.sort_values(key, ignore_index=True)
+    )
+    assert result["matched_previous_run"]
+    merged = before_segments.merge(after_segments, on="customer_id", suffixes=("_before", "_after"))
+    assert len(merged) == len(before_segments)
+    assert (merged["segment_id_before"] == merged["segment_id_after"]).mean() > 0.95  # ids kept their meaning
+
+
+def test_the_warehouse_table_equals_the_delta_table(spark, finished_run, postgres):
+    settings, _ = finished_run
+    warehouse = read_warehouse(spark, postgres, settings.warehouse.table)
+    delta = lake.read(spark, settings.lake, lake.SEGMENTS).select("customer_id", "segment_id", "segment_name")
+    assert warehouse.count() == delta.count() > 0
+    assert warehouse.select("customer_id", "segment_id", "segment_name").exceptAll(delta).count() == 0
+
+
+def test_exporting_the_same_date_again_changes_nothing(spark, finished_run, postgres, monkeypatch):
+    from behavior_spark import warehouse
+
+    settings, _ = finished_run
+    monkeypatch.setenv("BEHAVIOR_SPARK_WAREHOUSE_USER", postgres.user)
+    monkeypatch.setenv("BEHAVIOR_SPARK_WAREHOUSE_PASSWORD", postgres.password)
+    before = read_warehouse(spark, postgres, settings.warehouse.table).toPandas()
+    warehouse.run(spark, settings)
+    after = read_warehouse(spark, postgres, settings.warehouse.table).toPandas()
+    key = ["customer_id"]
+    pd.testing.assert_frame_equal(before.sort_values(key, ignore_index=True), after.sort_values(key, ignore_index=True))
+
+
+def test_wrong_credentials_or_an_unreachable_warehouse_fail_clearly(spark, finished_run, postgres, monkeypatch):
+    from behavior_spark import warehouse
+
+    settings, _ = finished_run
+    monkeypatch.setenv("BEHAVIOR_SPARK_WAREHOUSE_USER", postgres.user)
+    monkeypatch.setenv("BEHAVIOR_SPARK_WAREHOUSE_PASSWORD", "not-the-password")
+    with pytest.raises(warehouse.WarehouseError, match="password authentication failed"):
+        warehouse.run(spark, settings)
+    unreachable = dataclasses.replace(
+        settings, warehouse=dataclasses.replace(settings.warehouse, url="jdbc:postgresql://127.0.0.1:1/postgres")
+    )
+    with pytest.raises(
+        warehouse.WarehouseError, match="cannot connect to the warehouse at jdbc:postgresql://127.0.0.1:1"
+    ):
+        warehouse.run(spark, unreachable)
+    assert read_warehouse(spark, postgres, settings.warehouse.table).count() > 0  # nothing half-written
+
+
+def test_the_report_renders_with_its_images_and_no_customer_ids(finished_run, tmp_path):
+    settings, _ = finished_run
+    report = Path(lake.path(settings.lake, "reports"), f"report-{settings.score.scoring_date}.html")
+    html = report.read_text()
+    assert re.search(r"\b[0-9a-f]{64}\b", html) is None  # no pseudonymous id, let alone a raw one
+    chromium = shutil.which("chromium")
+    assert chromium, "chromium not installed: run scripts/setup.sh (make test does)"
+    headless = [chromium, "--headless", "--no-sandbox", "--disable-gpu", "--virtual-time-budget=10000"]
+    dom = subprocess.run([*headless, "--dump-dom", report.as_uri()], capture_output=True, text=True, timeout=120)
+    counts = re.search(r'data-images="(\d+)" data-images-rendered="(\d+)"', dom.stdout)
+    assert counts, dom.stderr[-2000:]
+    images, rendered = map(int, counts.groups())
+    assert images >= 6 and rendered == images
+    screenshot = tmp_path / "report.png"
+    subprocess.run([*headless, f"--screenshot={screenshot}", "--window-size=1000,2400", report.as_uri()], timeout=120)
+    assert screenshot.stat().st_size > 20_000
+
+
+@pytest.mark.parametrize("name", ["exploration.ipynb", "segment_insight.ipynb"])
+def test_the_notebooks_execute_against_the_run(finished_run, monkeypatch, name):
+    import nbclient
+    import nbformat
+
+    settings, _ = finished_run
+    path = ROOT / "notebooks" / name
+    notebook = nbformat.read(path, as_version=4)
+    assert all(not cell.get("outputs") for cell in notebook.cells if cell.cell_type == "code"), "clear outputs in git"
+    monkeypatch.setenv("BEHAVIOR_SPARK_LAKE", settings.lake.root)
+    nbclient.NotebookClient(notebook, timeout=600, resources={"metadata": {"path": str(path.parent)}}).execute()
+    images = [o for c in notebook.cells for o in c.get("outputs", []) if "image/png" in o.get("data", {})]
+    assert len(images) >= 2
+
+
+def read_warehouse(spark, postgres, table):
+    return spark.read.jdbc(postgres.url, table, properties={"user": postgres.user, "password": postgres.password})

@@ -1,0 +1,100 @@
+"""Deployment definitions, validated against the platforms' own published models, with no cloud call.
+
+- Databricks: every job in the bundle parses with `databricks.bundles.jobs.Job` (strict: an unknown or misspelled
+  field fails), every `${var.*}` is declared, the tasks chain the stages in order.
+- EMR: the cluster and its steps validate against botocore's EMR service model (RunJobFlow, AddJobFlowSteps).
+- The settings files they name load, and point at cloud storage, not local paths.
+"""
+
+import json
+import re
+from pathlib import Path
+
+import botocore.session
+import pytest
+import yaml
+from botocore.validate import ParamValidator
+
+from behavior_spark.cli import STAGE_NAMES
+from behavior_spark.config import load_settings
+
+ROOT = Path(__file__).resolve().parents[1]
+BUNDLE = ROOT / "deploy" / "databricks"
+EMR = ROOT / "deploy" / "emr"
+PIPELINE = [s for s in STAGE_NAMES if s not in ("generate", "run")]
+
+
+def bundle_documents() -> list[dict]:
+    main = yaml.safe_load((BUNDLE / "databricks.yml").read_text())
+    included = [yaml.safe_load(p.read_text()) for pattern in main["include"] for p in sorted(BUNDLE.glob(pattern))]
+    return [main, *included]
+
+
+def bundle_jobs() -> dict[str, dict]:
+    return {name: job for doc in bundle_documents() for name, job in doc.get("resources", {}).get("jobs", {}).items()}
+
+
+def test_the_bundle_jobs_parse_with_databricks_own_job_model():
+    from databricks.bundles.jobs import Job
+
+    jobs = bundle_jobs()
+    assert jobs
+    for job in jobs.values():
+        Job.from_dict(json.loads(json.dumps(job)))  # raises on an unknown field or a wrong type
+    misspelled = {"name": "x", "tasks": [{"task_key": "a", "python_wheel_task": {"entry_pont": "e"}}]}
+    with pytest.raises(ValueError, match="entry_pont"):  # the model does check
+        Job.from_dict(misspelled)
+
+
+def test_the_bundle_declares_every_variable_it_uses_and_both_targets():
+    main, *_ = bundle_documents()
+    text = "\n".join(p.read_text() for p in [BUNDLE / "databricks.yml", *BUNDLE.glob("resources/*.yml")])
+    used = set(re.findall(r"\$\{var\.([a-z_]+)\}", text))
+    assert used <= set(main["variables"]), used - set(main["variables"])
+    assert {"dev", "prod"} <= set(main["targets"])
+    assert main["artifacts"]["behavior_spark_wheel"]["type"] == "whl"
+    assert (BUNDLE / "init" / "horovod.sh").is_file()
+
+
+def test_the_job_chains_the_stages_in_order_training_on_the_gpu_cluster():
+    (job,) = bundle_jobs().values()
+    tasks = {t["task_key"]: t for t in job["tasks"]}
+    assert list(tasks) == PIPELINE
+    for before, after in zip(PIPELINE, PIPELINE[1:], strict=False):
+        assert tasks[after]["depends_on"] == [{"task_key": before}]
+    for key, task in tasks.items():
+        assert task["python_wheel_task"]["parameters"][0] == key
+        assert task["python_wheel_task"]["entry_point"] == "behavior-spark"
+        assert task["job_cluster_key"] == ("gpu" if key == "train" else "cpu")
+    gpu = next(c for c in job["job_clusters"] if c["job_cluster_key"] == "gpu")["new_cluster"]
+    assert gpu["spark_env_vars"]["HOROVOD_GPU_OPERATIONS"] == "NCCL"
+
+
+def emr_validate(operation: str, params: dict) -> str:
+    model = botocore.session.get_session().get_service_model("emr").operation_model(operation)
+    report = ParamValidator().validate(params, model.input_shape)
+    return report.generate_report() if report.has_errors() else ""
+
+
+def test_the_emr_cluster_and_steps_validate_against_botocore():
+    cluster = json.loads((EMR / "cluster.json").read_text())
+    steps = json.loads((EMR / "steps.json").read_text())
+    assert emr_validate("RunJobFlow", cluster) == ""
+    assert emr_validate("RunJobFlow", {**cluster, "Steps": steps}) == ""
+    assert emr_validate("AddJobFlowSteps", {"JobFlowId": "j-EXAMPLE", "Steps": steps}) == ""
+    assert [s["HadoopJarStep"]["Args"][1] for s in steps] == PIPELINE
+    assert emr_validate("RunJobFlow", {**cluster, "Instances": {"InstanceCount": "four"}}) != ""  # it does check
+
+
+def test_the_emr_scripts_name_files_that_exist():
+    wrapper = (EMR / "run-stage").read_text()
+    assert '"$HOME_DIR/jobs/$STAGE.py"' in wrapper and "conf/emr.yaml" in wrapper
+    assert all((ROOT / "jobs" / f"{stage}.py").is_file() for stage in PIPELINE)
+    assert "scripts/setup.sh --no-system-packages" in (EMR / "bootstrap.sh").read_text()
+
+
+@pytest.mark.parametrize("name, scheme", [("databricks.yaml", "dbfs:/"), ("emr.yaml", "s3://")])
+def test_cluster_settings_load_and_use_cloud_storage(name, scheme):
+    settings = load_settings(ROOT / "conf" / name)
+    for location in (settings.lake.root, settings.ingest.input, settings.train.model_dir):
+        assert location.startswith(scheme)
