@@ -37,7 +37,7 @@ def run(spark: SparkSession, settings: Settings, table: DataFrame, metadata: dic
     stats = {name: tuple(value) for name, value in metadata["normalisation"].items()}
     inputs = table.transform(features.model_inputs, stats).withColumn("label", F.col("label").cast("double"))
     train, validation, test = (inputs.filter(F.col("split") == name) for name in ("train", "validation", "test"))
-    model_scores = score.score(test, metadata, cfg.model_dir, settings.score.batch_size)
+    model_scores = score.score(test, metadata, cfg.model_dir, settings.score.batch_size, keep=["label"])
     scored = {
         "model": (model_scores.select("label", F.col("propensity").cast("double").alias("score")), True),
         "logistic_regression": (_mllib(LogisticRegression(maxIter=50, regParam=0.01), train, test), True),

@@ -57,6 +57,16 @@ EVENTS_SCHEMA = T.StructType(
     ]
 )
 EVENTS_COLUMNS = EVENTS_SCHEMA.fieldNames()
+# Canonical columns used only to decide the reject reason (and the raw text, kept for rejected rows as `raw`).
+CANONICAL_ONLY = {
+    "raw_line",
+    "raw_fields",
+    "malformed",
+    "bad_encoding",
+    "raw_event_type",
+    "raw_product_id",
+    "raw_price",
+}
 CHECK_CONSTRAINTS = {
     "known_event_type": "event_type IN ({})".format(", ".join(f"'{t}'" for t in EVENT_TYPES)),
     "non_negative_price": "price IS NULL OR price >= 0",
@@ -130,30 +140,37 @@ def process_batch(
         sources.canonical(batch, mapping)
         .withColumn("reject_reason", reject_reason(cfg))
         .transform(pseudonymise, key)
+        .transform(for_cache, keep_user_id=cfg.identity_map is not None)
         .persist(StorageLevel.MEMORY_AND_DISK)  # read and parsed once; spills to disk when it does not fit
     )
     checked = None
     try:
         with _timed("parse"):
-            per_file = parsed.groupBy("source_file").count().collect()  # one row per file, <= maxFilesPerTrigger
-        rows_read = sum(r["count"] for r in per_file)
-        files = sorted(r["source_file"] for r in per_file)
+            tally = (
+                parsed.groupBy("source_file", "reject_reason")
+                .agg(
+                    F.count(F.lit(1)).alias("rows"),
+                    F.min("event_time").alias("first"),
+                    F.max("event_time").alias("last"),
+                )
+                .collect()  # one row per file and reason: <= maxFilesPerTrigger x 11
+            )
+        rows_read = sum(r["rows"] for r in tally)
+        files = sorted({r["source_file"] for r in tally})
+        rejected_by_reason: dict[str, int] = {}
+        for r in tally:
+            if r["reject_reason"] is not None:
+                rejected_by_reason[r["reject_reason"]] = rejected_by_reason.get(r["reject_reason"], 0) + r["rows"]
         with _timed("quarantine"):
             quarantined_written = write_quarantine(parsed.filter(F.col("reject_reason").isNotNull()), files, settings)
         valid = parsed.filter(F.col("reject_reason").isNull())
-        days = valid.select(F.to_date("event_time")).distinct().count()
-        buckets = buckets_per_day(rows_read - quarantined_written, days)
+        buckets = buckets_per_day(rows_read - quarantined_written, days_spanned(tally))
         checked = with_checks(valid, cfg.session_gap_minutes, buckets).persist(StorageLevel.MEMORY_AND_DISK)
         classified = classify(checked, cfg.bot_events_per_minute)
         with _timed("classify"):
             checked.count()
         by_status = {r["status"]: r["count"] for r in classified.groupBy("status").count().collect()}
-        by_status.update(
-            {
-                r["reject_reason"]: r["count"]
-                for r in parsed.filter(F.col("reject_reason").isNotNull()).groupBy("reject_reason").count().collect()
-            }
-        )
+        by_status.update(rejected_by_reason)
         clean = classified.filter(F.col("status") == CLEAN)
         if cfg.identity_map:
             write_identity_map(clean, cfg.identity_map)
@@ -221,6 +238,16 @@ def reject_reason(cfg: IngestSettings) -> Column:
     )
 
 
+def for_cache(rows: DataFrame, keep_user_id: bool) -> DataFrame:
+    """What later steps need of a parsed row: its raw text only if it is rejected, typed fields, the reason.
+
+    Dropping the raw text of good rows (and the raw id unless an identity map is written) halves what is cached.
+    """
+    raw = F.when(F.col("reject_reason").isNotNull(), F.coalesce(F.col("raw_line"), F.to_json("raw_fields")))
+    kept = [c for c in rows.columns if c not in CANONICAL_ONLY and (keep_user_id or c != "user_id")]
+    return rows.select(raw.alias("raw"), *kept)
+
+
 def pseudonymise(rows: DataFrame, key: bytes) -> DataFrame:
     """`customer_id` = HMAC-SHA256 of the raw user id; the raw id is kept only as `user_id` for the identity map."""
     return rows.withColumn("customer_id", hmac_sha256(F.col("user_id"), key))
@@ -262,7 +289,7 @@ def with_checks(valid: DataFrame, gap_minutes: int, buckets_per_day: int) -> Dat
         valid.withColumn("event_date", F.to_date("event_time"))
         .withColumn("event_id", event_id())
         .withColumn("ts", F.unix_micros("event_time"))
-        .drop("raw_line", "raw_fields")
+        .drop("raw")
         .transform(shuffle_by_day, buckets_per_day)
         .select(
             "*", F.lag("event_id").over(by_time).alias("previous_id"), F.lag("ts").over(by_time).alias("previous_ts")
@@ -278,6 +305,14 @@ def shuffle_by_day(rows: DataFrame, buckets_per_day: int) -> DataFrame:
     bucketed = rows.withColumn("bucket", F.pmod(F.xxhash64("customer_id"), F.lit(buckets_per_day)).cast("int"))
     # No partition count: spark.sql.shuffle.partitions sets it, and adaptive execution coalesces small partitions.
     return bucketed.repartition(*PARTITION_KEYS)
+
+
+def days_spanned(tally: list) -> int:
+    """Calendar days between the first and the last valid event of the batch (at least 1)."""
+    valid = [r for r in tally if r["reject_reason"] is None and r["first"] is not None]
+    if not valid:
+        return 1
+    return (max(r["last"] for r in valid).date() - min(r["first"] for r in valid).date()).days + 1
 
 
 def buckets_per_day(valid_rows: int, days: int) -> int:
@@ -390,7 +425,7 @@ def write_quarantine(rejected: DataFrame, files: list[str], settings: Settings) 
     """Replace the quarantine rows of this batch's files (so a re-run does not double them); return rows written."""
     rejected = rejected.select(
         F.col("reject_reason").alias("reason"),
-        F.coalesce(F.col("raw_line"), F.to_json("raw_fields")).alias("raw"),
+        "raw",
         "source_file",
         F.current_timestamp().alias("quarantined_at"),
     )

@@ -6,9 +6,9 @@ import argparse
 import os
 from pathlib import Path
 
-from bench import feed, stages
+from bench import feed, score, stages
 
-BENCHES = {"stages": stages.main, "feed": feed.main}
+BENCHES = {"stages": stages.main, "feed": feed.main, "score": score.main}
 
 
 def main() -> None:

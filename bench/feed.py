@@ -59,11 +59,14 @@ def model_input_rows(spark: SparkSession, rows: int) -> DataFrame:
     width = len(features.numeric_feature_names())
     length = 50
 
+    def draws(count: int, salt: str):
+        return F.transform(F.sequence(F.lit(1), F.lit(count)), lambda i: F.pmod(F.xxhash64("id", i, F.lit(salt)), 1000))
+
     def ints(name: str, high: int):
-        return F.transform(F.sequence(F.lit(1), F.lit(length)), lambda i: (F.rand(i) * high).cast("int")).alias(name)
+        return F.transform(draws(length, name), lambda d: (d % high).cast("int")).alias(name)
 
     return spark.range(rows).select(
-        F.transform(F.sequence(F.lit(1), F.lit(width)), lambda i: F.randn().cast("float")).alias("numeric"),
+        F.transform(draws(width, "numeric"), lambda d: (d / 500.0 - 1).cast("float")).alias("numeric"),
         ints("seq_event_type", 6),
         ints("seq_category", 64),
         ints("seq_gap_bucket", 8),
