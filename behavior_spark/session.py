@@ -50,7 +50,7 @@ def local_session(settings: SparkSettings) -> SparkSession:
         .config("spark.sql.shuffle.partitions", settings.shuffle_partitions)
         .config("spark.driver.memory", settings.driver_memory)
         .config("spark.ui.enabled", "false")
-        .config("spark.ui.showConsoleProgress", "false")
+        .config("spark.ui.showConsoleProgress", str(sys.stderr.isatty()).lower())  # a progress bar in a terminal
         .config("spark.sql.session.timeZone", "UTC")
         .config("spark.databricks.delta.snapshotPartitions", 2)
         .config("spark.sql.execution.arrow.pyspark.enabled", "true")

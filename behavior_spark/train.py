@@ -67,7 +67,7 @@ class TrainingSpec:
 
 def run(spark: SparkSession, settings: Settings) -> dict:
     """Train with `train.num_proc` Horovod processes; write the model artifact to `train.model_dir`; evaluate it."""
-    from behavior_spark import evaluate
+    from behavior_spark import evaluate  # here, not at the top: evaluate scores through score, which imports train
 
     cfg = settings.train
     stats = features.read_stats(spark, settings)

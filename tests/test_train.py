@@ -5,6 +5,7 @@ failing rank that must fail the job with its own message, and the evaluation bes
 """
 
 import contextlib
+import dataclasses
 import json
 import math
 import signal
@@ -105,6 +106,17 @@ def test_evaluation_beside_the_baselines_is_written_and_importance_saved(spark, 
     assert metadata["test_metrics"]["recency_frequency"]["log_loss"] is None  # a ranking, not a probability
     importance = metadata["permutation_importance"]
     assert set(importance) == {*metadata["feature_names"], "recent_sequence"}
+
+
+def test_drift_beyond_the_threshold_fails_before_anything_is_scored(spark, trained):
+    from behavior_spark import score
+
+    settings, _, metadata = trained
+    strict = dataclasses.replace(settings, score=dataclasses.replace(settings.score, drift_fail_psi=0.0))
+    with pytest.raises(score.DriftError, match="drifted with PSI"):
+        score.run(spark, strict)
+    assert not lake.exists(spark, settings.lake, lake.SCORES)
+    assert lake.read(spark, settings.lake, lake.FEATURE_DRIFT).count() == len(metadata["feature_names"])
 
 
 def test_resume_continues_after_the_last_checkpoint(spark, trained):

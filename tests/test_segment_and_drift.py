@@ -1,0 +1,45 @@
+"""Segment ids matched across runs, k-anonymity in profiles, and the population stability index."""
+
+import math
+
+import pytest
+from pyspark.sql import functions as F
+
+from behavior_spark import drift, segment
+
+
+def test_clusters_take_the_id_of_the_nearest_previous_centroid():
+    previous = {0: [0.0, 0.0], 1: [10.0, 10.0], 2: [0.0, 10.0]}
+    current = {0: [9.5, 10.2], 1: [0.3, 9.8], 2: [0.1, -0.2], 3: [50.0, 50.0]}  # renumbered, plus a new one
+    assert segment.match_segments(current, previous) == {0: 1, 1: 2, 2: 0, 3: 3}
+    assert segment.match_segments(current, {}) == {0: 0, 1: 1, 2: 2, 3: 3}  # the first run keeps KMeans' ids
+
+
+def test_segments_below_the_k_anonymity_threshold_are_suppressed(spark):
+    rows = [(0, 0.9, 1.0, 3.0, 300.0, 20.0, 7)] * 25 + [(1, 0.1, 30.0, 0.0, 0.0, 5.0, 8)] * 25
+    rows += [(2, 0.99, 0.0, 9.0, 999.0, 90.0, 9)] * 3  # three customers: too few to show
+    assigned = spark.createDataFrame(
+        rows,
+        "segment_id int, propensity double, days_since_last_event double, purchases double, revenue double, "
+        "events double, top_category_id long",
+    )
+    profiles = {r["segment_id"]: r for r in segment.profile(assigned, min_segment_size=20).collect()}
+    small = profiles[2]
+    assert small["suppressed"] and small["customers"] == 3
+    assert small["segment_name"].startswith(segment.SUPPRESSED)
+    assert small["mean_revenue"] is None and small["top_categories"] is None
+    assert profiles[0]["segment_name"] == "likely buyers #0"  # ranked among the shown segments only
+    assert profiles[0]["top_categories"] == [7] and profiles[1]["mean_days_since_last_event"] == 30.0
+
+
+def test_psi_is_zero_for_the_same_population_and_grows_with_a_shift(spark):
+    same = spark.range(10_000).select((F.col("id") % 100).cast("double").alias("events"))
+    shifted = spark.range(10_000).select(((F.col("id") % 100) + 40).cast("double").alias("events"))
+    assert drift.feature_psi(same, same, ["events"])["events"] == pytest.approx(0.0, abs=1e-9)
+    assert drift.feature_psi(same, shifted, ["events"])["events"] > drift.WARN_PSI
+
+
+def test_psi_by_hand():
+    expected, actual = [0.5, 0.5], [0.25, 0.75]
+    by_hand = (0.25 - 0.5) * math.log(0.25 / 0.5) + (0.75 - 0.5) * math.log(0.75 / 0.5)
+    assert drift.psi(expected, actual) == pytest.approx(by_hand)
