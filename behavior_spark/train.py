@@ -360,14 +360,20 @@ def _split(inputs: DataFrame, split: str, num_proc: int) -> DataFrame:
     return inputs.filter(F.col("split") == split).drop("split").repartition(max(2, num_proc * 2))
 
 
+def petastorm_cache_url(location: str) -> str:
+    """Petastorm wants a URL every worker can open: dbfs:/ through the /dbfs mount, local paths as file://."""
+    if location.startswith("dbfs:"):
+        return "file:///dbfs/" + location.removeprefix("dbfs:").lstrip("/")
+    return location if "://" in location else f"file://{location}"
+
+
 class _converter:
     """A Petastorm converter over a DataFrame, materialised to the lake's cache folder and deleted on exit."""
 
     def __init__(self, spark: SparkSession, settings: Settings, df: DataFrame):
         from petastorm.spark import SparkDatasetConverter, make_spark_converter
 
-        cache = lake.path(settings.lake, "_petastorm_cache")
-        url = cache if "://" in cache else f"file://{cache}"
+        url = petastorm_cache_url(lake.path(settings.lake, "_petastorm_cache"))
         spark.conf.set(SparkDatasetConverter.PARENT_CACHE_DIR_URL_CONF, url)
         with warnings.catch_warnings():
             warnings.simplefilter("ignore")

@@ -93,6 +93,15 @@ def test_the_emr_scripts_name_files_that_exist():
     assert "scripts/setup.sh --no-system-packages" in (EMR / "bootstrap.sh").read_text()
 
 
+def test_cloud_locations_map_to_what_each_library_can_open():
+    from behavior_spark import artifacts, train
+
+    assert train.petastorm_cache_url("dbfs:/lake/_petastorm_cache") == "file:///dbfs/lake/_petastorm_cache"
+    assert train.petastorm_cache_url("s3://bucket/lake/_cache") == "s3://bucket/lake/_cache"
+    assert train.petastorm_cache_url("/tmp/lake/_cache") == "file:///tmp/lake/_cache"
+    assert artifacts.join("dbfs:/models/", "model.h5") == "dbfs:/models/model.h5"
+
+
 @pytest.mark.parametrize("name, scheme", [("databricks.yaml", "dbfs:/"), ("emr.yaml", "s3://")])
 def test_cluster_settings_load_and_use_cloud_storage(name, scheme):
     settings = load_settings(ROOT / "conf" / name)
