@@ -94,9 +94,10 @@ def replace_date(
         connection.setAutoCommit(True)
         _execute(connection, f"DROP TABLE IF EXISTS {staging}")
         return inserted
-    except Py4JJavaError as error:
-        connection.rollback()
-        raise WarehouseError(f"writing {cfg.table} at {_safe(cfg.url)} failed: {_java_message(error)}") from None
+    except Exception as error:  # Py4JJavaError from the connection, PySpark's own errors from the staged write
+        if not connection.getAutoCommit():
+            connection.rollback()  # the target keeps its previous rows
+        raise WarehouseError(f"writing {cfg.table} at {_safe(cfg.url)} failed: {_message(error)}") from None
     finally:
         connection.close()
 
@@ -112,7 +113,7 @@ def connect(spark: SparkSession, cfg: WarehouseSettings, user: str, password: st
         jvm.org.apache.spark.sql.execution.datasources.jdbc.DriverRegistry.register(cfg.driver)
         return jvm.java.sql.DriverManager.getConnection(cfg.url, properties)
     except Py4JJavaError as error:
-        raise WarehouseError(f"cannot connect to the warehouse at {_safe(cfg.url)}: {_java_message(error)}") from None
+        raise WarehouseError(f"cannot connect to the warehouse at {_safe(cfg.url)}: {_message(error)}") from None
 
 
 def _execute(connection, sql: str) -> int:
@@ -124,8 +125,10 @@ def _execute(connection, sql: str) -> int:
         statement.close()
 
 
-def _java_message(error: Py4JJavaError) -> str:
-    return str(error.java_exception.getMessage()).splitlines()[0]
+def _message(error: Exception) -> str:
+    """The first line of the Java exception's message (or of the Python one)."""
+    text = str(error.java_exception.getMessage()) if isinstance(error, Py4JJavaError) else str(error)
+    return (text.strip().splitlines() or ["(no message)"])[0]
 
 
 def _safe(url: str) -> str:
