@@ -14,6 +14,7 @@ import logging
 
 import numpy as np
 import pandas as pd
+from pyspark import StorageLevel
 from pyspark.ml.classification import GBTClassifier, LogisticRegression
 from pyspark.ml.evaluation import BinaryClassificationEvaluator
 from pyspark.ml.functions import array_to_vector, vector_to_array
@@ -46,14 +47,18 @@ def run(spark: SparkSession, settings: Settings, table: DataFrame, metadata: dic
     }
     metrics, reliability = {}, {}
     for name, (df, probabilities) in scored.items():
+        df.persist(StorageLevel.MEMORY_AND_DISK)  # (label, score) only: each metric reads it, nothing re-scores
         metrics[name], reliability[name] = binary_metrics(df, cfg.threshold, probabilities)
+    lift = lift_by_decile(scored["model"][0])
+    for df, _ in scored.values():
+        df.unpersist()
     _write(spark, settings, metadata["model_version"], metrics)
     log.info("test-split metrics (%s):\n%s", metadata["model_version"], format_table(metrics))
     importance = permutation_importance(validation, metadata, cfg.model_dir, cfg.importance_rows, cfg.seed)
     return {
         "test_metrics": metrics,
         "reliability": reliability["model"],
-        "lift_by_decile": lift_by_decile(scored["model"][0]),
+        "lift_by_decile": lift,
         "permutation_importance": importance,
     }
 

@@ -48,7 +48,7 @@ def main(sizes: list[int], workdir: Path) -> str:
         lines.append(f"| {size:,} | {_rate(stock)} | {_rate(ours)} | {_rate(memory)} | {ours / memory:.2f}x |")
         for processes in (1, 2):
             training.append(f"| {size:,} | {processes} | {train_rate(spark, settings, data, size, processes):,.0f} |")
-        print("\n".join(lines + training), flush=True)
+        print(lines[-1], *training[-2:], sep="\n", flush=True)
         spark.stop()
         shutil.rmtree(folder, ignore_errors=True)
     return "\n".join(lines + training)
