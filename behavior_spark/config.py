@@ -81,17 +81,21 @@ class FeatureSettings:
 @dataclasses.dataclass(frozen=True)
 class TrainSettings:
     num_proc: int = 2
-    epochs: int = 3
+    epochs: int = 20  # at most: early stopping ends training when validation loss stops improving
     batch_size: int = 512
     learning_rate: float = 0.001  # per process; scaled by the number of processes, with one epoch of warm-up
     seed: int = 7
     class_weight: str = "balanced"  # balanced | none: how the rare positive label is weighted in the loss
-    patience: int = 2  # early stopping: epochs without a better validation loss
+    patience: int = 3  # early stopping: epochs without a better validation loss
     resume: bool = False  # continue from the last checkpoint in model_dir (the CLI's --resume)
     reader_threads: int | None = None  # Petastorm threads per process; None: the cores Spark gives each GPU
     threshold: float = 0.5  # the propensity above which a customer counts as a predicted buyer (accuracy)
     importance_rows: int = 20_000  # validation rows sampled for permutation feature importance
     model_dir: str = "lakehouse/models/propensity"
+    mlflow_tracking_uri: str | None = (
+        None  # None: a local store in <lake.root>/mlruns; databricks; http(s)://...; disabled
+    )
+    mlflow_experiment: str = "behavior-spark"  # on Databricks, a workspace path such as /Shared/behavior-spark
 
 
 @dataclasses.dataclass(frozen=True)

@@ -24,7 +24,7 @@ import warnings
 from pyspark.sql import DataFrame, SparkSession
 from pyspark.sql import functions as F
 
-from behavior_spark import artifacts, features, feed, lake
+from behavior_spark import artifacts, features, feed, lake, tracking
 from behavior_spark.config import Settings
 
 log = logging.getLogger(__name__)
@@ -70,6 +70,7 @@ def run(spark: SparkSession, settings: Settings) -> dict:
     from behavior_spark import evaluate  # here, not at the top: evaluate scores through score, which imports train
 
     cfg = settings.train
+    tracking.tracking_uri(settings)  # a setting with nowhere to record the run fails now, not after training
     stats = features.read_stats(spark, settings)
     features_version = lake.version(spark, settings.lake, lake.FEATURES)
     table = lake.read(spark, settings.lake, lake.FEATURES, version=features_version)
@@ -112,6 +113,7 @@ def run(spark: SparkSession, settings: Settings) -> dict:
     save_model(cfg.model_dir, chief["model_bytes"], metadata)
     evaluation = evaluate.run(spark, settings, table, metadata)
     metadata.update(evaluation)
+    metadata["mlflow_run_id"] = tracking.log_training(settings, metadata, chief["model_bytes"])
     save_model(cfg.model_dir, chief["model_bytes"], metadata)
     return {
         "model_dir": cfg.model_dir,
@@ -120,6 +122,7 @@ def run(spark: SparkSession, settings: Settings) -> dict:
         "validation_rows": spec.validation_rows,
         "processes": len(results),
         "epochs_run": chief["epochs_run"],
+        "mlflow_run_id": metadata["mlflow_run_id"],
         "final_metrics": {k: round(v[-1], 4) for k, v in chief["history"].items()},
         "test_metrics": {
             k: round(v, 4) for k, v in evaluation["test_metrics"]["model"].items() if isinstance(v, float)

@@ -1,0 +1,108 @@
+"""MLflow tracking of each training run: its configuration, data versions, metrics and the model artifact.
+
+Where runs go (`train.mlflow_tracking_uri`): by default a local store in `<lake.root>/mlruns` (MLflow's file
+backend: no server, no database; read it with `mlflow.search_runs` or an `mlflow ui` pointed at it); `databricks`
+on a Databricks job (the workspace's tracking server, `conf/databricks.yaml`); any `http(s)://` tracking server;
+`disabled` to skip tracking. Only the driver talks to MLflow, once per training run, after Horovod has finished.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import os
+import tempfile
+
+from behavior_spark.config import ConfigError, Settings
+
+log = logging.getLogger(__name__)
+
+MODEL_FILE = "model.h5"
+METADATA_FILE = "metadata.json"
+
+
+class TrackingError(RuntimeError):
+    """MLflow could not record the run (an unreachable server, a refused experiment)."""
+
+
+def tracking_uri(settings: Settings) -> str | None:
+    """The MLflow tracking URI for these settings; None when tracking is off."""
+    configured = settings.train.mlflow_tracking_uri
+    if configured == "disabled":
+        return None
+    if configured:
+        return configured
+    root = settings.lake.root
+    if "://" in root or root.startswith("dbfs:"):
+        raise ConfigError(
+            f"train.mlflow_tracking_uri is not set and lake.root {root!r} is not a local path, so there is no local "
+            "MLflow store to default to: set it to a tracking server ('databricks', 'http://...') or 'disabled'"
+        )
+    return "file:" + os.path.abspath(os.path.join(root, "mlruns"))
+
+
+def log_training(settings: Settings, metadata: dict, model_bytes: bytes) -> str | None:
+    """Record one training run in MLflow; its run id, or None when tracking is off."""
+    uri = tracking_uri(settings)
+    if uri is None:
+        return None
+    import mlflow
+
+    if uri.startswith("file:"):
+        os.environ.setdefault("MLFLOW_ALLOW_FILE_STORE", "true")  # MLflow 3 keeps the file store, in maintenance
+    try:
+        mlflow.set_tracking_uri(uri)
+        mlflow.set_experiment(settings.train.mlflow_experiment)
+        with mlflow.start_run(run_name=f"propensity-{metadata['model_version']}") as run:
+            mlflow.set_tags(run_tags(metadata))
+            mlflow.log_params(run_params(metadata))
+            first_epoch = metadata["resumed_after_epoch"]
+            for epoch, values in enumerate(zip(*metadata["history"].values(), strict=True), start=first_epoch):
+                mlflow.log_metrics(dict(zip(metadata["history"], values, strict=True)), step=epoch)
+            mlflow.log_metrics(evaluation_metrics(metadata))
+            with tempfile.TemporaryDirectory() as folder:
+                with open(os.path.join(folder, MODEL_FILE), "wb") as out:
+                    out.write(model_bytes)
+                with open(os.path.join(folder, METADATA_FILE), "w") as out:
+                    json.dump(metadata, out, indent=2, sort_keys=True)
+                mlflow.log_artifacts(folder, artifact_path="model")
+    except mlflow.exceptions.MlflowException as error:
+        raise TrackingError(f"MLflow at {uri} did not record the training run: {error.message}") from error
+    log.info("MLflow run %s in experiment %r at %s", run.info.run_id, settings.train.mlflow_experiment, uri)
+    return run.info.run_id
+
+
+def run_tags(metadata: dict) -> dict[str, str]:
+    return {
+        "model_version": metadata["model_version"],
+        "features_version": str(metadata["features_version"]),
+        "events_version": str(metadata["features_run"]["events_version"]),
+    }
+
+
+def run_params(metadata: dict) -> dict[str, str | int | float]:
+    """What a run can be reproduced from: the training spec and the features it read (label, cutoffs, versions)."""
+    training = {k: v for k, v in metadata["training"].items() if k not in ("checkpoint_dir", "class_weight")}
+    data = metadata["features_run"]
+    return {
+        **{f"train.{k}": v for k, v in training.items()},
+        "train.class_weight": json.dumps(metadata["training"]["class_weight"]),
+        "train.num_proc": metadata["num_proc"],
+        "features.cutoffs": ",".join(data["cutoffs"]),
+        "features.label_event": data["label_event"],
+        "features.label_window_days": data["label_window_days"],
+        "features.numeric": len(data["features"]),
+        "features.sequence_length": data["sequence_length"],
+        "features_version": metadata["features_version"],
+        "events_version": data["events_version"],
+    }
+
+
+def evaluation_metrics(metadata: dict) -> dict[str, float]:
+    """`test.<model>.<metric>` for the model and every baseline (metrics a ranking cannot have are left out)."""
+    return {
+        f"test.{model}.{name}": float(value)
+        for model, values in metadata.get("test_metrics", {}).items()
+        for name, value in values.items()
+        if value is not None
+    }
