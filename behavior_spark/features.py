@@ -1,10 +1,11 @@
 """Featurize: point-in-time features per customer and cutoff, and a label from the window after the cutoff.
 
 Features see only events strictly before the cutoff; the label sees only the label window after it. Several
-cutoffs (`features.cutoffs`, `features.cutoff_step_days` apart) are stacked into one table. Every aggregation is a
-groupBy with map-side combining, and every window is partitioned by customer *and day* (or runs over one row per
-customer-day), so a customer with millions of events never lands in one task. The model's input transform
-(`model_inputs`) lives here too, so training and scoring prepare rows the same way.
+cutoffs (`features.cutoffs`, `features.cutoff_step_days` apart) are stacked into one table; they share one
+summary row per customer session (`session_summaries`), from which activity, session statistics and labels come.
+Every aggregation is a groupBy with map-side combining, and the one window (the recent sequence) is cut to its
+last rows per customer before any shuffle, so a customer with millions of events never ships them to one task.
+The model's input transform (`model_inputs`) lives here too, so training and scoring prepare rows the same way.
 """
 
 from __future__ import annotations
@@ -14,6 +15,7 @@ import json
 import logging
 from functools import reduce
 
+from pyspark import StorageLevel
 from pyspark.sql import Column, DataFrame, SparkSession, Window
 from pyspark.sql import functions as F
 from pyspark.sql import types as T
@@ -78,7 +80,8 @@ def run(spark: SparkSession, settings: Settings) -> dict:
     )
     events = lake.read(spark, settings.lake, lake.EVENTS, version=events_version)
     cutoffs = cutoff_dates(events, cfg)
-    table = reduce(DataFrame.unionByName, [build_features(events, cutoff, cfg) for cutoff in cutoffs])
+    sessions = session_summaries(events).persist(StorageLevel.MEMORY_AND_DISK)  # every cutoff reads it
+    table = reduce(DataFrame.unionByName, [build_features(events, cutoff, cfg, sessions) for cutoff in cutoffs])
     record = {
         "events_version": events_version,
         "cutoffs": [c.isoformat() for c in cutoffs],
@@ -91,7 +94,8 @@ def run(spark: SparkSession, settings: Settings) -> dict:
     written = lake.read(spark, settings.lake, lake.FEATURES)
     stats = normalisation_stats(written.filter(F.col("split") == "train"))
     lake.overwrite(stats, settings.lake, lake.FEATURE_STATS)
-    excluded = sum(customers_without_history(events, cutoff, cfg.label_window_days) for cutoff in cutoffs)
+    excluded = sum(customers_without_history(sessions, cutoff, cfg.label_window_days) for cutoff in cutoffs)
+    sessions.unpersist()
     counts = {r["split"]: r["count"] for r in written.groupBy("split").count().collect()}  # three rows
     return {
         "cutoffs": record["cutoffs"],
@@ -128,19 +132,20 @@ def default_cutoff(events: DataFrame, label_window_days: int) -> dt.date:
     return last_day - dt.timedelta(days=label_window_days - 1)
 
 
-def build_features(events: DataFrame, cutoff: dt.date, cfg: FeatureSettings) -> DataFrame:
-    """One row per customer active before `cutoff`: aggregates, recent sequence, label and split."""
-    cutoff_ts = F.lit(dt.datetime.combine(cutoff, dt.time()))
-    history = events.filter(F.col("event_time") < cutoff_ts)
-    label_end = dt.datetime.combine(cutoff + dt.timedelta(days=cfg.label_window_days), dt.time())
-    future = events.filter((F.col("event_time") >= cutoff_ts) & (F.col("event_time") < F.lit(label_end)))
-    labels = future.filter(F.col("event_type") == cfg.label_event).select("customer_id").distinct()
+def build_features(
+    events: DataFrame, cutoff: dt.date, cfg: FeatureSettings, sessions: DataFrame | None = None
+) -> DataFrame:
+    """One row per customer active before `cutoff`: aggregates, recent sequence, label and split.
+
+    `sessions` (`session_summaries` of the same events) may be passed in, so that several cutoffs share it.
+    """
+    sessions = session_summaries(events) if sessions is None else sessions
+    history = events.filter(F.col("event_time") < F.lit(dt.datetime.combine(cutoff, dt.time())))
     return (
-        activity(history, cutoff_ts)
-        .join(session_stats(history), on="customer_id", how="left")
+        activity(sessions.filter(F.col("event_date") < cutoff), cutoff)
         .join(category_affinity(history), on="customer_id", how="left")
         .join(recent_sequences(history, cfg.sequence_length, cfg.category_buckets), on="customer_id", how="left")
-        .join(labels.withColumn("label", F.lit(1)), on="customer_id", how="left")
+        .join(labels(sessions, cutoff, cfg), on="customer_id", how="left")
         .select(
             "customer_id",
             F.lit(cutoff).alias("cutoff_date"),
@@ -153,42 +158,68 @@ def build_features(events: DataFrame, cutoff: dt.date, cfg: FeatureSettings) -> 
     )
 
 
-def activity(history: DataFrame, cutoff_ts: Column) -> DataFrame:
-    """Recency, frequency, monetary, windowed counts and time patterns: one groupBy over the events."""
-    days_before = (cutoff_ts.cast("long") - F.col("event_time").cast("long")) / 86_400.0
-    is_type = {event: F.col("event_type") == event for event in FUNNEL_EVENTS}
+def session_summaries(events: DataFrame) -> DataFrame:
+    """One row per customer session: its day, event counts by type and time of day, first and last event, revenue.
+
+    Ingest ends every session at midnight, so a session lies within one day and a cutoff (a midnight) never cuts
+    one: every cutoff's activity, session statistics and label come from these rows, a fraction of the events.
+    """
+    is_type = {event: F.col("event_type") == event for event in EVENT_TYPE_IDS}
+    hour = F.hour("event_time")
+    return events.groupBy("customer_id", "event_date", "session_id").agg(
+        F.count(F.lit(1)).alias("n"),
+        *(F.count(F.when(is_type[event], 1)).alias(f"n_{event}") for event in EVENT_TYPE_IDS),
+        F.count(F.when(hour.between(17, 22), 1)).alias("n_evening"),
+        F.count(F.when(hour.between(0, 5), 1)).alias("n_night"),
+        F.min("event_time").alias("first"),
+        F.max("event_time").alias("last"),
+        F.max(F.when(is_type["purchase"], F.col("event_time"))).alias("last_purchase"),
+        F.sum(F.when(is_type["purchase"], F.col("price") * F.col("quantity"))).alias("revenue"),
+    )
+
+
+def activity(sessions: DataFrame, cutoff: dt.date) -> DataFrame:
+    """Recency, frequency, monetary, windowed counts, time patterns and session statistics from the sessions
+    before the cutoff: one groupBy. A window of N days holds the events of the N days before the cutoff."""
+    cutoff_seconds = F.lit(dt.datetime.combine(cutoff, dt.time())).cast("long")
+
+    def days_before(column: str) -> Column:
+        return (cutoff_seconds - F.col(column).cast("long")) / 86_400.0
+
+    def total(column: str, where: Column | None = None) -> Column:
+        return F.sum(F.col(column) if where is None else F.when(where, F.col(column)).otherwise(0))
+
+    days_ago = F.datediff(F.lit(cutoff), F.col("event_date"))  # 1 for the day before the cutoff
     windowed = [
-        F.count(F.when(is_type[event] & (days_before <= days), 1)).alias(f"{event}_{days}d")
+        total(f"n_{event}", days_ago <= days).alias(f"{event}_{days}d")
         for days in WINDOW_DAYS
         for event in FUNNEL_EVENTS
     ]
-    hour = F.hour("event_time")
-    grouped = (
-        history.withColumn("days_before", days_before)
-        .groupBy("customer_id")
-        .agg(
-            F.min("days_before").alias("days_since_last_event"),
-            F.min(F.when(is_type["purchase"], F.col("days_before"))).alias("_since_purchase"),
-            F.max("days_before").alias("tenure_days"),
-            F.count(F.lit(1)).alias("events"),
-            F.count(F.when(is_type["purchase"], 1)).alias("purchases"),
-            F.coalesce(F.sum(F.when(is_type["purchase"], F.col("price") * F.col("quantity"))), F.lit(0.0)).alias(
-                "revenue"
-            ),
-            F.count(F.when(is_type["view"], 1)).alias("_views"),
-            F.count(F.when(is_type["cart"], 1)).alias("_carts"),
-            F.count(F.when(days_before <= 7, 1)).alias("_events_7d"),
-            F.count(F.when(days_before <= 30, 1)).alias("_events_30d"),
-            *windowed,
-            F.avg(F.dayofweek("event_time").isin(1, 7).cast("double")).alias("weekend_share"),
-            F.avg(hour.between(17, 22).cast("double")).alias("evening_share"),
-            F.avg(hour.between(0, 5).cast("double")).alias("night_share"),
-            F.approx_count_distinct("brand").alias("distinct_brands"),
-        )
+    grouped = sessions.groupBy("customer_id").agg(
+        F.max("last").alias("_last"),
+        F.max("last_purchase").alias("_last_purchase"),
+        F.min("first").alias("_first"),
+        total("n").alias("events"),
+        total("n_purchase").alias("purchases"),
+        F.coalesce(F.sum("revenue"), F.lit(0.0)).alias("revenue"),
+        total("n_view").alias("_views"),
+        total("n_cart").alias("_carts"),
+        total("n", days_ago <= 7).alias("_events_7d"),
+        total("n", days_ago <= 30).alias("_events_30d"),
+        *windowed,
+        total("n", F.dayofweek("event_date").isin(1, 7)).alias("_weekend"),
+        total("n_evening").alias("_evening"),
+        total("n_night").alias("_night"),
+        F.count(F.lit(1)).alias("sessions"),
+        F.avg("n").alias("events_per_session"),
+        F.avg((F.col("last").cast("long") - F.col("first").cast("long")) / 60.0).alias("avg_session_minutes"),
+        F.avg((F.col("n_purchase") > 0).cast("double")).alias("purchase_session_share"),
     )
     return grouped.select(
         "*",
-        F.coalesce(F.col("_since_purchase"), F.lit(NO_PURCHASE_DAYS)).alias("days_since_last_purchase"),
+        days_before("_last").alias("days_since_last_event"),
+        F.coalesce(days_before("_last_purchase"), F.lit(NO_PURCHASE_DAYS)).alias("days_since_last_purchase"),
+        days_before("_first").alias("tenure_days"),
         (F.col("revenue") / F.greatest(F.col("purchases"), F.lit(1))).alias("avg_order_value"),
         (F.col("_carts") / F.greatest(F.col("_views"), F.lit(1))).alias("view_to_cart"),
         (F.col("purchases") / F.greatest(F.col("_carts"), F.lit(1))).alias("cart_to_purchase"),
@@ -198,29 +229,31 @@ def activity(history: DataFrame, cutoff_ts: Column) -> DataFrame:
         ),
         # the mean gap between consecutive events is the span over the gaps
         (
-            (F.col("tenure_days") - F.col("days_since_last_event")) * 24 / F.greatest(F.col("events") - 1, F.lit(1))
+            (F.col("_last").cast("long") - F.col("_first").cast("long"))
+            / 3_600.0
+            / F.greatest(F.col("events") - 1, F.lit(1))
         ).alias("mean_gap_hours"),
-    ).drop("_since_purchase", "_views", "_carts", "_events_7d", "_events_30d")
+        *((F.col(f"_{part}") / F.col("events")).alias(f"{part}_share") for part in ("weekend", "evening", "night")),
+    ).drop(*(c for c in grouped.columns if c.startswith("_")))
 
 
-def session_stats(history: DataFrame) -> DataFrame:
-    """Sessions, their length in events and minutes, and the share that ended in a purchase."""
-    sessions = history.groupBy("customer_id", "session_id").agg(
-        F.count(F.lit(1)).alias("session_events"),
-        ((F.max("event_time").cast("long") - F.min("event_time").cast("long")) / 60.0).alias("minutes"),
-        F.max((F.col("event_type") == "purchase").cast("double")).alias("has_purchase"),
-    )
-    return sessions.groupBy("customer_id").agg(
-        F.count(F.lit(1)).alias("sessions"),
-        F.avg("session_events").alias("events_per_session"),
-        F.avg("minutes").alias("avg_session_minutes"),
-        F.avg("has_purchase").alias("purchase_session_share"),
+def labels(sessions: DataFrame, cutoff: dt.date, cfg: FeatureSettings) -> DataFrame:
+    """label = 1 for the customers who did `label_event` in the `label_window_days` days from the cutoff."""
+    window_end = cutoff + dt.timedelta(days=cfg.label_window_days)
+    in_window = (F.col("event_date") >= cutoff) & (F.col("event_date") < window_end)
+    return (
+        sessions.filter(in_window & (F.col(f"n_{cfg.label_event}") > 0))
+        .select("customer_id")
+        .distinct()
+        .withColumn("label", F.lit(1))
     )
 
 
 def category_affinity(history: DataFrame) -> DataFrame:
-    """How concentrated a customer's activity is: distinct categories, the top one's share, entropy (nats)."""
+    """How concentrated a customer's activity is: distinct categories, the top one's share, entropy (nats); and
+    distinct brands (approximate: HyperLogLog, a fixed few hundred bytes per customer)."""
     per_category = history.groupBy("customer_id", "category_id").agg(F.count(F.lit(1)).alias("n"))
+    brands = history.groupBy("customer_id").agg(F.approx_count_distinct("brand").alias("distinct_brands"))
     totals = per_category.groupBy("customer_id").agg(
         F.count(F.lit(1)).alias("distinct_categories"),
         F.sum("n").alias("_total"),
@@ -235,54 +268,45 @@ def category_affinity(history: DataFrame) -> DataFrame:
         (F.col("_top") / F.col("_total")).alias("top_category_share"),
         (F.log(F.col("_total")) - F.col("_n_log_n") / F.col("_total")).alias("category_entropy"),
         "top_category_id",
-    )
+    ).join(brands, on="customer_id", how="left")
 
 
 def recent_sequences(history: DataFrame, length: int, category_buckets: int) -> DataFrame:
     """The last `length` events per customer as fixed-length int arrays: left-padded with 0, most recent last.
 
-    Skew-safe: days are ranked per customer on one row per customer-day, events are ranked within their
-    customer-day, and only the days that can hold one of the last `length` events are read at all.
+    Skew-safe and one small shuffle: `row_number() <= length + 1` over the customer's events becomes Spark's window
+    group limit, which keeps at most that many rows per customer in every input partition before the exchange, so
+    even a customer with a million events ships a few hundred rows. The extra row gives the oldest kept event its gap.
     """
-    tokens = history.select(
-        "customer_id",
-        "event_date",
-        "event_time",
-        "event_id",
-        F.element_at(_lookup(EVENT_TYPE_IDS), F.col("event_type")).cast("int").alias("event_type_id"),
-        (1 + F.pmod(F.xxhash64(F.coalesce(F.col("category_id"), F.lit(-1))), F.lit(category_buckets - 1)))
-        .cast("int")
-        .alias("category_bucket"),
-    )
-    latest_day_first = Window.partitionBy("customer_id").orderBy(F.desc("event_date"))
-    days = (
-        tokens.groupBy("customer_id", "event_date")
-        .agg(F.count(F.lit(1)).alias("day_events"), F.max("event_time").alias("day_last"))
-        .withColumn(
-            "later_events",
-            F.coalesce(F.sum("day_events").over(latest_day_first.rowsBetween(Window.unboundedPreceding, -1)), F.lit(0)),
-        )
-        .withColumn("earlier_day_last", F.lead("day_last").over(latest_day_first))
-        .filter(F.col("later_events") < length)
-        .select("customer_id", "event_date", "later_events", "earlier_day_last")
-    )
-    latest_first = Window.partitionBy("customer_id", "event_date").orderBy(F.desc("event_time"), F.desc("event_id"))
-    previous = F.coalesce(F.lead("event_time").over(latest_first), F.col("earlier_day_last"))
+    latest_first = Window.partitionBy("customer_id").orderBy(F.desc("event_time"), F.desc("event_id"))
     gap = F.col("event_time").cast("long") - F.col("previous_time").cast("long")
     gap_bucket = F.when(gap.isNull(), 1)
     for i, bound in enumerate(GAP_BUCKET_SECONDS):
         gap_bucket = gap_bucket.when(gap <= bound, i + 2)
     recent = (
-        tokens.join(days, on=["customer_id", "event_date"], how="inner")
-        .withColumn("recency_rank", F.row_number().over(latest_first) + F.col("later_events"))
-        .withColumn("previous_time", previous)
-        .filter(F.col("recency_rank") <= length)
+        history.select("customer_id", "event_time", "event_id", "event_type", "category_id")
+        .withColumn("recency_rank", F.row_number().over(latest_first))
+        .filter(F.col("recency_rank") <= length + 1)
+        .withColumn("previous_time", F.lead("event_time").over(latest_first))
         .withColumn("gap_bucket", gap_bucket.otherwise(len(GAP_BUCKET_SECONDS) + 2))
+        .filter(F.col("recency_rank") <= length)
         .groupBy("customer_id")
         .agg(
             F.sort_array(
                 F.collect_list(
-                    F.struct((-F.col("recency_rank")).alias("order"), "event_type_id", "category_bucket", "gap_bucket")
+                    F.struct(
+                        (-F.col("recency_rank")).alias("order"),
+                        F.element_at(_lookup(EVENT_TYPE_IDS), F.col("event_type")).cast("int").alias("event_type_id"),
+                        (
+                            1
+                            + F.pmod(
+                                F.xxhash64(F.coalesce(F.col("category_id"), F.lit(-1))), F.lit(category_buckets - 1)
+                            )
+                        )
+                        .cast("int")
+                        .alias("category_bucket"),
+                        "gap_bucket",
+                    )
                 )
             ).alias("recent")
         )
@@ -292,18 +316,17 @@ def recent_sequences(history: DataFrame, length: int, category_buckets: int) -> 
         "customer_id",
         *(
             F.concat(padding, F.col(f"recent.{field}")).alias(name)
-            for field, name in zip(["event_type_id", "category_bucket", "gap_bucket"], SEQUENCE_COLUMNS, strict=False)
+            for field, name in zip(["event_type_id", "category_bucket", "gap_bucket"], SEQUENCE_COLUMNS, strict=True)
         ),
     )
 
 
-def customers_without_history(events: DataFrame, cutoff: dt.date, label_window_days: int) -> int:
+def customers_without_history(sessions: DataFrame, cutoff: dt.date, label_window_days: int) -> int:
     """Customers seen in the label window but never before the cutoff: they get no feature row."""
-    cutoff_ts = F.lit(dt.datetime.combine(cutoff, dt.time()))
-    label_end = F.lit(dt.datetime.combine(cutoff + dt.timedelta(days=label_window_days), dt.time()))
-    before = events.filter(F.col("event_time") < cutoff_ts).select("customer_id").distinct()
-    after = events.filter(F.col("event_time").between(cutoff_ts, label_end)).select("customer_id").distinct()
-    return after.join(before, on="customer_id", how="left_anti").count()
+    window_end = cutoff + dt.timedelta(days=label_window_days)
+    before = sessions.filter(F.col("event_date") < cutoff).select("customer_id").distinct()
+    after = sessions.filter(F.col("event_date").between(cutoff, window_end - dt.timedelta(days=1)))
+    return after.select("customer_id").distinct().join(before, on="customer_id", how="left_anti").count()
 
 
 def split_column(customer_id: Column, cfg: FeatureSettings) -> Column:

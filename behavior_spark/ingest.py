@@ -169,14 +169,19 @@ def process_batch(
         classified = classify(checked, cfg.bot_events_per_minute)
         with _timed("classify"):
             checked.count()
-        by_status = {r["status"]: r["count"] for r in classified.groupBy("status").count().collect()}
+        with _timed("status counts"):
+            by_status_and_day = classified.groupBy("status", "event_date").count().collect()  # 3 x days rows
+        by_status = {}
+        for r in by_status_and_day:
+            by_status[r["status"]] = by_status.get(r["status"], 0) + r["count"]
         by_status.update(rejected_by_reason)
+        clean_days = sorted({r["event_date"] for r in by_status_and_day if r["status"] == CLEAN})
         clean = classified.filter(F.col("status") == CLEAN)
         if cfg.identity_map:
             write_identity_map(clean, cfg.identity_map)
         events_before = spark.read.format("delta").load(events_path).count()
         with _timed("write events"):
-            inserted, relinked = write_events(spark, clean, events_path, cfg.session_gap_minutes, buckets)
+            inserted, relinked = write_events(spark, clean, clean_days, events_path, cfg.session_gap_minutes, buckets)
         events_after = spark.read.format("delta").load(events_path).count()
     finally:
         parsed.unpersist()
@@ -322,9 +327,11 @@ def buckets_per_day(valid_rows: int, days: int) -> int:
 
 def classify(checked: DataFrame, max_events_per_minute: int) -> DataFrame:
     """`duplicate` for later copies, `bot` for every row of a customer who ever exceeded the rate, else `clean`."""
+    # The day and bucket keys change no group (a minute has one day, a customer one bucket) but let the counting
+    # reuse the rows' partitioning instead of shuffling every event again.
     bots = (
         checked.filter(~F.col("is_copy"))
-        .groupBy("customer_id", F.date_trunc("minute", "event_time").alias("minute"))
+        .groupBy(*WINDOW_KEYS, F.date_trunc("minute", "event_time").alias("minute"))
         .count()
         .filter(F.col("count") > max_events_per_minute)
         .select("customer_id")
@@ -373,14 +380,15 @@ def ensure_events_table(spark: SparkSession, path: str) -> None:
             spark.sql(f"ALTER TABLE delta.`{path}` ADD CONSTRAINT {name} CHECK ({expression})")
 
 
-def write_events(spark: SparkSession, clean: DataFrame, path: str, gap_minutes: int, buckets: int) -> tuple[int, int]:
-    """Add the batch's clean events; return (rows inserted, sessions re-linked).
+def write_events(
+    spark: SparkSession, clean: DataFrame, days: list[dt.date], path: str, gap_minutes: int, buckets: int
+) -> tuple[int, int]:
+    """Add the batch's clean events (on `days`); return (rows inserted, sessions re-linked).
 
     Where the table holds nothing on the batch's days (a first load, a new day) an append is exactly what a MERGE
     would do, at a fraction of the cost. Otherwise the batch is MERGEd on its event key together with the table's
     events of the same customers and days, so replays are skipped and sessions that late events bridge re-linked.
     """
-    days = [r[0] for r in clean.select("event_date").distinct().collect()]  # one row per day in the batch
     if not days:
         return 0, 0
     same_days = spark.read.format("delta").load(path).filter(F.col("event_date").isin(days))

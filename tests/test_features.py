@@ -71,7 +71,7 @@ def test_nothing_after_the_cutoff_reaches_the_features(spark):
 
 def test_customers_without_history_are_counted(spark):
     df = events_df(spark, [("a", 5, "view", 1, 1.0), ("c", -5, "view", 1, 1.0), ("d", -24, "cart", 1, 1.0)])
-    assert features.customers_without_history(df, CUTOFF, 30) == 2
+    assert features.customers_without_history(features.session_summaries(df), CUTOFF, 30) == 2
 
 
 def test_windowed_counts_on_a_hand_built_example(spark):
