@@ -92,9 +92,7 @@ class TrainSettings:
     threshold: float = 0.5  # the propensity above which a customer counts as a predicted buyer (accuracy)
     importance_rows: int = 20_000  # validation rows sampled for permutation feature importance
     model_dir: str = "lakehouse/models/propensity"
-    mlflow_tracking_uri: str | None = (
-        None  # None: a local store in <lake.root>/mlruns; databricks; http(s)://...; disabled
-    )
+    mlflow_tracking_uri: str | None = None  # None: <lake.root>/mlruns; databricks; http(s)://...; disabled
     mlflow_experiment: str = "behavior-spark"  # on Databricks, a workspace path such as /Shared/behavior-spark
 
 

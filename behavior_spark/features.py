@@ -80,8 +80,6 @@ def run(spark: SparkSession, settings: Settings) -> dict:
     )
     events = lake.read(spark, settings.lake, lake.EVENTS, version=events_version)
     cutoffs = cutoff_dates(events, cfg)
-    sessions = session_summaries(events).persist(StorageLevel.MEMORY_AND_DISK)  # every cutoff reads it
-    table = reduce(DataFrame.unionByName, [build_features(events, cutoff, cfg, sessions) for cutoff in cutoffs])
     record = {
         "events_version": events_version,
         "cutoffs": [c.isoformat() for c in cutoffs],
@@ -90,12 +88,18 @@ def run(spark: SparkSession, settings: Settings) -> dict:
         "features": numeric_feature_names(),
         "sequence_length": cfg.sequence_length,
     }
-    lake.overwrite(table, settings.lake, lake.FEATURES, partition_by=["cutoff_date"], userMetadata=json.dumps(record))
+    sessions = session_summaries(events).persist(StorageLevel.MEMORY_AND_DISK)  # every cutoff reads it
+    try:
+        table = reduce(DataFrame.unionByName, [build_features(events, cutoff, cfg, sessions) for cutoff in cutoffs])
+        lake.overwrite(
+            table, settings.lake, lake.FEATURES, partition_by=["cutoff_date"], userMetadata=json.dumps(record)
+        )
+        excluded = sum(customers_without_history(sessions, cutoff, cfg.label_window_days) for cutoff in cutoffs)
+    finally:
+        sessions.unpersist()
     written = lake.read(spark, settings.lake, lake.FEATURES)
     stats = normalisation_stats(written.filter(F.col("split") == "train"))
     lake.overwrite(stats, settings.lake, lake.FEATURE_STATS)
-    excluded = sum(customers_without_history(sessions, cutoff, cfg.label_window_days) for cutoff in cutoffs)
-    sessions.unpersist()
     counts = {r["split"]: r["count"] for r in written.groupBy("split").count().collect()}  # three rows
     return {
         "cutoffs": record["cutoffs"],
@@ -279,6 +283,9 @@ def recent_sequences(history: DataFrame, length: int, category_buckets: int) -> 
     even a customer with a million events ships a few hundred rows. The extra row gives the oldest kept event its gap.
     """
     latest_first = Window.partitionBy("customer_id").orderBy(F.desc("event_time"), F.desc("event_id"))
+    event_type_id = F.element_at(_lookup(EVENT_TYPE_IDS), F.col("event_type")).cast("int")
+    category_hash = F.xxhash64(F.coalesce(F.col("category_id"), F.lit(-1)))
+    category_bucket = (1 + F.pmod(category_hash, F.lit(category_buckets - 1))).cast("int")
     gap = F.col("event_time").cast("long") - F.col("previous_time").cast("long")
     gap_bucket = F.when(gap.isNull(), 1)
     for i, bound in enumerate(GAP_BUCKET_SECONDS):
@@ -296,15 +303,8 @@ def recent_sequences(history: DataFrame, length: int, category_buckets: int) -> 
                 F.collect_list(
                     F.struct(
                         (-F.col("recency_rank")).alias("order"),
-                        F.element_at(_lookup(EVENT_TYPE_IDS), F.col("event_type")).cast("int").alias("event_type_id"),
-                        (
-                            1
-                            + F.pmod(
-                                F.xxhash64(F.coalesce(F.col("category_id"), F.lit(-1))), F.lit(category_buckets - 1)
-                            )
-                        )
-                        .cast("int")
-                        .alias("category_bucket"),
+                        event_type_id.alias("event_type_id"),
+                        category_bucket.alias("category_bucket"),
                         "gap_bucket",
                     )
                 )

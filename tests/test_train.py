@@ -17,8 +17,8 @@ import numpy as np
 import pytest
 from pyspark.sql import functions as F
 
-from behavior_spark import artifacts, evaluate, features, lake, pipeline, train
-from behavior_spark.config import load_settings
+from behavior_spark import artifacts, evaluate, features, lake, pipeline, tracking, train
+from behavior_spark.config import ConfigError, load_settings
 from tests.conftest import TEST_KEY
 
 
@@ -128,6 +128,14 @@ def test_the_run_is_recorded_in_mlflow_with_its_data_versions_metrics_and_model(
         "model/model.h5",
         "model/metadata.json",
     }
+
+
+def test_mlflow_defaults_to_a_store_in_a_local_lake_and_asks_for_a_server_otherwise():
+    assert tracking.tracking_uri(load_settings(None, ["lake.root=/data/lake"])) == "file:/data/lake/mlruns"
+    with pytest.raises(ConfigError, match="train.mlflow_tracking_uri is not set"):
+        tracking.tracking_uri(load_settings(None, ["lake.root=s3://bucket/lake"]))
+    on_s3 = ["lake.root=s3://bucket/lake", "train.mlflow_tracking_uri=disabled"]
+    assert tracking.tracking_uri(load_settings(None, on_s3)) is None
 
 
 def test_on_a_known_signal_the_model_beats_the_recency_frequency_heuristic(spark, features_lake, tmp_path):
