@@ -143,7 +143,7 @@ def process_batch(
         .transform(for_cache, keep_user_id=cfg.identity_map is not None)
         .persist(StorageLevel.MEMORY_AND_DISK)  # read and parsed once; spills to disk when it does not fit
     )
-    checked = None
+    checked = bots = None
     try:
         with _timed("parse"):
             tally = (
@@ -166,9 +166,10 @@ def process_batch(
         valid = parsed.filter(F.col("reject_reason").isNull())
         buckets = buckets_per_day(rows_read - quarantined_written, days_spanned(tally))
         checked = with_checks(valid, cfg.session_gap_minutes, buckets).persist(StorageLevel.MEMORY_AND_DISK)
-        classified = classify(checked, cfg.bot_events_per_minute)
         with _timed("classify"):
             checked.count()
+            bots = bot_customers(checked, cfg.bot_events_per_minute).persist()  # a few rows, read by two jobs
+        classified = classify(checked, bots)
         with _timed("status counts"):
             by_status_and_day = classified.groupBy("status", "event_date").count().collect()  # 3 x days rows
         by_status = {}
@@ -187,6 +188,8 @@ def process_batch(
         parsed.unpersist()
         if checked is not None:
             checked.unpersist()
+        if bots is not None:
+            bots.unpersist()
     audit = audit_row(
         batch_id,
         mapping.name,
@@ -325,11 +328,11 @@ def buckets_per_day(valid_rows: int, days: int) -> int:
     return max(1, math.ceil(valid_rows / max(days, 1) / ROWS_PER_FILE))
 
 
-def classify(checked: DataFrame, max_events_per_minute: int) -> DataFrame:
-    """`duplicate` for later copies, `bot` for every row of a customer who ever exceeded the rate, else `clean`."""
+def bot_customers(checked: DataFrame, max_events_per_minute: int) -> DataFrame:
+    """The customers who ever fired more than `max_events_per_minute` events (copies aside) in a calendar minute."""
     # The day and bucket keys change no group (a minute has one day, a customer one bucket) but let the counting
     # reuse the rows' partitioning instead of shuffling every event again.
-    bots = (
+    return (
         checked.filter(~F.col("is_copy"))
         .groupBy(*WINDOW_KEYS, F.date_trunc("minute", "event_time").alias("minute"))
         .count()
@@ -338,6 +341,10 @@ def classify(checked: DataFrame, max_events_per_minute: int) -> DataFrame:
         .distinct()
         .withColumn("is_bot", F.lit(True))
     )
+
+
+def classify(checked: DataFrame, bots: DataFrame) -> DataFrame:
+    """`duplicate` for later copies, `bot` for every row of a bot customer (`bot_customers`), else `clean`."""
     # Bot customers are few (a handful per million users): broadcast them rather than shuffle every event.
     return checked.join(F.broadcast(bots), on="customer_id", how="left").withColumn(
         "status", F.when(F.col("is_copy"), DUPLICATE).when(F.col("is_bot"), BOT).otherwise(CLEAN)

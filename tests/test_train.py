@@ -199,6 +199,7 @@ def test_an_uneven_shard_does_not_hang(spark, features_lake):
     assert [r["steps"] for r in results] == [results[0]["steps"]] * 2
 
 
+@pytest.mark.filterwarnings("ignore::pytest.PytestUnhandledThreadExceptionWarning")  # horovod.spark's own thread
 def test_a_failing_rank_fails_the_job_with_its_own_message(tmp_path):
     def train_fn():
         import horovod.tensorflow as hvd
