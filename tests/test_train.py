@@ -139,7 +139,7 @@ def test_mlflow_defaults_to_a_store_in_a_local_lake_and_asks_for_a_server_otherw
 
 
 def test_on_a_known_signal_the_model_beats_the_recency_frequency_heuristic(spark, features_lake, tmp_path):
-    """Generated behaviour, with a label planted from what the heuristic cannot see: a cart abandoned last week.
+    """Generated behaviour, with a label planted from what the heuristic does not look at: a cart abandoned last week.
 
     The heuristic ranks by purchases, recent activity and recency; the planted buyers are the customers who carted
     in the last 7 days without buying. A model that learns from its inputs must rank them first.
