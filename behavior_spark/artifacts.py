@@ -44,6 +44,11 @@ def delete_folder(folder: str) -> None:
         filesystem.delete_dir(path)
 
 
+def is_local(location: str) -> bool:
+    """A path on this machine's file system (relative or absolute), not a URI or `dbfs:/`."""
+    return "://" not in location and not location.startswith("dbfs:")
+
+
 def join(folder: str, *names: str) -> str:
     return "/".join([folder.rstrip("/"), *names])
 
@@ -51,6 +56,6 @@ def join(folder: str, *names: str) -> str:
 def _resolve(location: str) -> tuple[pafs.FileSystem, str]:
     if location.startswith("dbfs:"):
         location = "/dbfs/" + location.removeprefix("dbfs:").lstrip("/")
-    if "://" not in location:
+    if is_local(location):
         location = os.path.abspath(location)
     return pafs.FileSystem.from_uri(location)

@@ -7,6 +7,7 @@ import os
 from delta.tables import DeltaTable
 from pyspark.sql import DataFrame, SparkSession
 
+from behavior_spark import artifacts
 from behavior_spark.config import LakeSettings
 
 EVENTS = "events"
@@ -25,7 +26,7 @@ FEATURE_DRIFT = "feature_drift"
 def path(lake: LakeSettings, table: str) -> str:
     """The table's location: a URI (s3://, dbfs:/, abfss://) as given, a local path made absolute."""
     location = lake.table(table)
-    return location if "://" in location or location.startswith("dbfs:") else os.path.abspath(location)
+    return os.path.abspath(location) if artifacts.is_local(location) else location
 
 
 def read(spark: SparkSession, lake: LakeSettings, table: str, version: int | None = None) -> DataFrame:

@@ -13,12 +13,10 @@ import logging
 import os
 import tempfile
 
+from behavior_spark import artifacts
 from behavior_spark.config import ConfigError, Settings
 
 log = logging.getLogger(__name__)
-
-MODEL_FILE = "model.h5"
-METADATA_FILE = "metadata.json"
 
 
 class TrackingError(RuntimeError):
@@ -33,7 +31,7 @@ def tracking_uri(settings: Settings) -> str | None:
     if configured:
         return configured
     root = settings.lake.root
-    if "://" in root or root.startswith("dbfs:"):
+    if not artifacts.is_local(root):
         raise ConfigError(
             f"train.mlflow_tracking_uri is not set and lake.root {root!r} is not a local path, so there is no local "
             "MLflow store to default to: set it to a tracking server ('databricks', 'http://...') or 'disabled'"
@@ -41,8 +39,8 @@ def tracking_uri(settings: Settings) -> str | None:
     return "file:" + os.path.abspath(os.path.join(root, "mlruns"))
 
 
-def log_training(settings: Settings, metadata: dict, model_bytes: bytes) -> str | None:
-    """Record one training run in MLflow; its run id, or None when tracking is off."""
+def log_training(settings: Settings, metadata: dict, files: dict[str, bytes]) -> str | None:
+    """Record one training run in MLflow, with the model artifact's `files`; its run id, or None when off."""
     uri = tracking_uri(settings)
     if uri is None:
         return None
@@ -61,10 +59,9 @@ def log_training(settings: Settings, metadata: dict, model_bytes: bytes) -> str 
                 mlflow.log_metrics(dict(zip(metadata["history"], values, strict=True)), step=epoch)
             mlflow.log_metrics(evaluation_metrics(metadata))
             with tempfile.TemporaryDirectory() as folder:
-                with open(os.path.join(folder, MODEL_FILE), "wb") as out:
-                    out.write(model_bytes)
-                with open(os.path.join(folder, METADATA_FILE), "w") as out:
-                    json.dump(metadata, out, indent=2, sort_keys=True)
+                for name, data in files.items():
+                    with open(os.path.join(folder, name), "wb") as out:
+                        out.write(data)
                 mlflow.log_artifacts(folder, artifact_path="model")
     except mlflow.exceptions.MlflowException as error:
         raise TrackingError(f"MLflow at {uri} did not record the training run: {error.message}") from error

@@ -113,8 +113,12 @@ def run(spark: SparkSession, settings: Settings) -> dict:
     save_model(cfg.model_dir, chief["model_bytes"], metadata)
     evaluation = evaluate.run(spark, settings, table, metadata)
     metadata.update(evaluation)
-    metadata["mlflow_run_id"] = tracking.log_training(settings, metadata, chief["model_bytes"])
-    save_model(cfg.model_dir, chief["model_bytes"], metadata)
+    try:
+        metadata["mlflow_run_id"] = tracking.log_training(
+            settings, metadata, model_files(chief["model_bytes"], metadata)
+        )
+    finally:
+        save_model(cfg.model_dir, chief["model_bytes"], metadata)  # complete even when MLflow refused the run
     return {
         "model_dir": cfg.model_dir,
         "model_version": metadata["model_version"],
@@ -344,11 +348,16 @@ def _model_bytes(model) -> bytes:
             return saved.read()
 
 
-def save_model(model_dir: str, model_bytes: bytes, metadata: dict) -> None:
-    """Write the model and its metadata (feature list, normalisation, data version, metrics) side by side."""
-    artifacts.write_bytes(artifacts.join(model_dir, MODEL_FILE), model_bytes)
+def model_files(model_bytes: bytes, metadata: dict) -> dict[str, bytes]:
+    """The artifact's files: the model and its metadata (feature list, normalisation, data version, metrics)."""
     text = json.dumps(metadata, indent=2, sort_keys=True, default=str)
-    artifacts.write_bytes(artifacts.join(model_dir, METADATA_FILE), text.encode())
+    return {MODEL_FILE: model_bytes, METADATA_FILE: text.encode()}
+
+
+def save_model(model_dir: str, model_bytes: bytes, metadata: dict) -> None:
+    """Write the model and its metadata side by side in `model_dir`."""
+    for name, data in model_files(model_bytes, metadata).items():
+        artifacts.write_bytes(artifacts.join(model_dir, name), data)
 
 
 def load_metadata(model_dir: str) -> dict:
