@@ -15,13 +15,13 @@ import json
 import logging
 from functools import reduce
 
-from pyspark import StorageLevel
 from pyspark.sql import Column, DataFrame, SparkSession, Window
 from pyspark.sql import functions as F
 from pyspark.sql import types as T
 
 from behavior_spark import lake
 from behavior_spark.config import FeatureSettings, Settings
+from behavior_spark.session import materialized
 
 log = logging.getLogger(__name__)
 
@@ -88,15 +88,12 @@ def run(spark: SparkSession, settings: Settings) -> dict:
         "features": numeric_feature_names(),
         "sequence_length": cfg.sequence_length,
     }
-    sessions = session_summaries(events).persist(StorageLevel.MEMORY_AND_DISK)  # every cutoff reads it
-    try:
+    with materialized(session_summaries(events)) as sessions:  # every cutoff reads it
         table = reduce(DataFrame.unionByName, [build_features(events, cutoff, cfg, sessions) for cutoff in cutoffs])
         lake.overwrite(
             table, settings.lake, lake.FEATURES, partition_by=["cutoff_date"], userMetadata=json.dumps(record)
         )
         excluded = sum(customers_without_history(sessions, cutoff, cfg.label_window_days) for cutoff in cutoffs)
-    finally:
-        sessions.unpersist()
     written = lake.read(spark, settings.lake, lake.FEATURES)
     stats = normalisation_stats(written.filter(F.col("split") == "train"))
     lake.overwrite(stats, settings.lake, lake.FEATURE_STATS)
@@ -255,15 +252,20 @@ def labels(sessions: DataFrame, cutoff: dt.date, cfg: FeatureSettings) -> DataFr
 
 def category_affinity(history: DataFrame) -> DataFrame:
     """How concentrated a customer's activity is: distinct categories, the top one's share, entropy (nats); and
-    distinct brands (approximate: HyperLogLog, a fixed few hundred bytes per customer)."""
-    per_category = history.groupBy("customer_id", "category_id").agg(F.count(F.lit(1)).alias("n"))
-    brands = history.groupBy("customer_id").agg(F.approx_count_distinct("brand").alias("distinct_brands"))
+    distinct brands (approximate: a HyperLogLog sketch per category, merged per customer; a few hundred bytes each).
+
+    One aggregation by (customer, category) feeds all of them, so the events are read and shuffled once.
+    """
+    per_category = history.groupBy("customer_id", "category_id").agg(
+        F.count(F.lit(1)).alias("n"), F.hll_sketch_agg("brand").alias("brands")
+    )
     totals = per_category.groupBy("customer_id").agg(
         F.count(F.lit(1)).alias("distinct_categories"),
         F.sum("n").alias("_total"),
         F.max("n").alias("_top"),
         F.sum(F.col("n") * F.log(F.col("n"))).alias("_n_log_n"),
         F.max(F.struct("n", "category_id"))["category_id"].alias("top_category_id"),  # ties: the higher id
+        F.hll_union_agg("brands").alias("_brands"),
     )
     # entropy = log(N) - sum(n log n) / N, with N the customer's events
     return totals.select(
@@ -272,7 +274,8 @@ def category_affinity(history: DataFrame) -> DataFrame:
         (F.col("_top") / F.col("_total")).alias("top_category_share"),
         (F.log(F.col("_total")) - F.col("_n_log_n") / F.col("_total")).alias("category_entropy"),
         "top_category_id",
-    ).join(brands, on="customer_id", how="left")
+        F.hll_sketch_estimate("_brands").alias("distinct_brands"),
+    )
 
 
 def recent_sequences(history: DataFrame, length: int, category_buckets: int) -> DataFrame:
@@ -281,8 +284,11 @@ def recent_sequences(history: DataFrame, length: int, category_buckets: int) -> 
     Skew-safe and one small shuffle: `row_number() <= length + 1` over the customer's events becomes Spark's window
     group limit, which keeps at most that many rows per customer in every input partition before the exchange, so
     even a customer with a million events ships a few hundred rows. The extra row gives the oldest kept event its gap.
+    Events at the same instant are ordered by type and product: with the customer and time, that is the event key.
     """
-    latest_first = Window.partitionBy("customer_id").orderBy(F.desc("event_time"), F.desc("event_id"))
+    latest_first = Window.partitionBy("customer_id").orderBy(
+        F.desc("event_time"), F.desc("event_type"), F.desc_nulls_last("product_id")
+    )
     event_type_id = F.element_at(_lookup(EVENT_TYPE_IDS), F.col("event_type")).cast("int")
     category_hash = F.xxhash64(F.coalesce(F.col("category_id"), F.lit(-1)))
     category_bucket = (1 + F.pmod(category_hash, F.lit(category_buckets - 1))).cast("int")
@@ -291,7 +297,7 @@ def recent_sequences(history: DataFrame, length: int, category_buckets: int) -> 
     for i, bound in enumerate(GAP_BUCKET_SECONDS):
         gap_bucket = gap_bucket.when(gap <= bound, i + 2)
     recent = (
-        history.select("customer_id", "event_time", "event_id", "event_type", "category_id")
+        history.select("customer_id", "event_time", "event_type", "product_id", "category_id")
         .withColumn("recency_rank", F.row_number().over(latest_first))
         .filter(F.col("recency_rank") <= length + 1)
         .withColumn("previous_time", F.lead("event_time").over(latest_first))

@@ -8,11 +8,13 @@ start-up.
 
 from __future__ import annotations
 
+import contextlib
 import os
 import sys
+from collections.abc import Iterator
 from pathlib import Path
 
-from pyspark.sql import SparkSession
+from pyspark.sql import DataFrame, SparkSession
 
 from behavior_spark.config import SparkSettings
 
@@ -70,3 +72,19 @@ def delta_jars() -> list[Path]:
             f"or point {JAR_CACHE_ENV} at a folder that has them"
         )
     return jars
+
+
+@contextlib.contextmanager
+def materialized(df: DataFrame) -> Iterator[DataFrame]:
+    """`df` computed once and kept (in memory, spilling to disk) for the reads inside the block, then released.
+
+    A local checkpoint keeps the rows as Spark computed them. The columnar cache (`persist`) encodes and compresses
+    every column first: on ingest's 3.8M checked rows that took 30 s where computing the rows took 17 s, against
+    16 s to compute and checkpoint them. The price: the kept rows have no lineage, so losing an executor inside the
+    block fails the job, and a re-run (every job is idempotent) starts it again.
+    """
+    kept = df.localCheckpoint(eager=True)
+    try:
+        yield kept
+    finally:
+        kept._jdf.queryExecution().analyzed().rdd().unpersist(False)
