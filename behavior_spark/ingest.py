@@ -142,15 +142,13 @@ def process_batch(
     cfg = settings.ingest
     events_path = lake.path(settings.lake, lake.EVENTS)
     with contextlib.ExitStack() as kept:
-        with _timed("parse"):
-            parsed = kept.enter_context(
-                materialized(
-                    sources.canonical(batch, mapping)
-                    .withColumn("reject_reason", reject_reason(cfg))
-                    .transform(pseudonymise, key)
-                    .transform(for_cache, keep_user_id=cfg.identity_map is not None)
-                )
-            )
+        parsed_rows = (
+            sources.canonical(batch, mapping)
+            .withColumn("reject_reason", reject_reason(cfg))
+            .transform(pseudonymise, key)
+            .transform(for_cache, keep_user_id=cfg.identity_map is not None)
+        )
+        with _timed("parse to checked rows"), materialized(parsed_rows) as parsed:  # released once `checked` is kept
             tally = (
                 parsed.groupBy("source_file", "reject_reason")
                 .agg(
@@ -160,20 +158,17 @@ def process_batch(
                 )
                 .collect()  # one row per file and reason: <= maxFilesPerTrigger x 11
             )
-        rows_read = sum(r["rows"] for r in tally)
-        files = sorted({r["source_file"] for r in tally})
-        rejected_by_reason: dict[str, int] = {}
-        for r in tally:
-            if r["reject_reason"] is not None:
-                rejected_by_reason[r["reject_reason"]] = rejected_by_reason.get(r["reject_reason"], 0) + r["rows"]
-        with _timed("quarantine"):
+            rows_read = sum(r["rows"] for r in tally)
+            files = sorted({r["source_file"] for r in tally})
+            rejected_by_reason: dict[str, int] = {}
+            for r in tally:
+                if r["reject_reason"] is not None:
+                    rejected_by_reason[r["reject_reason"]] = rejected_by_reason.get(r["reject_reason"], 0) + r["rows"]
             quarantined_written = write_quarantine(parsed.filter(F.col("reject_reason").isNotNull()), files, settings)
-        valid = parsed.filter(F.col("reject_reason").isNull())
-        buckets = buckets_per_day(rows_read - quarantined_written, days_spanned(tally))
-        with _timed("classify"):
+            valid = parsed.filter(F.col("reject_reason").isNull())
+            buckets = buckets_per_day(rows_read - quarantined_written, days_spanned(tally))
             checked = kept.enter_context(materialized(with_checks(valid, cfg.session_gap_minutes, buckets)))
-        with _timed("bots"):
-            bots = kept.enter_context(materialized(bot_customers(checked, cfg.bot_events_per_minute)))  # a few rows
+        bots = kept.enter_context(materialized(bot_customers(checked, cfg.bot_events_per_minute)))  # a few rows
         classified = classify(checked, bots)
         with _timed("status counts"):
             by_status_and_day = classified.groupBy("status", "event_date").count().collect()  # 3 x days rows
@@ -379,11 +374,18 @@ def _in_time_order() -> Window:
 
 def ensure_events_table(spark: SparkSession, path: str) -> None:
     """Create the events table with its NOT NULL columns, CHECK constraints and statistics columns, once."""
-    (DeltaTable.createIfNotExists(spark).location(path).addColumns(EVENTS_SCHEMA).partitionedBy("event_date").execute())
+    stats_columns = ",".join(STATS_COLUMNS)
+    (
+        DeltaTable.createIfNotExists(spark)
+        .location(path)
+        .addColumns(EVENTS_SCHEMA)
+        .partitionedBy("event_date")
+        .property(STATS_COLUMNS_PROPERTY, stats_columns)
+        .execute()
+    )
     existing = DeltaTable.forPath(spark, path).detail().first()["properties"]
-    if existing.get(STATS_COLUMNS_PROPERTY) != ",".join(STATS_COLUMNS):
-        columns = ",".join(STATS_COLUMNS)
-        spark.sql(f"ALTER TABLE delta.`{path}` SET TBLPROPERTIES ('{STATS_COLUMNS_PROPERTY}' = '{columns}')")
+    if existing.get(STATS_COLUMNS_PROPERTY) != stats_columns:  # a table created before the property existed
+        spark.sql(f"ALTER TABLE delta.`{path}` SET TBLPROPERTIES ('{STATS_COLUMNS_PROPERTY}' = '{stats_columns}')")
     for name, expression in CHECK_CONSTRAINTS.items():
         if f"delta.constraints.{name}" not in existing:
             spark.sql(f"ALTER TABLE delta.`{path}` ADD CONSTRAINT {name} CHECK ({expression})")
