@@ -8,6 +8,7 @@ import shutil
 from pathlib import Path
 
 import pytest
+from delta.tables import DeltaTable
 from pyspark.sql import functions as F
 from pyspark.sql import types as T
 
@@ -308,6 +309,32 @@ def test_events_table_enforces_its_constraints(spark, tmp_path, pseudonym_key):
     bad = events(spark, settings).withColumn("price", F.lit(-5.0))
     with pytest.raises(Exception, match="non_negative_price"):
         bad.write.format("delta").mode("append").save(lake.path(settings.lake, lake.EVENTS))
+
+
+def table_properties(spark, path: str) -> dict:
+    return DeltaTable.forPath(spark, path).detail().first()["properties"]
+
+
+EXPECTED_PROPERTIES = {
+    "delta.dataSkippingStatsColumns": "event_time,event_type,product_id,category_id",
+    **{f"delta.constraints.{name}": check for name, check in ingest.CHECK_CONSTRAINTS.items()},
+}
+
+
+def test_a_new_events_table_gets_its_constraints_and_statistics_columns_in_one_commit(spark, tmp_path):
+    path = str(tmp_path / "events")
+    ingest.ensure_events_table(spark, path)
+    assert table_properties(spark, path) == EXPECTED_PROPERTIES
+    assert DeltaTable.forPath(spark, path).history().count() == 1
+    ingest.ensure_events_table(spark, path)  # a second run changes nothing
+    assert DeltaTable.forPath(spark, path).history().count() == 1
+
+
+def test_an_events_table_made_before_the_constraints_gets_them(spark, tmp_path):
+    path = str(tmp_path / "events")
+    DeltaTable.create(spark).location(path).addColumns(ingest.EVENTS_SCHEMA).partitionedBy("event_date").execute()
+    ingest.ensure_events_table(spark, path)
+    assert table_properties(spark, path).keys() == EXPECTED_PROPERTIES.keys()  # ALTER spaces the SQL text out
 
 
 # --- reconciliation -----------------------------------------------------------------------------------------------
