@@ -111,6 +111,7 @@ class SegmentSettings:
     k_sample_rows: int = 100_000  # customers sampled to choose k (the final model is fitted on all)
     min_segment_size: int = 20  # k-anonymity: smaller segments are suppressed in profiles and reports
     seed: int = 7
+    restarts: int = 3  # KMeans fits from seeds seed, seed+1, ...; the lowest-cost one is kept
 
 
 @dataclasses.dataclass(frozen=True)
@@ -172,6 +173,7 @@ _POSITIVE = {
     "segment.k",
     "segment.k_min",
     "segment.k_sample_rows",
+    "segment.restarts",
     "ingest.max_price",
     "ingest.max_files_per_trigger",
 }

@@ -37,7 +37,9 @@ NOT_QUARANTINED = (CLEAN, DUPLICATE, BOT)
 # Rows are shuffled by (day, bucket of customers): a customer's day is the largest unit of work, sessions never cross
 # midnight, and each task writes one file per day it holds. ROWS_PER_FILE sizes the buckets.
 PARTITION_KEYS = ["event_date", "bucket"]
-WINDOW_KEYS = [*PARTITION_KEYS, "customer_id"]
+# The windows sort by their keys in this order: the hashed customer id first gives the sort a prefix that tells rows
+# apart (a partition holds one or a few days), which measured 10-20% faster than the day first at 4M rows.
+WINDOW_KEYS = ["customer_id", *PARTITION_KEYS]
 ROWS_PER_FILE = 1_000_000
 EVENTS_SCHEMA = T.StructType(
     [

@@ -2,6 +2,8 @@
 
 - Features: the 64-dimension embedding, the propensity and log recency, frequency and monetary value, scaled.
 - k: fixed (`segment.k`) or the best silhouette over `segment.k_min`..`segment.k_max`, chosen on a bounded sample.
+- Restarts: KMeans finds a local optimum that depends on its seed and on the row order; the final model is the
+  lowest-cost of `segment.restarts` fits, so a re-run (another seed, rewritten files) lands on the same segments.
 - Stable ids: each run's centroids (means of the unscaled features) are matched to the previous run's, nearest
   first, so "segment 2" keeps its meaning next week; customers who moved between segments are counted.
 - Privacy: a segment smaller than `segment.min_segment_size` (k-anonymity) keeps its customers but its profile
@@ -14,7 +16,6 @@ import datetime as dt
 import logging
 import math
 
-from pyspark.ml import Pipeline
 from pyspark.ml.clustering import KMeans
 from pyspark.ml.evaluation import ClusteringEvaluator
 from pyspark.ml.feature import StandardScaler
@@ -50,7 +51,7 @@ def run(spark: SparkSession, settings: Settings) -> dict:
         .cache()
     )
     k = cfg.k or choose_k(customers, cfg)
-    clustered = fit_clusters(customers, k, cfg.seed)
+    clustered = fit_clusters(customers, k, cfg.seed, cfg.restarts)
     centroids = cluster_centroids(clustered)  # k rows
     previous = previous_centroids(spark, settings, scoring_date)  # k rows of the run before, or none
     ids = match_segments(centroids, previous)
@@ -92,15 +93,17 @@ def with_segment_features(customers: DataFrame) -> DataFrame:
     )
 
 
-def fit_clusters(customers: DataFrame, k: int, seed: int) -> DataFrame:
-    """`cluster` (0..k-1) per customer, from KMeans on the standardised segment features."""
-    pipeline = Pipeline(
-        stages=[
-            StandardScaler(inputCol="segment_features", outputCol="scaled", withMean=True, withStd=True),
-            KMeans(k=k, seed=seed, featuresCol="scaled", predictionCol="cluster"),
-        ]
-    )
-    return pipeline.fit(customers).transform(customers).drop("scaled")
+def fit_clusters(customers: DataFrame, k: int, seed: int, restarts: int = 1) -> DataFrame:
+    """`cluster` (0..k-1) per customer, from the lowest-cost of `restarts` KMeans fits on the standardised features."""
+    scaler = StandardScaler(inputCol="segment_features", outputCol="scaled", withMean=True, withStd=True)
+    scaled = scaler.fit(customers).transform(customers)
+    fits = [
+        KMeans(k=k, seed=seed + i, featuresCol="scaled", predictionCol="cluster").fit(scaled)
+        for i in range(max(restarts, 1))
+    ]
+    best = min(fits, key=lambda model: model.summary.trainingCost)
+    log.info("KMeans costs by seed: %s", [round(model.summary.trainingCost, 1) for model in fits])
+    return best.transform(scaled).drop("scaled")
 
 
 def choose_k(customers: DataFrame, cfg: SegmentSettings) -> int:
