@@ -15,7 +15,7 @@ import json
 import logging
 from functools import reduce
 
-from pyspark.sql import Column, DataFrame, SparkSession, Window
+from pyspark.sql import Column, DataFrame, Row, SparkSession, Window
 from pyspark.sql import functions as F
 from pyspark.sql import types as T
 
@@ -95,9 +95,9 @@ def run(spark: SparkSession, settings: Settings) -> dict:
         )
         excluded = sum(customers_without_history(sessions, cutoff, cfg.label_window_days) for cutoff in cutoffs)
     written = lake.read(spark, settings.lake, lake.FEATURES)
-    stats = normalisation_stats(written.filter(F.col("split") == "train"))
-    lake.overwrite(stats, settings.lake, lake.FEATURE_STATS)
-    counts = {r["split"]: r["count"] for r in written.groupBy("split").count().collect()}  # three rows
+    by_split = {r["split"]: r for r in split_statistics(written).collect()}  # one row per split
+    lake.overwrite(normalisation_stats(spark, by_split.get("train")), settings.lake, lake.FEATURE_STATS)
+    counts = {split: row["rows"] for split, row in by_split.items()}
     return {
         "cutoffs": record["cutoffs"],
         "events_version": events_version,
@@ -353,18 +353,25 @@ def model_input_value(name: str) -> Column:
     return F.log1p(F.greatest(column, F.lit(0.0)))
 
 
-def normalisation_stats(train: DataFrame) -> DataFrame:
-    """Mean and standard deviation of each model input on the training split: one small row per feature."""
-    names = numeric_feature_names()
-    row = train.agg(
+def split_statistics(features: DataFrame) -> DataFrame:
+    """Per split, in one pass: its rows, and the mean and standard deviation of each model input."""
+    return features.groupBy("split").agg(
+        F.count(F.lit(1)).alias("rows"),
         *(
             agg(model_input_value(n)).alias(f"{n}__{label}")
-            for n in names
+            for n in numeric_feature_names()
             for agg, label in [(F.avg, "mean"), (F.stddev_pop, "std")]
-        )
-    ).first()
-    return train.sparkSession.createDataFrame(
-        [(n, float(row[f"{n}__mean"] or 0.0), float(row[f"{n}__std"] or 0.0)) for n in names],
+        ),
+    )
+
+
+def normalisation_stats(spark: SparkSession, train: Row | None) -> DataFrame:
+    """One small row per feature: its mean and standard deviation on the training split (`split_statistics`'s
+    train row; zeros when there is none)."""
+    names = numeric_feature_names()
+    train = train.asDict() if train is not None else {}
+    return spark.createDataFrame(
+        [(n, float(train.get(f"{n}__mean") or 0.0), float(train.get(f"{n}__std") or 0.0)) for n in names],
         T.StructType(
             [
                 T.StructField("feature", T.StringType(), False),
