@@ -22,16 +22,17 @@ def bench_settings(folder: Path, raw_rows: int) -> Settings:
     )
 
 
-def ratio_table(rows: list[tuple[int, float, float]], unit: str, stage: str, floor: str) -> str:
-    """rows: (size, stage seconds, floor seconds) measured side by side in one run."""
+def ratio_table(rows: list[tuple], unit: str, stage: str, floor: str, core: str) -> str:
+    """rows: (size, stage seconds, floor seconds, core seconds) measured side by side in one run."""
     base_size, base_s = rows[0][0], rows[0][1]
     lines = [
-        f"| {unit} | {stage} s | rows/s | floor s ({floor}) | {stage} / floor | size vs smallest | time vs smallest |",
-        "|---:|---:|---:|---:|---:|---:|---:|",
+        f"| {unit} | {stage} s | rows/s | floor s ({floor}) | {stage} / floor | core s ({core}) | core / floor "
+        "| size vs smallest | time vs smallest |",
+        "|---:|---:|---:|---:|---:|---:|---:|---:|---:|",
     ]
-    for size, stage_s, floor_s in rows:
+    for size, stage_s, floor_s, core_s in rows:
         lines.append(
             f"| {size:,} | {stage_s:.1f} | {size / stage_s:,.0f} | {floor_s:.1f} | {stage_s / floor_s:.2f}x | "
-            f"{size / base_size:.1f}x | {stage_s / base_s:.1f}x |"
+            f"{core_s:.1f} | {core_s / floor_s:.2f}x | {size / base_size:.1f}x | {stage_s / base_s:.1f}x |"
         )
     return "\n".join(lines)
