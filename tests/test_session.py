@@ -1,0 +1,19 @@
+"""The session's shared helpers: kept rows are computed on entering the block and released when it ends."""
+
+from pyspark.sql import functions as F
+
+from behavior_spark.session import materialized
+
+
+def kept_blocks(spark) -> int:
+    """Partitions of RDDs the block manager holds right now (cached or checkpointed)."""
+    return sum(info.numCachedPartitions() for info in spark.sparkContext._jsc.sc().getRDDStorageInfo())
+
+
+def test_materialized_rows_are_kept_inside_the_block_and_released_after_it(spark):
+    rows = spark.range(1_000, numPartitions=4).withColumn("double", F.col("id") * 2)
+    before = kept_blocks(spark)
+    with materialized(rows) as kept:
+        assert kept_blocks(spark) == before + 4  # computed on entering the block, one block per partition
+        assert kept.agg(F.sum("double")).first()[0] == 999_000
+    assert kept_blocks(spark) == before
