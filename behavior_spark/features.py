@@ -369,9 +369,9 @@ def normalisation_stats(spark: SparkSession, train: Row | None) -> DataFrame:
     """One small row per feature: its mean and standard deviation on the training split (`split_statistics`'s
     train row; zeros when there is none)."""
     names = numeric_feature_names()
-    train = train.asDict() if train is not None else {}
+    values = train.asDict() if train is not None else {}
     return spark.createDataFrame(
-        [(n, float(train.get(f"{n}__mean") or 0.0), float(train.get(f"{n}__std") or 0.0)) for n in names],
+        [(n, float(values.get(f"{n}__mean") or 0.0), float(values.get(f"{n}__std") or 0.0)) for n in names],
         T.StructType(
             [
                 T.StructField("feature", T.StringType(), False),
