@@ -20,7 +20,7 @@ bench: setup
 
 # Re-resolve requirements/lock.txt from requirements/base.txt in a scratch environment.
 lock:
-	rm -rf .cache/lock-venv && python3.11 -m venv .cache/lock-venv
+	rm -rf .cache/lock-venv && "$$(scripts/find-python.sh)" -m venv .cache/lock-venv
 	.cache/lock-venv/bin/pip install --quiet "pip<25" "setuptools<70" wheel && .cache/lock-venv/bin/pip install --quiet -r requirements/base.txt
 	{ head -2 requirements/lock.txt; .cache/lock-venv/bin/pip freeze --exclude-editable | grep -vi '^horovod=='; } > requirements/lock.new
 	mv requirements/lock.new requirements/lock.txt && rm -rf .cache/lock-venv

@@ -256,7 +256,7 @@ def make_train_fn(spec: TrainingSpec, train_urls: list[str], validation_urls: li
     def train_fn() -> dict:
         import hashlib
 
-        import horovod.tensorflow.keras as hvd
+        hvd = _import_horovod_keras()
         import tensorflow as tf
 
         from behavior_spark.features import EVENT_TYPE_IDS, GAP_BUCKETS
@@ -265,7 +265,7 @@ def make_train_fn(spec: TrainingSpec, train_urls: list[str], validation_urls: li
         warnings.filterwarnings("ignore")
         hvd.init()
         _pin_gpu(tf, hvd.local_rank())
-        tf.keras.utils.set_random_seed(spec.seed)
+        _seed_everything(tf, spec.seed)
         tf.config.threading.set_inter_op_parallelism_threads(1)
         model = build_model(
             spec.numeric_dim, spec.sequence_length, len(EVENT_TYPE_IDS) + 1, spec.category_buckets, GAP_BUCKETS
@@ -329,6 +329,35 @@ def make_train_fn(spec: TrainingSpec, train_urls: list[str], validation_urls: li
         }
 
     return train_fn
+
+
+def _import_horovod_keras():
+    """`horovod.tensorflow.keras`, with the Keras 2 API it was written for.
+
+    Horovod 0.28.1's Keras callbacks do `from keras import backend` on TensorFlow >= 2.6; on TensorFlow 2.18 the
+    `keras` package is Keras 3, which has no `backend.get_value`. In this worker process the model is tf-keras
+    (TF_USE_LEGACY_KERAS=1), so `keras` is made to name tf-keras before Horovod is imported.
+    """
+    import sys
+
+    import tf_keras
+
+    sys.modules["keras"] = tf_keras
+    import horovod.tensorflow.keras as hvd
+
+    return hvd
+
+
+def _seed_everything(tf, seed: int) -> None:
+    """Seed Python, NumPy and TensorFlow; `tf.keras.utils.set_random_seed` cannot be used on Python 3.12, where
+    tf-keras 2.18's initialisers then call `random.randint(1, 1e9)` (a TypeError for a float bound)."""
+    import random
+
+    import numpy as np
+
+    random.seed(seed)
+    np.random.seed(seed)
+    tf.random.set_seed(seed)
 
 
 def _pin_gpu(tf, local_rank: int) -> None:

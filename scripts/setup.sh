@@ -1,6 +1,7 @@
 #!/usr/bin/env bash
 # Set up everything behavior-spark needs on a fresh Linux x86_64 machine, idempotently:
-#   1. a virtual environment (.venv) with the exact pins of requirements/lock.txt;
+#   1. a virtual environment (.venv) on Python 3.12 with the exact pins of requirements/lock.txt (on a GPU node,
+#      HOROVOD_GPU_OPERATIONS=NCCL, also the CUDA libraries of the same TensorFlow: requirements/gpu.txt);
 #   2. Horovod 0.28.1 built from source against that TensorFlow, with Gloo (recipe: ../shared/STACK.md);
 #   3. the Delta Lake (and PostgreSQL JDBC) JARs from Maven Central, cached in .cache/jars;
 #   4. Debian's PostgreSQL server (the warehouse integration test starts a throwaway one) and Chromium (the report
@@ -10,7 +11,6 @@
 set -euo pipefail
 cd "$(dirname "$0")/.."
 
-PYTHON="${PYTHON:-python3.11}"
 VENV=.venv
 JARS=.cache/jars
 HOROVOD_VERSION=0.28.1
@@ -19,7 +19,7 @@ MAVEN_ARTIFACTS=(io.delta:delta-spark_2.13:4.0.1 io.delta:delta-storage:4.0.1 or
 step() { printf '\n==> %s\n' "$*"; }
 fail() { printf '\nsetup failed: %s\n' "$*" >&2; exit 1; }
 
-command -v "$PYTHON" >/dev/null || fail "$PYTHON not found: behavior-spark needs Python 3.11 (see ../shared/STACK.md)"
+PYTHON=$(scripts/find-python.sh) || fail "behavior-spark needs Python 3.12 (see ../shared/STACK.md)"
 command -v java >/dev/null || fail "java not found: Spark 4 needs a Java 17 runtime (apt-get install openjdk-17-jre-headless)"
 command -v mvn >/dev/null || fail "mvn not found: it fetches the Delta Lake JARs from Maven Central (apt-get install maven)"
 
@@ -38,15 +38,21 @@ if ((install_system_packages && ${#system_packages[@]})); then
     || fail "could not install ${system_packages[*]} from Debian's packages"
 fi
 
-lock_hash=$(cat requirements/lock.txt pyproject.toml | sha256sum | cut -c1-16)
+gpu=0; [[ "${HOROVOD_GPU_OPERATIONS:-}" == NCCL ]] && gpu=1
+lock_hash=$( (cat requirements/lock.txt requirements/gpu.txt pyproject.toml; echo "gpu=$gpu") | sha256sum | cut -c1-16)
 packages_stamp="$VENV/.packages-$lock_hash"
 changed=0
 
 if [[ ! -f "$packages_stamp" ]]; then
   step "Python packages (requirements/lock.txt) into $VENV"
+  # A venv of another Python (an older checkout's 3.11) is replaced, not patched.
+  if [[ -x "$VENV/bin/python" ]] && ! "$VENV/bin/python" -c 'import sys; sys.exit(sys.version_info[:2] != (3, 12))'; then
+    rm -rf "$VENV"
+  fi
   [[ -x "$VENV/bin/python" ]] || "$PYTHON" -m venv "$VENV"
   "$VENV/bin/pip" install --quiet --upgrade "pip<25" "setuptools<70" wheel
   "$VENV/bin/pip" install --quiet -r requirements/lock.txt
+  ((gpu == 0)) || "$VENV/bin/pip" install --quiet -r requirements/gpu.txt -c requirements/lock.txt
   "$VENV/bin/pip" install --quiet --no-deps -e .
   rm -f "$VENV"/.packages-* "$VENV"/.horovod-*
   touch "$packages_stamp"
