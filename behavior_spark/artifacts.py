@@ -38,6 +38,31 @@ def list_names(folder: str) -> list[str]:
     return sorted(os.path.basename(i.path) for i in infos if i.type == pafs.FileType.File)
 
 
+def list_tree(location: str) -> list[tuple[str, int, int]]:
+    """(location, size, modification time in ns) of every file at or under `location`, each named as `location` is
+    (the same scheme: `dbfs:/`, `s3://`, a local path); empty when nothing is there."""
+    filesystem, path = _resolve(location)
+    info = filesystem.get_file_info(path)
+    if info.type == pafs.FileType.File:
+        return [(location, info.size, info.mtime_ns)]
+    if info.type != pafs.FileType.Directory:
+        return []
+    prefix = location.rstrip("/")
+    found = filesystem.get_file_info(pafs.FileSelector(path, recursive=True))
+    return sorted(
+        (prefix + "/" + os.path.relpath(i.path, path), i.size, i.mtime_ns)
+        for i in found
+        if i.type == pafs.FileType.File
+    )
+
+
+def read_head(location: str, size: int = 65_536) -> bytes:
+    """The first `size` bytes of a file, decompressed when its name says gzip, bz2, lz4 or zstd."""
+    filesystem, path = _resolve(location)
+    with filesystem.open_input_stream(path, compression="detect") as stream:
+        return stream.read(size)
+
+
 def delete_folder(folder: str) -> None:
     filesystem, path = _resolve(folder)
     if filesystem.get_file_info(path).type != pafs.FileType.NotFound:

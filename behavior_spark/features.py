@@ -21,7 +21,7 @@ from pyspark.sql import types as T
 
 from behavior_spark import lake
 from behavior_spark.config import FeatureSettings, Settings
-from behavior_spark.session import materialized
+from behavior_spark.session import in_utc, materialized
 
 log = logging.getLogger(__name__)
 
@@ -75,6 +75,7 @@ def numeric_feature_names() -> list[str]:
 def run(spark: SparkSession, settings: Settings) -> dict:
     """Build the features table for the configured cutoffs, and the normalisation statistics of its train split."""
     cfg = settings.features
+    in_utc(spark)  # cutoff dates and day windows as ingest made them
     events_version = (
         cfg.events_version if cfg.events_version is not None else lake.version(spark, settings.lake, lake.EVENTS)
     )

@@ -21,7 +21,10 @@ import math
 from pyspark.sql import Column, DataFrame, SparkSession
 from pyspark.sql import functions as F
 
-from behavior_spark.config import GenerateSettings, Settings
+from behavior_spark import artifacts
+from behavior_spark.config import ConfigError, GenerateSettings, Settings
+
+GENERATED_MARKER = "_GENERATED_BY_BEHAVIOR_SPARK"  # in generate's output folder: it may be replaced by a new run
 
 RAW_COLUMNS = [
     "event_time",
@@ -104,11 +107,26 @@ DUPLICATE_SHARE = 0.01
 
 
 def run(spark: SparkSession, settings: Settings) -> dict:
-    """Write the generated raw logs to `generate.output`; return where and how many rows."""
+    """Write the generated raw logs to `generate.output`; return where and how many rows.
+
+    Refuses to write into a folder that holds anything it did not write itself: raw data is never overwritten.
+    """
     cfg = settings.generate
+    check_output_is_ours(cfg.output)
     write_raw(generate_events(spark, cfg), cfg)
+    artifacts.write_bytes(artifacts.join(cfg.output, GENERATED_MARKER), b"written by behavior-spark generate\n")
     reader = spark.read.option("header", True).csv if cfg.format == "csv" else spark.read.json
     return {"output": cfg.output, "format": cfg.format, "raw_rows": reader(cfg.output).count()}
+
+
+def check_output_is_ours(output: str) -> None:
+    """Raise ConfigError when `output` holds files and no marker saying `generate` wrote them."""
+    names = artifacts.list_names(output) if artifacts.exists(output) else []
+    if names and GENERATED_MARKER not in names:
+        raise ConfigError(
+            f"setting 'generate.output': {output} holds files generate did not write ({', '.join(sorted(names)[:3])}"
+            f"{', ...' if len(names) > 3 else ''}); it never overwrites raw data: choose an empty or new folder"
+        )
 
 
 def generate_events(spark: SparkSession, settings: GenerateSettings) -> DataFrame:

@@ -13,6 +13,7 @@ from behavior_spark.config import LakeSettings
 EVENTS = "events"
 QUARANTINE = "events_quarantine"
 INGEST_AUDIT = "ingest_audit"
+INGESTED_FILES = "ingested_files"
 FEATURES = "customer_features"
 FEATURE_STATS = "feature_stats"
 SCORES = "customer_scores"
@@ -66,7 +67,21 @@ def version(spark: SparkSession, lake: LakeSettings, table: str) -> int:
     return DeltaTable.forPath(spark, path(lake, table)).history(1).select("version").first()[0]
 
 
-def commit_metrics(spark: SparkSession, location: str) -> dict[str, str]:
-    """Delta's own operation metrics of the table's latest commit (numOutputRows, numTargetRowsInserted, ...)."""
-    row = DeltaTable.forPath(spark, location).history(1).select("operationMetrics").first()
-    return dict(row[0] or {})
+def version_at(spark: SparkSession, location: str) -> int:
+    """The latest committed version of the table at `location`, or -1 where there is no table yet."""
+    if not DeltaTable.isDeltaTable(spark, location):
+        return -1
+    return DeltaTable.forPath(spark, location).history(1).select("version").first()[0]
+
+
+def commit_metrics(spark: SparkSession, location: str, after_version: int) -> dict[str, str]:
+    """Delta's operation metrics (numOutputRows, numTargetRowsInserted, ...) of the commit a write made on top of
+    `after_version`; empty when the write committed nothing (Delta skips a write that changes nothing).
+
+    Not "the latest commit": an auto-compaction or another writer may have committed after this write.
+    """
+    if not DeltaTable.isDeltaTable(spark, location):
+        return {}
+    recent = DeltaTable.forPath(spark, location).history(20).filter(f"version = {after_version + 1}")
+    row = recent.select("operationMetrics").first()
+    return dict(row[0] or {}) if row else {}

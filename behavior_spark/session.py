@@ -25,14 +25,24 @@ DEFAULT_JAR_CACHE = Path(__file__).resolve().parents[1] / ".cache" / "jars"
 
 
 def get_spark(settings: SparkSettings) -> SparkSession:
-    """Return the platform's session when there is one, else a local Delta-enabled session."""
+    """Return the platform's session when there is one, else a local Delta-enabled session; either computes in UTC."""
     active = SparkSession.getActiveSession()
     if active is not None:
-        return active
+        return in_utc(active)
     if on_cluster():
         # spark-submit, Databricks and EMR decide the master and the Delta set-up; we only name the app.
-        return SparkSession.builder.appName(settings.app_name).getOrCreate()
+        return in_utc(SparkSession.builder.appName(settings.app_name).getOrCreate())
     return local_session(settings)
+
+
+def in_utc(spark: SparkSession) -> SparkSession:
+    """The session with its SQL time zone set to UTC.
+
+    Event dates, the midnight that ends a session and the parsing of zone-less timestamps follow the session's time
+    zone; a cluster left in its own zone would shift them, and a re-run from another zone would insert events again.
+    """
+    spark.conf.set("spark.sql.session.timeZone", "UTC")
+    return spark
 
 
 def on_cluster() -> bool:

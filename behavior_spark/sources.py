@@ -8,8 +8,10 @@ columns hold personal data and must never be kept.
 
 from __future__ import annotations
 
+import csv
 import dataclasses
-import json
+import fnmatch
+import io
 from functools import reduce
 from pathlib import Path
 
@@ -18,14 +20,35 @@ from pyspark.sql import Column, DataFrame, SparkSession
 from pyspark.sql import functions as F
 from pyspark.sql import types as T
 
+from behavior_spark import artifacts
 from behavior_spark.config import ConfigError
 
 EVENT_TYPES = ["view", "cart", "remove_from_cart", "purchase", "wishlist"]
 REQUIRED_FIELDS = ["event_time", "user_id"]
-OPTIONAL_FIELDS = ["event_type", "product_id", "category_id", "category_code", "brand", "price", "quantity", "amount"]
+OPTIONAL_FIELDS = [
+    "event_type",
+    "product_id",
+    "category_id",
+    "category_code",
+    "brand",
+    "price",
+    "quantity",
+    "amount",
+    "event_id",  # the source's own id of the event or order line, where its layout has one
+]
 WHITESPACE = "whitespace"
 CORRUPT = "_corrupt_record"
 RAW_TEXT = "_line"
+MISSING_COLUMN = "_missing_column"
+# Trimmed from both ends of every field: ASCII and Unicode white space, zero-width space and the byte-order mark, so
+# " 5000 ", "\t5000" and "5000\u00a0" are one id. (A set of characters, trimmed without a regular expression.)
+UNICODE_SPACE = "".join(
+    [" \t\n\r\v\f\x1c\x1d\x1e\x1f\x85\xa0\u1680\u180e\u2028\u2029\u202f\u205f\u3000\u200b\ufeff"]
+    + [chr(c) for c in range(0x2000, 0x200B)]
+)
+NEVER_TOO_OLD = "36500d"  # the file source's maxFileAge: a century
+# Epoch timestamps beyond 9999-12-31 are out of range: Spark's conversion would overflow and fail the whole batch.
+EPOCH_LIMITS = {"epoch_s": 253_402_300_799, "epoch_ms": 253_402_300_799_999}
 
 
 @dataclasses.dataclass(frozen=True)
@@ -41,6 +64,12 @@ class SourceMapping:
     event_types: dict[str, str] = dataclasses.field(default_factory=dict)  # raw value -> canonical type
     event_type_constant: str | None = None
     personal: tuple[str, ...] = ()  # raw columns never kept, not even in the quarantine
+    null_tokens: tuple[str, ...] = ("null", "NULL", "None", "NaN", "nan", "-")  # values meaning "missing" (as empty)
+    quoted: bool | None = None  # RFC 4180 quoting (delimiters, quotes, line breaks in fields); None: when header
+
+    @property
+    def is_quoted(self) -> bool:
+        return self.header if self.quoted is None else self.quoted
 
     @property
     def raw_columns(self) -> list[str]:
@@ -64,6 +93,8 @@ def load_mapping(path: str | Path) -> SourceMapping:
             raise ConfigError(f"source mapping {path}: '{key}' is required")
     raw["columns"] = tuple(raw.get("columns") or ())
     raw["personal"] = tuple(raw.get("personal") or ())
+    if "null_tokens" in raw:
+        raw["null_tokens"] = tuple(str(token) for token in raw["null_tokens"] or ())
     mapping = SourceMapping(**raw)
     _check_mapping(mapping, path)
     return mapping
@@ -101,76 +132,112 @@ def _check_mapping(m: SourceMapping, path: Path) -> None:
         raise bad(f"'fields.{personal_fields[0]}' reads a column listed as personal")
 
 
-def raw_schema(spark: SparkSession, m: SourceMapping, location: str) -> T.StructType:
-    """All-string schema of the raw columns, checked against the files' own header or schema."""
-    if m.format == "csv" and m.header:
-        names = (
-            spark.read.option("header", True)
-            .option("sep", m.delimiter)
-            .option("encoding", m.encoding)
-            .csv(location)
-            .columns
-        )
-        _require_columns(m, names, location)
-        return T.StructType([T.StructField(n, T.StringType()) for n in names])
+def find_files(location: str) -> list[tuple[str, int, int]]:
+    """(path, size, modification time in ns) of every raw file at `location`: a file, a folder (read recursively) or
+    a glob. Names starting with `_` or `.` (markers, checksums, hidden folders) are skipped, as Spark skips them."""
+    wildcard = next((i for i, char in enumerate(location) if char in "*?["), None)
+    base = location if wildcard is None else location[: location.rfind("/", 0, wildcard) + 1].rstrip("/") or "."
+    found = []
+    for path, size, modified in artifacts.list_tree(base):
+        relative = path[len(base.rstrip("/")) :].lstrip("/")
+        if any(part.startswith(("_", ".")) for part in relative.split("/")):
+            continue
+        if wildcard is None or fnmatch.fnmatchcase(path, location):
+            found.append((path, size, modified))
+    return found
+
+
+def read_files(spark: SparkSession, m: SourceMapping, paths: list[str]) -> DataFrame:
+    """The raw rows of `paths` as strings: the mapped columns, the corrupt-record text, the raw line, the column a
+    whole file lacks (`MISSING_COLUMN`, else null) and the source file.
+
+    A CSV with a header is read in groups of files that share a header, each group with its own column order, so
+    columns are matched by name in every file; a file lacking a mapped column gives each of its lines as a row that
+    names the column.
+    """
+    if m.format == "csv" and m.header and m.delimiter != WHITESPACE:
+        by_header: dict[tuple[str, ...], list[str]] = {}
+        for path in paths:
+            by_header.setdefault(csv_header(path, m), []).append(path)
+        parts = [_read_csv_with_header(spark, m, header, files) for header, files in by_header.items()]
+        return reduce(DataFrame.unionByName, parts)
     if m.format == "parquet":
-        names = spark.read.parquet(location).columns
-        _require_columns(m, names, location)
-        return T.StructType([T.StructField(n, T.StringType()) for n in m.raw_columns])
-    if m.format == "json":
-        first = spark.read.text(location).limit(1).collect()  # one line, to check the mapping against real keys
-        if first:
-            try:
-                keys = list(json.loads(first[0][0]))
-            except (ValueError, TypeError):
-                keys = None  # a garbage first line: the rows are quarantined as malformed instead
-            if keys is not None:  # JSON writers leave out null keys: only the required fields must be there
-                _require_columns(m, keys, location, fields=[*REQUIRED_FIELDS, "event_type"])
-        return T.StructType([T.StructField(n, T.StringType()) for n in m.raw_columns])
-    return T.StructType([T.StructField(n, T.StringType()) for n in m.columns])
+        df = _with_file(spark.read.parquet(*paths))
+        _require_columns(m, df.columns, paths[0])
+        df = df.select(*(F.col(c).cast("string").alias(c) for c in m.raw_columns), "source_file")
+        df = df.withColumn(CORRUPT, F.lit(None).cast("string")).withColumn(RAW_TEXT, F.lit(None).cast("string"))
+    elif m.format == "json":
+        schema = T.StructType([T.StructField(n, T.StringType()) for n in [*m.raw_columns, CORRUPT]])
+        reader = spark.read.schema(schema).option("columnNameOfCorruptRecord", CORRUPT).option("encoding", m.encoding)
+        df = _with_file(reader.json(paths)).withColumn(RAW_TEXT, F.col(CORRUPT))
+    elif m.delimiter == WHITESPACE:
+        df = _with_file(spark.read.option("encoding", m.encoding).text(paths)).transform(_split_whitespace, m)
+    else:
+        df = _with_file(_csv_reader(spark, m, list(m.columns)).csv(paths)).withColumn(RAW_TEXT, F.col(CORRUPT))
+    return df.withColumn(MISSING_COLUMN, F.lit(None).cast("string")).select(*raw_output_columns(m))
 
 
-def _require_columns(m: SourceMapping, present: list[str], location: str, fields: list[str] | None = None) -> None:
-    wanted = [m.fields[f] for f in (fields or m.fields) if f in m.fields]
-    missing = [c for c in dict.fromkeys(wanted) if c not in present]
+def csv_header(path: str, m: SourceMapping) -> tuple[str, ...]:
+    """The column names in a CSV file's first line (read on the driver: one small read per file)."""
+    head = artifacts.read_head(path).decode(m.encoding, errors="replace").lstrip("\ufeff")
+    first = next(csv.reader(io.StringIO(head), delimiter=m.delimiter), [])
+    return tuple(name.strip() for name in first)
+
+
+def _read_csv_with_header(spark: SparkSession, m: SourceMapping, header: tuple[str, ...], paths: list[str]):
+    missing = [c for c in m.raw_columns if c not in header]
+    if not missing:
+        df = _with_file(_csv_reader(spark, m, list(header)).csv(paths))
+        return (
+            df.withColumn(RAW_TEXT, F.col(CORRUPT))
+            .withColumn(MISSING_COLUMN, F.lit(None).cast("string"))
+            .select(*raw_output_columns(m))
+        )
+    lines = _with_file(spark.read.option("encoding", m.encoding).text(paths))
+    lines = lines.filter((F.trim("value") != "") & (F.col("value") != F.lit(m.delimiter.join(header))))
+    return lines.select(
+        *(F.lit(None).cast("string").alias(c) for c in m.raw_columns),
+        F.lit(None).cast("string").alias(CORRUPT),
+        F.col("value").alias(RAW_TEXT),
+        F.lit(missing[0]).alias(MISSING_COLUMN),
+        "source_file",
+    )
+
+
+def _csv_reader(spark: SparkSession, m: SourceMapping, columns: list[str]):
+    """A CSV reader for files whose columns are `columns`, in that order; RFC 4180 quoting when the mapping says so."""
+    schema = T.StructType([T.StructField(n, T.StringType()) for n in [*columns, CORRUPT]])
+    reader = (
+        spark.read.schema(schema)
+        .option("header", m.header)
+        .option("sep", m.delimiter)
+        .option("encoding", m.encoding)
+        .option("mode", "PERMISSIVE")
+        .option("columnNameOfCorruptRecord", CORRUPT)
+    )
+    if m.is_quoted:  # a quoted field may hold the delimiter, a doubled quote and line breaks
+        reader = reader.option("quote", '"').option("escape", '"').option("multiLine", True)
+    return reader
+
+
+def _with_file(scan: DataFrame) -> DataFrame:
+    """A file scan with the path of each row's file (Spark's hidden `_metadata` column exists only on the scan)."""
+    return scan.withColumn("source_file", F.col("_metadata.file_path"))
+
+
+def raw_output_columns(m: SourceMapping) -> list[str]:
+    """The columns `read_files` returns, in order."""
+    return [*m.raw_columns, CORRUPT, RAW_TEXT, MISSING_COLUMN, "source_file"]
+
+
+def _require_columns(m: SourceMapping, present: list[str], location: str) -> None:
+    missing = [c for c in m.raw_columns if c not in present]
     if missing:
         field = next(k for k, v in m.fields.items() if v == missing[0])
         raise ConfigError(
             f"source mapping '{m.name}': field '{field}' reads column '{missing[0]}', which {location} does not have "
             f"(it has: {', '.join(present)})"
         )
-
-
-def read_stream(
-    spark: SparkSession, m: SourceMapping, location: str, schema: T.StructType, max_files_per_trigger: int
-) -> DataFrame:
-    """A streaming read of the raw files as strings, with the source file and the corrupt-line text."""
-    reader = spark.readStream.option("maxFilesPerTrigger", max_files_per_trigger)
-    if m.format == "parquet":
-        df = reader.schema(schema).parquet(location).withColumn(CORRUPT, F.lit(None).cast("string"))
-        df = df.withColumn(RAW_TEXT, F.lit(None).cast("string"))
-    elif m.format == "json":
-        df = (
-            reader.schema(schema.add(CORRUPT, T.StringType()))
-            .option("columnNameOfCorruptRecord", CORRUPT)
-            .option("encoding", m.encoding)
-            .json(location)
-        )
-        df = df.withColumn(RAW_TEXT, F.col(CORRUPT))
-    elif m.delimiter == WHITESPACE:
-        df = reader.option("encoding", m.encoding).text(location).transform(_split_whitespace, m)
-    else:
-        df = (
-            reader.schema(schema.add(CORRUPT, T.StringType()))
-            .option("header", m.header)
-            .option("sep", m.delimiter)
-            .option("encoding", m.encoding)
-            .option("mode", "PERMISSIVE")
-            .option("columnNameOfCorruptRecord", CORRUPT)
-            .csv(location)
-        )
-        df = df.withColumn(RAW_TEXT, F.col(CORRUPT))
-    return df.withColumn("source_file", F.col("_metadata.file_path"))
 
 
 def _split_whitespace(lines: DataFrame, m: SourceMapping) -> DataFrame:
@@ -180,6 +247,7 @@ def _split_whitespace(lines: DataFrame, m: SourceMapping) -> DataFrame:
         *(F.when(fits, tokens[i]).alias(name) for i, name in enumerate(m.columns)),
         F.when(~fits, F.col("value")).alias(CORRUPT),
         F.col("value").alias(RAW_TEXT),
+        "source_file",
     )
 
 
@@ -187,7 +255,10 @@ def canonical(raw: DataFrame, m: SourceMapping) -> DataFrame:
     """Typed canonical columns beside the raw text, and the first reason (if any) the row cannot be trusted."""
 
     def field(name: str) -> Column:
-        return F.trim(F.col(m.fields[name])) if name in m.fields else F.lit(None).cast("string")
+        """The raw column's text trimmed of white space; null where it is empty or a null token."""
+        if name not in m.fields:
+            return F.lit(None).cast("string")
+        return missing_as_null(F.col(m.fields[name]), m.null_tokens)
 
     event_time = parse_timestamp(field("event_time"), m.timestamp_format)
     if m.event_type_constant:
@@ -195,41 +266,78 @@ def canonical(raw: DataFrame, m: SourceMapping) -> DataFrame:
     else:
         lookup = F.create_map(*[F.lit(x) for pair in m.event_types.items() for x in pair])
         event_type = F.element_at(lookup, field("event_type"))
-    quantity = F.coalesce(field("quantity").try_cast("int"), F.lit(1)) if "quantity" in m.fields else F.lit(1)
+    quantity = parse_quantity(field("quantity"))
     if "amount" in m.fields:
         price = field("amount").try_cast("double") / F.when(quantity > 0, quantity)
         price_text = field("amount")
     else:
         price = field("price").try_cast("double")
         price_text = field("price")
-    user_id = field("user_id")
     texts = [F.col(RAW_TEXT), *(F.col(c) for c in m.raw_columns)]
     undecodable = reduce(lambda a, b: a | b, (F.coalesce(F.contains(t, F.lit("\ufffd")), F.lit(False)) for t in texts))
     return raw.select(
         F.col(RAW_TEXT).alias("raw_line"),
         F.struct(*m.raw_columns).alias("raw_fields"),  # serialised only for the rows that are quarantined
+        F.col(MISSING_COLUMN).alias("missing_column"),
         F.col(CORRUPT).isNotNull().alias("malformed"),
+        repeated_header(m).alias("repeated_header"),
         undecodable.alias("bad_encoding"),
         "source_file",
         event_time.alias("event_time"),
-        F.nullif(user_id, F.lit("")).alias("user_id"),
+        epoch_out_of_range(field("event_time"), m.timestamp_format).alias("time_out_of_range"),
+        field("user_id").alias("user_id"),
         event_type.alias("event_type"),
         field("event_type").alias("raw_event_type"),
         field("product_id").try_cast("long").alias("product_id"),
         field("product_id").alias("raw_product_id"),
         field("category_id").try_cast("long").alias("category_id"),
-        F.nullif(field("category_code"), F.lit("")).alias("category_code"),
-        F.nullif(field("brand"), F.lit("")).alias("brand"),
+        field("category_id").alias("raw_category_id"),
+        field("category_code").alias("category_code"),
+        field("brand").alias("brand"),
         price.alias("price"),
-        F.nullif(price_text, F.lit("")).alias("raw_price"),
+        price_text.alias("raw_price"),
         quantity.alias("quantity"),
+        field("quantity").alias("raw_quantity"),
+        field("event_id").alias("source_event_id"),
     )
+
+
+def missing_as_null(text: Column, null_tokens: tuple[str, ...]) -> Column:
+    """`text` trimmed of ASCII and Unicode white space; null where that leaves nothing or one of `null_tokens`."""
+    trimmed = F.btrim(text, F.lit(UNICODE_SPACE))
+    return F.when(~trimmed.isin("", *null_tokens), trimmed)
+
+
+def repeated_header(m: SourceMapping) -> Column:
+    """A CSV line repeating the header (files joined with their headers): every mapped column holds its own name."""
+    if m.format != "csv" or not m.header:
+        return F.lit(False)
+    checks = [F.coalesce(F.col(c) == F.lit(c), F.lit(False)) for c in m.raw_columns]
+    return reduce(lambda a, b: a & b, checks)
+
+
+def parse_quantity(text: Column) -> Column:
+    """A whole number of items (1 when the column is absent or empty; "2.0" is 2); null when the text is not one."""
+    number = text.try_cast("double")
+    whole = F.when(number.between(-(2**31), 2**31 - 1), number == F.floor(number))  # range first: floor is a long
+    return F.when(text.isNull(), F.lit(1)).when(whole, number.cast("int"))
 
 
 def parse_timestamp(text: Column, timestamp_format: str) -> Column:
     """Epoch seconds, epoch milliseconds or a pattern; null (never an exception) when the text does not parse."""
-    if timestamp_format == "epoch_s":
-        return F.timestamp_seconds(text.try_cast("long"))
-    if timestamp_format == "epoch_ms":
-        return F.timestamp_millis(text.try_cast("long"))
+    if timestamp_format in EPOCH_LIMITS:
+        number = text.try_cast("long")
+        to_time = F.timestamp_seconds if timestamp_format == "epoch_s" else F.timestamp_millis
+        limit = EPOCH_LIMITS[timestamp_format]
+        return F.when(number.between(-limit, limit), to_time(number))  # out of range: null, never an overflow
     return F.try_to_timestamp(text, F.lit(timestamp_format))
+
+
+def epoch_out_of_range(text: Column, timestamp_format: str) -> Column:
+    """True for an epoch number too large to be a time (micro- or nanoseconds in a seconds column, say)."""
+    if timestamp_format not in EPOCH_LIMITS:
+        return F.lit(False)
+    number = text.try_cast("long")
+    limit = EPOCH_LIMITS[timestamp_format]
+    beyond_long = F.abs(text.try_cast("double")) > limit  # "1e20", or digits too many for a long
+    return F.coalesce(~number.between(-limit, limit), beyond_long, F.lit(False))

@@ -94,7 +94,7 @@ def copy_to_parquet(spark: SparkSession, source: str, target: str) -> None:
 def ingest_core(spark: SparkSession, settings: Settings, target: str) -> None:
     """Parse, pseudonymise, shuffle by day, sort by customer and time, write partitioned Delta: nothing else."""
     mapping = sources.load_mapping(settings.ingest.source)
-    schema = sources.raw_schema(spark, mapping, settings.ingest.input)
+    schema = T.StructType([T.StructField(c, T.StringType()) for c in RAW_COLUMNS])
     typed = (
         spark.read.option("header", True)
         .schema(schema)

@@ -11,6 +11,8 @@ if [[ -z "${BEHAVIOR_SPARK_PSEUDONYM_KEY:-}" ]]; then
   export BEHAVIOR_SPARK_PSEUDONYM_KEY
   echo "demo: BEHAVIOR_SPARK_PSEUDONYM_KEY not set; using this machine's random demo key from $key_file"
 fi
-# The demo generates new raw files each time, so it starts from an empty lakehouse (conf/local.yaml: ./lakehouse).
+# The demo generates new raw files each time, so it starts from an empty lakehouse (conf/local.yaml: ./lakehouse);
+# generating is its own step (`run` only ever reads the configured input).
 rm -rf lakehouse
+.venv/bin/behavior-spark generate --conf conf/local.yaml "$@"
 exec .venv/bin/behavior-spark run --conf conf/local.yaml "$@"

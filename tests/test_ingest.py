@@ -217,11 +217,11 @@ def test_every_quarantine_reason(spark, tmp_path, pseudonym_key):
     assert quarantined.filter(F.col("raw").isNull() | F.col("source_file").isNull()).count() == 0
 
 
-def test_exact_duplicates_and_replays_are_counted_not_kept(spark, tmp_path, pseudonym_key):
-    rows = [view(), view(), view(price="10.50")]  # an exact copy, and a replay of the same event with another price
-    result, settings = ingest_files(spark, tmp_path, {"a.csv": rees46(*rows)})
-    assert (result["clean"], result["duplicates"]) == (1, 2)
-    assert events(spark, settings).count() == 1
+def test_exact_copies_are_duplicates_and_lines_that_differ_are_kept(spark, tmp_path, pseudonym_key):
+    rows = [view(), view(), view(price="10.50")]  # an exact copy; and the same key (customer, type, item, time)
+    result, settings = ingest_files(spark, tmp_path, {"a.csv": rees46(*rows)})  # with another price: another line
+    assert (result["clean"], result["duplicates"], result["same_key_variants"]) == (2, 1, 1)
+    assert sorted(r["price"] for r in events(spark, settings).collect()) == [9.99, 10.5]
 
 
 def test_bots_are_dropped_and_counted(spark, tmp_path, pseudonym_key):
@@ -279,14 +279,13 @@ def snapshot(spark, settings):
     return sorted(tuple(r) for r in events(spark, settings).collect())
 
 
-def test_rerun_changes_nothing_even_without_the_checkpoint(spark, tmp_path, pseudonym_key):
+def test_rerun_changes_nothing_even_without_the_record_of_ingested_files(spark, tmp_path, pseudonym_key):
     files = {"a.csv": rees46(view(), view(user="2"), view(user=""))}
     _, settings = ingest_files(spark, tmp_path, files)
     before, quarantined = snapshot(spark, settings), reasons(spark, settings)
-    again = ingest.run(spark, settings)  # the checkpoint knows the file: nothing to do
+    again = ingest.run(spark, settings)  # the ingested-files table knows the file: nothing to do
     assert again["batches"] == 0 and snapshot(spark, settings) == before
-    for checkpoint in (tmp_path / "lake" / "_checkpoints").iterdir():
-        shutil.rmtree(checkpoint)
+    shutil.rmtree(lake.path(settings.lake, lake.INGESTED_FILES))
     replayed = ingest.run(spark, settings)  # the file is read again: every clean row is a replay
     assert (replayed["clean"], replayed["replays"]) == (0, 2)
     assert snapshot(spark, settings) == before and reasons(spark, settings) == quarantined
@@ -387,10 +386,14 @@ def test_empty_input_is_an_error(spark, tmp_path, pseudonym_key):
         ingest_files(spark, tmp_path, {"empty.csv": REES46_HEADER})
 
 
-def test_mapping_naming_an_absent_column_names_it(spark, tmp_path, pseudonym_key):
-    write_files(tmp_path, {"a.csv": "when,what\n1,2\n"})
-    with pytest.raises(ConfigError, match="field 'event_time' reads column 'event_time'.*it has: when, what"):
-        ingest.run(spark, settings_for(tmp_path))
+def test_a_file_lacking_a_mapped_column_is_rejected_whole_and_counted(spark, tmp_path, pseudonym_key):
+    result, settings = ingest_files(spark, tmp_path, {"a.csv": rees46(view()), "b.csv": "when,what\n1,2\n\n3,4\n"})
+    assert reasons(spark, settings) == {
+        "missing_column": 2
+    }  # its two lines; the header and the blank line are not rows
+    assert (result["rows_read"], result["clean"]) == (3, 1)
+    rejected = lake.read(spark, settings.lake, lake.QUARANTINE).filter(F.col("reason") == "missing_column")
+    assert {r["source_file"].rsplit("/", 1)[-1] for r in rejected.collect()} == {"b.csv"}
 
 
 def test_garbage_file_is_quarantined_not_lost(spark, tmp_path, pseudonym_key):
