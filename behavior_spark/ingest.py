@@ -458,7 +458,8 @@ def event_id() -> Column:
     millis = F.unix_millis(F.col("event_time")).cast("string")
     key = F.concat_ws("|", text("customer_id"), text("event_type"), text("product_id"), millis, text("source_event_id"))
     content = F.concat_ws("|", key, *(text(c) for c in ("category_id", "category_code", "brand", "price", "quantity")))
-    return F.concat(F.substring(F.sha2(key, 256), 1, 16), F.substring(F.sha2(content, 256), 1, 16))
+    key_hash = F.lpad(F.hex(F.xxhash64(key)), 16, "0")  # a sort prefix: one SHA-256 a row is enough
+    return F.concat(key_hash, F.substring(F.sha2(content, 256), 1, 16))
 
 
 def same_key(first: Column, second: Column) -> Column:
