@@ -46,7 +46,6 @@ UNICODE_SPACE = "".join(
     [" \t\n\r\v\f\x1c\x1d\x1e\x1f\x85\xa0\u1680\u180e\u2028\u2029\u202f\u205f\u3000\u200b\ufeff"]
     + [chr(c) for c in range(0x2000, 0x200B)]
 )
-NEVER_TOO_OLD = "36500d"  # the file source's maxFileAge: a century
 # Epoch timestamps beyond 9999-12-31 are out of range: Spark's conversion would overflow and fail the whole batch.
 EPOCH_LIMITS = {"epoch_s": 253_402_300_799, "epoch_ms": 253_402_300_799_999}
 
