@@ -316,6 +316,7 @@ def table_properties(spark, path: str) -> dict:
 
 EXPECTED_PROPERTIES = {
     "delta.dataSkippingStatsColumns": "event_time,event_type,product_id,category_id",
+    ingest.EVENT_ID_PROPERTY: ingest.EVENT_ID_SCHEME,
     **{f"delta.constraints.{name}": check for name, check in ingest.CHECK_CONSTRAINTS.items()},
 }
 
@@ -334,6 +335,15 @@ def test_an_events_table_made_before_the_constraints_gets_them(spark, tmp_path):
     DeltaTable.create(spark).location(path).addColumns(ingest.EVENTS_SCHEMA).partitionedBy("event_date").execute()
     ingest.ensure_events_table(spark, path)
     assert table_properties(spark, path).keys() == EXPECTED_PROPERTIES.keys()  # ALTER spaces the SQL text out
+
+
+def test_an_events_table_with_ids_of_an_earlier_scheme_is_refused_with_the_way_out(spark, tmp_path):
+    path = str(tmp_path / "events")
+    DeltaTable.create(spark).location(path).addColumns(ingest.EVENTS_SCHEMA).partitionedBy("event_date").execute()
+    row = ("a" * 32, dt.datetime(2026, 1, 5), dt.date(2026, 1, 5), "view", 1, 1, None, None, 1.0, 1, "c" * 64, "s", 1)
+    spark.createDataFrame([row], ingest.EVENTS_SCHEMA).write.format("delta").mode("append").save(path)
+    with pytest.raises(ingest.IngestError, match="earlier behavior-spark.*rebuild it from the raw files"):
+        ingest.ensure_events_table(spark, path)
 
 
 # --- reconciliation -----------------------------------------------------------------------------------------------
