@@ -84,7 +84,7 @@ STATS_COLUMNS_PROPERTY = "delta.dataSkippingStatsColumns"
 STATS_COLUMNS = ["event_time", "event_type", "product_id", "category_id"]
 # How event ids are made (`event_id`): a table of another scheme cannot take re-read rows without duplicating them.
 EVENT_ID_PROPERTY = "behavior_spark.eventIdScheme"
-EVENT_ID_SCHEME = "key-xxhash64+content-sha256"
+EVENT_ID_SCHEME = "key-sha256+content-sha256"
 CHECK_CONSTRAINTS = {
     "known_event_type": "event_type IN ({})".format(", ".join(f"'{t}'" for t in EVENT_TYPES)),
     "non_negative_price": "price IS NULL OR price >= 0",
@@ -461,8 +461,7 @@ def event_id() -> Column:
     millis = F.unix_millis(F.col("event_time")).cast("string")
     key = F.concat_ws("|", text("customer_id"), text("event_type"), text("product_id"), millis, text("source_event_id"))
     content = F.concat_ws("|", key, *(text(c) for c in ("category_id", "category_code", "brand", "price", "quantity")))
-    key_hash = F.lpad(F.hex(F.xxhash64(key)), 16, "0")  # a sort prefix: one SHA-256 a row is enough
-    return F.concat(key_hash, F.substring(F.sha2(content, 256), 1, 16))
+    return F.concat(F.substring(F.sha2(key, 256), 1, 16), F.substring(F.sha2(content, 256), 1, 16))
 
 
 def same_key(first: Column, second: Column) -> Column:
