@@ -112,6 +112,7 @@ class SegmentSettings:
     min_segment_size: int = 20  # k-anonymity: smaller segments are suppressed in profiles and reports
     seed: int = 7
     restarts: int = 3  # KMeans fits from seeds seed, seed+1, ...; the lowest-cost one is kept
+    keep_tolerance: float = 0.01  # keep the previous run's centroids unless a new fit costs this fraction less
 
 
 @dataclasses.dataclass(frozen=True)
@@ -298,6 +299,12 @@ def _check_values(settings: Settings) -> None:
             f"setting 'segment.k_min' ({settings.segment.k_min}) must not exceed 'segment.k_max' "
             f"({settings.segment.k_max})"
         )
+    identity_map, root = settings.ingest.identity_map, settings.lake.root
+    if identity_map and _inside(identity_map, root):
+        raise ConfigError(
+            f"setting 'ingest.identity_map' ({identity_map}) is inside 'lake.root' ({root}): the map of pseudonyms to "
+            "raw ids must live apart from the lakehouse, where everyone who reads the tables could read it"
+        )
     features = settings.features
     if not (
         0 < features.split_train
@@ -308,6 +315,14 @@ def _check_values(settings: Settings) -> None:
             "settings 'features.split_train' and 'features.split_validation' must be fractions that leave a test "
             f"split, got {features.split_train} and {features.split_validation}"
         )
+
+
+def _inside(path: str, folder: str) -> bool:
+    """Whether `path` is `folder` or under it (local paths resolved; URIs compared as text)."""
+    if "://" not in path and "://" not in folder:
+        path, folder = os.path.abspath(path), os.path.abspath(folder)
+    path, folder = path.rstrip("/") + "/", folder.rstrip("/") + "/"
+    return path.startswith(folder)
 
 
 def _type_name(kind: Any) -> str:

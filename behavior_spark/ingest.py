@@ -18,16 +18,16 @@ import datetime as dt
 import hashlib
 import logging
 import math
-import os
 import time
 import uuid
+from collections.abc import Callable
 
 from delta.tables import DeltaTable
 from pyspark.sql import Column, DataFrame, SparkSession, Window
 from pyspark.sql import functions as F
 from pyspark.sql import types as T
 
-from behavior_spark import artifacts, lake, sources
+from behavior_spark import artifacts, lake, privacy, sources
 from behavior_spark.config import ConfigError, IngestSettings, Settings
 from behavior_spark.session import in_utc, materialized
 from behavior_spark.sources import EVENT_TYPES, SourceMapping
@@ -85,6 +85,7 @@ STATS_COLUMNS = ["event_time", "event_type", "product_id", "category_id"]
 # How event ids are made (`event_id`): a table of another scheme cannot take re-read rows without duplicating them.
 EVENT_ID_PROPERTY = "behavior_spark.eventIdScheme"
 EVENT_ID_SCHEME = "key-sha256+content-sha256"
+KEY_FINGERPRINT_PROPERTY = "behavior_spark.pseudonymKeyFingerprint"
 CHECK_CONSTRAINTS = {
     "known_event_type": "event_type IN ({})".format(", ".join(f"'{t}'" for t in EVENT_TYPES)),
     "non_negative_price": "price IS NULL OR price >= 0",
@@ -106,11 +107,13 @@ def run(spark: SparkSession, settings: Settings) -> dict:
     cfg = settings.ingest
     in_utc(spark)  # dates, midnights and zone-less timestamps: the same on any cluster
     mapping = sources.load_mapping(cfg.source)
-    key = pseudonym_key(cfg)
+    key = privacy.pseudonym_key(cfg)
     found = sources.find_files(cfg.input)
     if not found and not artifacts.exists(cfg.input):
         raise ConfigError(f"setting 'ingest.input': no such path {cfg.input}")
     ensure_events_table(spark, lake.path(settings.lake, lake.EVENTS))
+    check_key(spark, lake.path(settings.lake, lake.EVENTS), key, cfg.pseudonym_key_env)  # before reading any data
+    pseudonym = privacy.keyed_hash(spark, key)
     source = f"{mapping.name}:{cfg.input}"
     pending = new_files(spark, settings, source, found)
     first_batch = next_batch_id(spark, settings, mapping.name, cfg.input)
@@ -119,7 +122,7 @@ def run(spark: SparkSession, settings: Settings) -> dict:
         batch_files = pending[offset : offset + cfg.max_files_per_trigger]
         batch_id = first_batch + len(audits)
         batch = sources.read_files(spark, mapping, [path for path, _, _ in batch_files])
-        audit = process_batch(spark, batch, batch_id, mapping, key, settings)
+        audit = process_batch(spark, batch, batch_id, mapping, pseudonym, settings)
         record_files(spark, settings, source, batch_files, batch_id)  # after the batch's writes: a kill re-reads
         log.info("ingest batch %d (%d files): %s", batch_id, len(batch_files), {k: audit[k] for k in AUDIT_SUMMARY})
         audits.append(audit)
@@ -183,7 +186,12 @@ def record_files(
 
 
 def process_batch(
-    spark: SparkSession, batch: DataFrame, batch_id: int, mapping: SourceMapping, key: bytes, settings: Settings
+    spark: SparkSession,
+    batch: sources.RawBatch,
+    batch_id: int,
+    mapping: SourceMapping,
+    pseudonym: Callable[[Column], Column],
+    settings: Settings,
 ) -> dict:
     """Classify one batch of raw rows, check the books, then write the quarantine and the events and audit the batch.
 
@@ -192,15 +200,16 @@ def process_batch(
     written unless every row read has a status; a write that Delta reports otherwise than counted is undone.
     """
     cfg = settings.ingest
+    lines = sources.count_lines(spark, mapping, batch.paths)
     with contextlib.ExitStack() as kept:
         parsed_rows = (
-            sources.canonical(batch, mapping)
+            sources.canonical(batch.rows, mapping)
             .withColumn("reject_reason", reject_reason(cfg))
-            .transform(pseudonymise, key)
-            .transform(for_cache, keep_user_id=cfg.identity_map is not None)
+            .withColumn("customer_id", pseudonym(F.col("user_id")))
+            .transform(for_cache, pseudonym, keep_user_id=cfg.identity_map is not None)
         )
         with _timed("parse to checked rows"), materialized(parsed_rows) as parsed:  # released once `checked` is kept
-            tally = file_tally(parsed)
+            tally = file_tally(parsed, lines, batch.header_lines)
             rejected = kept.enter_context(materialized(parsed.filter(F.col("reject_reason").isNotNull())))
             valid = parsed.filter(F.col("reject_reason").isNull())
             buckets = buckets_per_day(tally.valid_rows, tally.days)
@@ -208,7 +217,7 @@ def process_batch(
         bots = kept.enter_context(materialized(bot_customers(checked, cfg.bot_events_per_minute)))  # a few rows
         classified = classify(checked, bots)
         counts = status_counts(classified, tally)
-        problems = books_problems(tally.rows_read, counts.by_status)
+        problems = books_problems(tally, counts.by_status)
         if problems:  # before any write
             raise_failed(spark, settings, batch_id, mapping, tally, counts, problems)
         clean = classified.filter(F.col("status") == CLEAN)
@@ -228,6 +237,7 @@ def process_batch(
         written.relinked,
         lake.version(spark, settings.lake, lake.EVENTS),
         same_key_variants=counts.same_key_variants,
+        lines=tally.lines,
     )
     problems = reconciliation_problems(audit)
     if problems:
@@ -235,6 +245,29 @@ def process_batch(
         raise_failed(spark, settings, batch_id, mapping, tally, counts, problems, audit)
     append_audit(spark, settings, audit)
     return audit
+
+
+@dataclasses.dataclass(frozen=True)
+class LineBooks:
+    """A batch's physical lines: counted by the text reader, and where the parser says they went."""
+
+    raw_lines: int
+    whitespace_lines: int  # empty or only spaces, by the text reader
+    header_lines: int
+    record_lines: int  # lines inside the parser's records (a quoted field may hold line breaks)
+
+    @property
+    def blank_lines(self) -> int:
+        """Lines the parser skipped: between 0 and the whitespace lines when no record was lost."""
+        return self.raw_lines - self.header_lines - self.record_lines
+
+    def problems(self) -> list[str]:
+        if 0 <= self.blank_lines <= self.whitespace_lines:
+            return []
+        return [
+            f"the files hold {self.raw_lines} lines ({self.whitespace_lines} blank) but the parser accounts for "
+            f"{self.header_lines} header lines and {self.record_lines} lines of records"
+        ]
 
 
 @dataclasses.dataclass(frozen=True)
@@ -246,12 +279,18 @@ class FileTally:
     rejected_by_reason: dict[str, int]
     valid_rows: int
     days: int  # calendar days the valid rows span
+    lines: LineBooks | None  # None for a source without lines (Parquet)
 
 
-def file_tally(parsed: DataFrame) -> FileTally:
+def file_tally(parsed: DataFrame, lines: sources.LineCount | None, header_lines: int) -> FileTally:
     rows = (
         parsed.groupBy("source_file", "reject_reason")
-        .agg(F.count(F.lit(1)).alias("rows"), F.min("event_time").alias("first"), F.max("event_time").alias("last"))
+        .agg(
+            F.count(F.lit(1)).alias("rows"),
+            F.sum("line_span").alias("lines"),
+            F.min("event_time").alias("first"),
+            F.max("event_time").alias("last"),
+        )
         .collect()  # one row per file and reason: <= max_files_per_trigger x reasons
     )
     rejected: dict[str, int] = {}
@@ -259,12 +298,16 @@ def file_tally(parsed: DataFrame) -> FileTally:
         if r["reject_reason"] is not None:
             rejected[r["reject_reason"]] = rejected.get(r["reject_reason"], 0) + r["rows"]
     rows_read = sum(r["rows"] for r in rows)
+    books = None
+    if lines is not None:
+        books = LineBooks(lines.lines, lines.blank, header_lines, record_lines=sum(r["lines"] for r in rows))
     return FileTally(
         rows_read=rows_read,
         files=sorted({r["source_file"] for r in rows}),
         rejected_by_reason=rejected,
         valid_rows=rows_read - sum(rejected.values()),
         days=days_spanned(rows),
+        lines=books,
     )
 
 
@@ -292,10 +335,14 @@ def status_counts(classified: DataFrame, tally: FileTally) -> StatusCounts:
     )
 
 
-def books_problems(rows_read: int, by_status: dict[str, int]) -> list[str]:
-    """What is wrong with the books before anything is written: every row read must have exactly one status."""
+def books_problems(tally: FileTally, by_status: dict[str, int]) -> list[str]:
+    """What is wrong with the books before anything is written: every line of the files is a header, a blank line
+    or inside a record, and every record read has exactly one status."""
     accounted = sum(by_status.values())
-    return [] if accounted == rows_read else [f"{rows_read} rows read but {accounted} given a status"]
+    problems = tally.lines.problems() if tally.lines else []
+    if accounted != tally.rows_read:
+        problems.append(f"{tally.rows_read} rows read but {accounted} given a status")
+    return problems
 
 
 @dataclasses.dataclass(frozen=True)
@@ -377,21 +424,11 @@ def raise_failed(
         audit = audit_row(
             batch_id, mapping.name, settings.ingest.input, len(tally.files), tally.rows_read, counts.by_status,
             0, 0, 0, 0, lake.version(spark, settings.lake, lake.EVENTS), same_key_variants=counts.same_key_variants,
+            lines=tally.lines,
         )  # fmt: skip
     message = f"ingest batch {batch_id} does not reconcile: " + "; ".join(problems)
     append_audit(spark, settings, {**audit, "clean": 0, "replays": 0, "status": "failed", "problems": message})
     raise ReconciliationError(message + " (nothing of it is kept; the audit row says so)")
-
-
-def pseudonym_key(cfg: IngestSettings) -> bytes:
-    """The HMAC key, from the environment only; there is deliberately no default."""
-    value = os.environ.get(cfg.pseudonym_key_env, "")
-    if len(value) < 16:
-        raise ConfigError(
-            f"environment variable {cfg.pseudonym_key_env} (setting 'ingest.pseudonym_key_env') must hold the "
-            "pseudonymisation key, at least 16 characters; it is " + ("too short" if value else "not set")
-        )
-    return value.encode()
 
 
 def reject_reason(cfg: IngestSettings) -> Column:
@@ -419,31 +456,27 @@ def reject_reason(cfg: IngestSettings) -> Column:
     )
 
 
-def for_cache(rows: DataFrame, keep_user_id: bool) -> DataFrame:
-    """What later steps need of a parsed row: its raw text only if it is rejected, typed fields, the reason.
-
-    Dropping the raw text of good rows (and the raw id unless an identity map is written) halves what is cached.
-    """
-    raw = F.when(F.col("reject_reason").isNotNull(), F.coalesce(F.col("raw_line"), F.to_json("raw_fields")))
+def for_cache(rows: DataFrame, pseudonym: Callable[[Column], Column], keep_user_id: bool) -> DataFrame:
+    """What later steps need of a parsed row: what the quarantine keeps of it if it is rejected, typed fields, the
+    reason. Dropping the raw text of good rows (and the raw id unless an identity map is written) halves what is
+    cached."""
     kept = [c for c in rows.columns if c not in CANONICAL_ONLY and (keep_user_id or c != "user_id")]
-    return rows.select(raw.alias("raw"), *kept)
+    return rows.select(quarantine_text(pseudonym).alias("raw"), *kept)
 
 
-def pseudonymise(rows: DataFrame, key: bytes) -> DataFrame:
-    """`customer_id` = HMAC-SHA256 of the raw user id; the raw id is kept only as `user_id` for the identity map."""
-    return rows.withColumn("customer_id", hmac_sha256(F.col("user_id"), key))
+def quarantine_text(pseudonym: Callable[[Column], Column]) -> Column:
+    """What the quarantine keeps of a rejected row, as JSON, with no raw id and no personal column.
 
-
-def hmac_sha256(message: Column, key: bytes) -> Column:
-    """HMAC-SHA256 (RFC 2104) of a string column as 64 hex characters, with Spark built-ins only."""
-    block_size = 64
-    if len(key) > block_size:
-        key = hashlib.sha256(key).digest()
-    key = key.ljust(block_size, b"\0")
-    inner_pad = bytearray(b ^ 0x36 for b in key)
-    outer_pad = bytearray(b ^ 0x5C for b in key)
-    inner = F.unhex(F.sha2(F.concat(F.lit(inner_pad), message.cast("binary")), 256))
-    return F.sha2(F.concat(F.lit(outer_pad), inner), 256)
+    A row split into fields keeps its mapped fields with the user id replaced by its pseudonym (personal columns are
+    never read). A line that could not be split (malformed, or in a file lacking a column) keeps its length and a
+    keyed hash of its text, which tells copies apart and finds the line again with the key, but shows nothing of it.
+    """
+    rejected = F.col("reject_reason").isNotNull()
+    unsplit = F.col("malformed") | F.col("missing_column").isNotNull()
+    line = F.when(rejected & unsplit, F.col("raw_line"))  # hashed for these rows only
+    line_json = F.to_json(F.struct(F.length(line).alias("line_length"), pseudonym(line).alias("line_hash")))
+    fields_json = F.to_json(F.struct(F.col("customer_id"), F.col("raw_fields").alias("fields")))
+    return F.when(rejected, F.when(unsplit, line_json).otherwise(fields_json))
 
 
 def event_id() -> Column:
@@ -599,6 +632,22 @@ def ensure_events_table(spark: SparkSession, path: str) -> None:
             spark.sql(f"ALTER TABLE delta.`{path}` ADD CONSTRAINT {name} CHECK ({check})")
 
 
+def check_key(spark: SparkSession, path: str, key: bytes, key_env: str) -> None:
+    """Record the key's fingerprint on the events table, or fail if the table's events were made with another key
+    (every customer would get a second pseudonym)."""
+    recorded = DeltaTable.forPath(spark, path).detail().first()["properties"].get(KEY_FINGERPRINT_PROPERTY)
+    current = privacy.fingerprint(key)
+    if recorded == current:
+        return
+    if recorded is not None:
+        raise ConfigError(
+            f"the pseudonym key in {key_env} (setting 'ingest.pseudonym_key_env') is not the key the events at {path} "
+            f"were made with (fingerprint {recorded}, this key's {current}); set the original key, or rotate the key "
+            "as the README says (re-pseudonymise the tables through the identity map)"
+        )
+    spark.sql(f"ALTER TABLE delta.`{path}` SET TBLPROPERTIES ('{KEY_FINGERPRINT_PROPERTY}' = '{current}')")
+
+
 def write_events(
     spark: SparkSession, clean: DataFrame, days: list[dt.date], path: str, gap_minutes: int, buckets: int
 ) -> tuple[int, int]:
@@ -704,6 +753,9 @@ AUDIT_SCHEMA = T.StructType(
         T.StructField("same_key_variants", T.LongType(), True),
         T.StructField("status", T.StringType(), True),  # ok | failed (nothing of the batch kept)
         T.StructField("problems", T.StringType(), True),
+        T.StructField("raw_lines", T.LongType(), True),  # by the text reader; null for Parquet
+        T.StructField("header_lines", T.LongType(), True),
+        T.StructField("blank_lines", T.LongType(), True),  # skipped by the parser
     ]
 )
 AUDIT_SUMMARY = ["rows_read", "clean", "replays", "duplicates", "bot_rows", "quarantined", "same_key_variants"]
@@ -723,6 +775,7 @@ def audit_row(
     events_version: int,
     *,
     same_key_variants: int = 0,
+    lines: LineBooks | None = None,
 ) -> dict:
     """Where every row of a batch went. Clean rows that were already in the table count as replays; clean rows
     sharing another's key (customer, type, item, time) with different content are kept and counted as variants."""
@@ -748,6 +801,9 @@ def audit_row(
         "same_key_variants": same_key_variants,
         "status": "ok",
         "problems": None,
+        "raw_lines": lines and lines.raw_lines,
+        "header_lines": lines and lines.header_lines,
+        "blank_lines": lines and lines.blank_lines,
     }
 
 

@@ -1,9 +1,14 @@
 """Segment: customers grouped by KMeans, each segment profiled, named in plain words, and kept stable across runs.
 
 - Features: the 64-dimension embedding, the propensity and log recency, frequency and monetary value, scaled.
-- k: fixed (`segment.k`) or the best silhouette over `segment.k_min`..`segment.k_max`, chosen on a bounded sample.
-- Restarts: KMeans finds a local optimum that depends on its seed and on the row order; the final model is the
-  lowest-cost of `segment.restarts` fits, so a re-run (another seed, rewritten files) lands on the same segments.
+- k: fixed (`segment.k`), else the previous run's k, else the best silhouette over `segment.k_min`..`segment.k_max`
+  chosen on a bounded sample.
+- Restarts: KMeans finds a local optimum that depends on its seed and on the row order; the new model is the
+  lowest-cost of `segment.restarts` fits.
+- Warm start: customers assigned to the nearest of the previous run's centroids are a candidate too, and they are
+  kept unless the new model's cost is lower by more than `segment.keep_tolerance`. Demo-like data has several
+  near-equal optima, so without this a re-run with another seed (or rewritten files) could regroup a fifth of
+  the customers for a cost gain of a fraction of a percent.
 - Stable ids: each run's centroids (means of the unscaled features) are matched to the previous run's, nearest
   first, so "segment 2" keeps its meaning next week; customers who moved between segments are counted.
 - Privacy: a segment smaller than `segment.min_segment_size` (k-anonymity) keeps its customers but its profile
@@ -15,6 +20,7 @@ from __future__ import annotations
 import datetime as dt
 import logging
 import math
+import operator
 
 from pyspark.ml.clustering import KMeans
 from pyspark.ml.evaluation import ClusteringEvaluator
@@ -50,10 +56,10 @@ def run(spark: SparkSession, settings: Settings) -> dict:
         .transform(with_segment_features)
         .cache()
     )
-    k = cfg.k or choose_k(customers, cfg)
-    clustered = fit_clusters(customers, k, cfg.seed, cfg.restarts)
-    centroids = cluster_centroids(clustered)  # k rows
     previous = previous_centroids(spark, settings, scoring_date)  # k rows of the run before, or none
+    k = cfg.k or len(previous) or choose_k(customers, cfg)
+    clustered = fit_clusters(customers, k, cfg, previous)
+    centroids = cluster_centroids(clustered)  # k rows
     ids = match_segments(centroids, previous)
     assigned = clustered.withColumn("segment_id", _lookup(ids)[F.col("cluster")]).drop("cluster")
     profiles = profile(assigned, cfg.min_segment_size).withColumn("scoring_date", F.lit(scoring_date))
@@ -93,17 +99,43 @@ def with_segment_features(customers: DataFrame) -> DataFrame:
     )
 
 
-def fit_clusters(customers: DataFrame, k: int, seed: int, restarts: int = 1) -> DataFrame:
-    """`cluster` (0..k-1) per customer, from the lowest-cost of `restarts` KMeans fits on the standardised features."""
-    scaler = StandardScaler(inputCol="segment_features", outputCol="scaled", withMean=True, withStd=True)
-    scaled = scaler.fit(customers).transform(customers)
+def fit_clusters(
+    customers: DataFrame, k: int, cfg: SegmentSettings, previous: dict[int, list[float]] | None = None
+) -> DataFrame:
+    """`cluster` (0..k-1) per customer: the lowest-cost of `cfg.restarts` KMeans fits on the standardised features,
+    or the assignment to the previous run's centroids when it costs at most `cfg.keep_tolerance` more."""
+    scaler = StandardScaler(inputCol="segment_features", outputCol="scaled", withMean=True, withStd=True).fit(customers)
+    scaled = scaler.transform(customers)
     fits = [
-        KMeans(k=k, seed=seed + i, featuresCol="scaled", predictionCol="cluster").fit(scaled)
-        for i in range(max(restarts, 1))
+        KMeans(k=k, seed=cfg.seed + i, featuresCol="scaled", predictionCol="cluster").fit(scaled)
+        for i in range(max(cfg.restarts, 1))
     ]
     best = min(fits, key=lambda model: model.summary.trainingCost)
     log.info("KMeans costs by seed: %s", [round(model.summary.trainingCost, 1) for model in fits])
+    if previous and len(previous) == k:
+        mean, std = scaler.mean.toArray(), scaler.std.toArray()
+        centers = [[(x - m) / s if s else 0.0 for x, m, s in zip(c, mean, std)] for c in previous.values()]
+        kept = nearest_center(scaled, centers)
+        kept_cost = kept.agg(F.sum("_distance")).first()[0]
+        log.info("cost of keeping the previous centroids: %.1f", kept_cost)
+        if kept_cost <= best.summary.trainingCost * (1 + cfg.keep_tolerance):
+            return kept.drop("scaled", "_distance")
     return best.transform(scaled).drop("scaled")
+
+
+def nearest_center(scaled: DataFrame, centers: list[list[float]]) -> DataFrame:
+    """`cluster` (index into `centers`) and `_distance` (squared) of each row's nearest center, in Spark SQL."""
+    point = vector_to_array(F.col("scaled"))
+    distances = F.transform(
+        F.array(*[F.array(*[F.lit(float(x)) for x in center]) for center in centers]),
+        lambda center: F.aggregate(F.zip_with(point, center, lambda a, b: (a - b) * (a - b)), F.lit(0.0), operator.add),
+    )
+    return (
+        scaled.withColumn("_distances", distances)
+        .withColumn("_distance", F.array_min("_distances"))
+        .withColumn("cluster", F.array_position("_distances", F.col("_distance")).cast("int") - 1)
+        .drop("_distances")
+    )
 
 
 def choose_k(customers: DataFrame, cfg: SegmentSettings) -> int:

@@ -17,6 +17,7 @@ from pathlib import Path
 from pyspark.sql import DataFrame, SparkSession
 
 from behavior_spark.config import SparkSettings
+from behavior_spark.privacy import REDACTED_CONF_NAMES, REDACTED_PLAN_TEXT
 
 DELTA_EXTENSION = "io.delta.sql.DeltaSparkSessionExtension"
 DELTA_CATALOG = "org.apache.spark.sql.delta.catalog.DeltaCatalog"
@@ -28,11 +29,21 @@ def get_spark(settings: SparkSettings) -> SparkSession:
     """Return the platform's session when there is one, else a local Delta-enabled session; either computes in UTC."""
     active = SparkSession.getActiveSession()
     if active is not None:
-        return in_utc(active)
+        return redacting(in_utc(active))
     if on_cluster():
         # spark-submit, Databricks and EMR decide the master and the Delta set-up; we only name the app.
-        return in_utc(SparkSession.builder.appName(settings.app_name).getOrCreate())
+        return redacting(in_utc(SparkSession.builder.appName(settings.app_name).getOrCreate()))
     return local_session(settings)
+
+
+def redacting(spark: SparkSession) -> SparkSession:
+    """The session with credentials (password=, token=, user:password@) redacted from plans, the UI and event logs.
+
+    (Conf values are redacted by name with `spark.redaction.regex`, which is fixed when the cluster starts: the
+    local session and the deploy definitions set it.)
+    """
+    spark.conf.set("spark.sql.redaction.string.regex", REDACTED_PLAN_TEXT)
+    return spark
 
 
 def in_utc(spark: SparkSession) -> SparkSession:
@@ -66,6 +77,8 @@ def local_session(settings: SparkSettings) -> SparkSession:
         .config("spark.sql.session.timeZone", "UTC")
         .config("spark.databricks.delta.snapshotPartitions", 2)
         .config("spark.sql.execution.arrow.pyspark.enabled", "true")
+        .config("spark.redaction.regex", REDACTED_CONF_NAMES)
+        .config("spark.sql.redaction.string.regex", REDACTED_PLAN_TEXT)
     )
     spark = builder.getOrCreate()
     spark.sparkContext.setLogLevel("ERROR")

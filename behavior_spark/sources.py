@@ -40,6 +40,7 @@ WHITESPACE = "whitespace"
 CORRUPT = "_corrupt_record"
 RAW_TEXT = "_line"
 MISSING_COLUMN = "_missing_column"
+LINE_SPAN = "_line_span"  # the physical lines a record covers: 1, plus the line breaks inside its quoted fields
 # Trimmed from both ends of every field: ASCII and Unicode white space, zero-width space and the byte-order mark, so
 # " 5000 ", "\t5000" and "5000\u00a0" are one id. (A set of characters, trimmed without a regular expression.)
 UNICODE_SPACE = "".join(
@@ -146,20 +147,38 @@ def find_files(location: str) -> list[tuple[str, int, int]]:
     return found
 
 
-def read_files(spark: SparkSession, m: SourceMapping, paths: list[str]) -> DataFrame:
+@dataclasses.dataclass(frozen=True)
+class RawBatch:
+    """The raw rows of a batch's files (`raw_output_columns`), and what the books need beside them."""
+
+    rows: DataFrame
+    paths: list[str]
+    header_lines: int  # lines the CSV reader took as a file's header: one per file it read with a header
+
+
+@dataclasses.dataclass(frozen=True)
+class LineCount:
+    """A batch's physical lines as the plain text reader sees them, without the parser."""
+
+    lines: int
+    blank: int  # empty or only spaces
+
+
+def read_files(spark: SparkSession, m: SourceMapping, paths: list[str]) -> RawBatch:
     """The raw rows of `paths` as strings: the mapped columns, the corrupt-record text, the raw line, the column a
-    whole file lacks (`MISSING_COLUMN`, else null) and the source file.
+    whole file lacks (`MISSING_COLUMN`, else null), the lines each record covers and the source file.
 
     A CSV with a header is read in groups of files that share a header, each group with its own column order, so
-    columns are matched by name in every file; a file lacking a mapped column gives each of its lines as a row that
-    names the column.
+    columns are matched by name in every file; every line of a file lacking a mapped column (its header included)
+    is a row that names the column.
     """
     if m.format == "csv" and m.header and m.delimiter != WHITESPACE:
         by_header: dict[tuple[str, ...], list[str]] = {}
         for path in paths:
             by_header.setdefault(csv_header(path, m), []).append(path)
         parts = [_read_csv_with_header(spark, m, header, files) for header, files in by_header.items()]
-        return reduce(DataFrame.unionByName, parts)
+        complete = sum(len(files) for header, files in by_header.items() if not _missing(m, header))
+        return RawBatch(reduce(DataFrame.unionByName, parts), paths, header_lines=complete)
     if m.format == "parquet":
         df = _with_file(spark.read.parquet(*paths))
         _require_columns(m, df.columns, paths[0])
@@ -172,8 +191,29 @@ def read_files(spark: SparkSession, m: SourceMapping, paths: list[str]) -> DataF
     elif m.delimiter == WHITESPACE:
         df = _with_file(spark.read.option("encoding", m.encoding).text(paths)).transform(_split_whitespace, m)
     else:
-        df = _with_file(_csv_reader(spark, m, list(m.columns)).csv(paths)).withColumn(RAW_TEXT, F.col(CORRUPT))
-    return df.withColumn(MISSING_COLUMN, F.lit(None).cast("string")).select(*raw_output_columns(m))
+        df = _with_csv_lines(_with_file(_csv_reader(spark, m, list(m.columns)).csv(paths)), m, list(m.columns))
+        df = df.withColumn(RAW_TEXT, F.col(CORRUPT))
+    if LINE_SPAN not in df.columns:
+        df = df.withColumn(LINE_SPAN, F.lit(1))
+    rows = df.withColumn(MISSING_COLUMN, F.lit(None).cast("string")).select(*raw_output_columns(m))
+    return RawBatch(rows, paths, header_lines=0)
+
+
+def count_lines(spark: SparkSession, m: SourceMapping, paths: list[str]) -> LineCount | None:
+    """The physical lines of `paths` counted by Spark's text reader, independently of the CSV or JSON parser (the
+    books check the parser's records against it); None for Parquet, or an encoding whose line breaks are not bytes
+    10 and 13."""
+    if m.format == "parquet" or "\r\n".encode(m.encoding, errors="replace") != b"\r\n":
+        return None
+    counts = spark.read.text(paths).agg(F.count(F.lit(1)), F.count(F.when(F.trim("value") == "", 1))).first()
+    return LineCount(lines=counts[0], blank=counts[1])
+
+
+def line_breaks(text: Column) -> Column:
+    """How many line breaks (CR LF, CR or LF, as the text reader splits lines) `text` holds; 0 for null."""
+    cr_or_lf = F.length(text) - F.length(F.translate(text, "\r\n", ""))
+    crlf = (F.length(text) - F.length(F.replace(text, F.lit("\r\n"), F.lit("")))) / 2
+    return F.coalesce((cr_or_lf - crlf).cast("int"), F.lit(0))
 
 
 def csv_header(path: str, m: SourceMapping) -> tuple[str, ...]:
@@ -183,24 +223,38 @@ def csv_header(path: str, m: SourceMapping) -> tuple[str, ...]:
     return tuple(name.strip() for name in first)
 
 
+def _missing(m: SourceMapping, header: tuple[str, ...]) -> list[str]:
+    return [c for c in m.raw_columns if c not in header]
+
+
 def _read_csv_with_header(spark: SparkSession, m: SourceMapping, header: tuple[str, ...], paths: list[str]):
-    missing = [c for c in m.raw_columns if c not in header]
+    missing = _missing(m, header)
     if not missing:
-        df = _with_file(_csv_reader(spark, m, list(header)).csv(paths))
+        df = _with_csv_lines(_with_file(_csv_reader(spark, m, list(header)).csv(paths)), m, list(header))
         return (
             df.withColumn(RAW_TEXT, F.col(CORRUPT))
             .withColumn(MISSING_COLUMN, F.lit(None).cast("string"))
             .select(*raw_output_columns(m))
         )
-    lines = _with_file(spark.read.option("encoding", m.encoding).text(paths))
-    lines = lines.filter((F.trim("value") != "") & (F.col("value") != F.lit(m.delimiter.join(header))))
+    lines = _with_file(spark.read.option("encoding", m.encoding).text(paths)).filter(F.trim("value") != "")
     return lines.select(
         *(F.lit(None).cast("string").alias(c) for c in m.raw_columns),
         F.lit(None).cast("string").alias(CORRUPT),
         F.col("value").alias(RAW_TEXT),
         F.lit(missing[0]).alias(MISSING_COLUMN),
+        F.lit(1).alias(LINE_SPAN),
         "source_file",
     )
+
+
+def _with_csv_lines(df: DataFrame, m: SourceMapping, columns: list[str]) -> DataFrame:
+    """`LINE_SPAN` of each CSV record: a quoted field may hold line breaks (counted over every column the file has,
+    mapped or not, or over the text of a malformed record)."""
+    if not m.is_quoted:
+        return df.withColumn(LINE_SPAN, F.lit(1))
+    text = F.coalesce(F.col(CORRUPT), F.concat_ws("", *(F.col(c) for c in columns)))
+    # In a file of LF lines, a line ending in CR LF leaves its CR in the last field: part of the break, not another
+    return df.withColumn(LINE_SPAN, 1 + line_breaks(F.rtrim(text, F.lit("\r"))))
 
 
 def _csv_reader(spark: SparkSession, m: SourceMapping, columns: list[str]):
@@ -226,7 +280,7 @@ def _with_file(scan: DataFrame) -> DataFrame:
 
 def raw_output_columns(m: SourceMapping) -> list[str]:
     """The columns `read_files` returns, in order."""
-    return [*m.raw_columns, CORRUPT, RAW_TEXT, MISSING_COLUMN, "source_file"]
+    return [*m.raw_columns, CORRUPT, RAW_TEXT, MISSING_COLUMN, LINE_SPAN, "source_file"]
 
 
 def _require_columns(m: SourceMapping, present: list[str], location: str) -> None:
@@ -246,6 +300,7 @@ def _split_whitespace(lines: DataFrame, m: SourceMapping) -> DataFrame:
         *(F.when(fits, tokens[i]).alias(name) for i, name in enumerate(m.columns)),
         F.when(~fits, F.col("value")).alias(CORRUPT),
         F.col("value").alias(RAW_TEXT),
+        F.lit(1).alias(LINE_SPAN),
         "source_file",
     )
 
@@ -276,7 +331,8 @@ def canonical(raw: DataFrame, m: SourceMapping) -> DataFrame:
     undecodable = reduce(lambda a, b: a | b, (F.coalesce(F.contains(t, F.lit("\ufffd")), F.lit(False)) for t in texts))
     return raw.select(
         F.col(RAW_TEXT).alias("raw_line"),
-        F.struct(*m.raw_columns).alias("raw_fields"),  # serialised only for the rows that are quarantined
+        F.col(LINE_SPAN).alias("line_span"),
+        F.struct(*(c for c in m.raw_columns if c != m.fields["user_id"])).alias("raw_fields"),  # for the quarantine
         F.col(MISSING_COLUMN).alias("missing_column"),
         F.col(CORRUPT).isNotNull().alias("malformed"),
         repeated_header(m).alias("repeated_header"),

@@ -7,7 +7,9 @@
 """
 
 import json
+import os
 import re
+import subprocess
 from pathlib import Path
 
 import botocore.session
@@ -65,9 +67,48 @@ def test_the_job_chains_the_stages_in_order_training_on_the_gpu_cluster():
     for key, task in tasks.items():
         assert task["python_wheel_task"]["parameters"][0] == key
         assert task["python_wheel_task"]["entry_point"] == "behavior-spark"
-        assert task["job_cluster_key"] == ("gpu" if key == "train" else "cpu")
     gpu = next(c for c in job["job_clusters"] if c["job_cluster_key"] == "gpu")["new_cluster"]
     assert gpu["spark_env_vars"]["HOROVOD_GPU_OPERATIONS"] == "NCCL"
+    assert tasks["train"]["job_cluster_key"] == "gpu"
+
+
+SECRETS_BY_STAGE = {
+    "ingest": {"BEHAVIOR_SPARK_PSEUDONYM_KEY"},
+    "export": {"BEHAVIOR_SPARK_WAREHOUSE_USER", "BEHAVIOR_SPARK_WAREHOUSE_PASSWORD"},
+}
+
+
+def test_each_databricks_stage_gets_only_the_secrets_it_uses():
+    (job,) = bundle_jobs().values()
+    clusters = {c["job_cluster_key"]: c["new_cluster"] for c in job["job_clusters"]}
+    for task in job["tasks"]:
+        cluster = clusters[task["job_cluster_key"]]
+        env = cluster.get("spark_env_vars", {})
+        secrets = {name for name, value in env.items() if "{{secrets/" in str(value)}
+        assert secrets == SECRETS_BY_STAGE.get(task["task_key"], set()), task["task_key"]
+        assert "pseudonym" in cluster["spark_conf"]["spark.redaction.regex"]
+
+
+def test_each_emr_stage_gets_only_the_secrets_it_uses(tmp_path):
+    fake_aws = tmp_path / "aws"
+    fake_aws.write_text("#!/bin/sh\necho secret-of-$5\n")  # `aws secretsmanager get-secret-value --secret-id X`
+    fake_aws.chmod(0o755)
+    spark_submit = tmp_path / "opt" / ".venv" / "bin" / "spark-submit"
+    spark_submit.parent.mkdir(parents=True)
+    spark_submit.write_text("#!/bin/sh\nenv | grep ^BEHAVIOR_SPARK_ | cut -d= -f1 | sort\n")
+    spark_submit.chmod(0o755)
+    script = (EMR / "run-stage").read_text().replace("HOME_DIR=/opt/behavior-spark", f"HOME_DIR={tmp_path / 'opt'}")
+    (tmp_path / "run-stage").write_text(script)
+    clean_env = {k: v for k, v in os.environ.items() if not k.startswith("BEHAVIOR_SPARK_")}
+    for stage in PIPELINE:
+        result = subprocess.run(
+            ["bash", str(tmp_path / "run-stage"), stage],
+            env={**clean_env, "PATH": f"{tmp_path}{os.pathsep}{os.environ['PATH']}"},
+            capture_output=True,
+            text=True,
+            check=True,
+        )
+        assert set(result.stdout.split()) == SECRETS_BY_STAGE.get(stage, set()), stage
 
 
 def emr_validate(operation: str, params: dict) -> str:

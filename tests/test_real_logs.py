@@ -24,7 +24,7 @@ from hypothesis import strategies as st
 from pyspark.sql import functions as F
 from test_ingest import REES46_HEADER, events, ingest_files, reasons, rees46, settings_for, view, write_files
 
-from behavior_spark import generate, ingest, lake, pipeline, session
+from behavior_spark import generate, ingest, lake, pipeline, session, sources
 from behavior_spark.config import ConfigError, load_settings
 
 
@@ -97,6 +97,29 @@ def test_a_batch_whose_books_do_not_add_up_keeps_nothing_and_says_so(spark, tmp_
     assert [a["status"] for a in audits] == ["ok", "failed", "failed"]
     monkeypatch.setattr(ingest, "write_quarantine", real_write_quarantine)
     assert ingest.run(spark, settings)["clean"] == 1  # the files were not recorded as ingested: read again
+
+
+def test_blank_lines_and_line_breaks_in_quoted_fields_are_counted_from_the_raw_text(spark, tmp_path, pseudonym_key):
+    quoted = view(user="2").replace(",electronics.audio,", ',"electronics\n\n  audio",')  # a blank line inside
+    text = rees46(view(user="1")) + "\n   \n" + quoted + "\r\n\n" + view(user="3") + "\n"
+    result, settings = ingest_files(spark, tmp_path, {"a.csv": text})
+    assert (result["rows_read"], result["clean"], result["quarantined"]) == (4, 3, 1)  # the CSV reader keeps "   "
+    audit = lake.read(spark, settings.lake, lake.INGEST_AUDIT).first()
+    assert (audit["raw_lines"], audit["header_lines"], audit["blank_lines"]) == (9, 1, 2)  # 1 + 1 + 3 + 1 in records
+
+
+def test_a_record_the_parser_loses_is_found_against_the_raw_line_count(spark, tmp_path, pseudonym_key, monkeypatch):
+    real_read_files = sources.read_files
+
+    def loses_user_2(spark, mapping, paths):  # a parser that drops a line silently, as a misread quote would
+        batch = real_read_files(spark, mapping, paths)
+        return dataclasses.replace(batch, rows=batch.rows.filter(F.col("user_id") != "2"))
+
+    monkeypatch.setattr(sources, "read_files", loses_user_2)
+    write_files(tmp_path, {"a.csv": rees46(view(user="1"), view(user="2"))})
+    with pytest.raises(ingest.ReconciliationError, match="the files hold 3 lines"):
+        ingest.run(spark, settings_for(tmp_path))
+    assert events(spark, settings_for(tmp_path)).count() == 0
 
 
 def test_a_repeated_header_line_has_its_own_reason(spark, tmp_path, pseudonym_key):

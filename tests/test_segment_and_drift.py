@@ -1,11 +1,14 @@
 """Segment ids matched across runs, k-anonymity in profiles, and the population stability index."""
 
+import dataclasses
 import math
+import random
 
 import pytest
 from pyspark.sql import functions as F
 
 from behavior_spark import drift, segment
+from behavior_spark.config import SegmentSettings
 
 
 def test_clusters_take_the_id_of_the_nearest_previous_centroid():
@@ -13,6 +16,32 @@ def test_clusters_take_the_id_of_the_nearest_previous_centroid():
     current = {0: [9.5, 10.2], 1: [0.3, 9.8], 2: [0.1, -0.2], 3: [50.0, 50.0]}  # renumbered, plus a new one
     assert segment.match_segments(current, previous) == {0: 1, 1: 2, 2: 0, 3: 3}
     assert segment.match_segments(current, {}) == {0: 0, 1: 1, 2: 2, 3: 3}  # the first run keeps KMeans' ids
+
+
+def _blobs(spark, centers, per_center=60, seed=3):
+    from pyspark.ml.linalg import Vectors
+
+    rng = random.Random(seed)
+    rows = [
+        (Vectors.dense([x + rng.gauss(0, 1.5), y + rng.gauss(0, 1.5)]),) for x, y in centers for _ in range(per_center)
+    ]
+    return spark.createDataFrame(rows, ["segment_features"])
+
+
+def test_a_rerun_keeps_the_previous_centroids_unless_a_new_fit_is_clearly_better(spark):
+    customers = _blobs(spark, [(0, 0), (10, 0), (5, 8)])
+    settings = SegmentSettings(restarts=2, keep_tolerance=0.01)
+    first = segment.fit_clusters(customers, 3, settings)
+    centroids = segment.cluster_centroids(first)
+
+    again = segment.fit_clusters(customers, 3, dataclasses.replace(settings, seed=99), centroids)
+    assert segment.cluster_centroids(again).keys() == centroids.keys()
+    for cluster, centroid in segment.cluster_centroids(again).items():
+        assert math.dist(centroid, centroids[cluster]) < 1e-9  # the same customers in the same clusters
+
+    wrong = {0: [0.0, 0.0], 1: [1.0, 0.0], 2: [2.0, 0.0]}  # a poor start: the new fit wins
+    refitted = segment.cluster_centroids(segment.fit_clusters(customers, 3, settings, wrong))
+    assert sorted(round(c[0]) for c in refitted.values()) == [0, 5, 10]
 
 
 def test_segments_below_the_k_anonymity_threshold_are_suppressed(spark):

@@ -1,0 +1,87 @@
+"""Privacy: the pseudonym key, the keyed hash that turns raw ids into pseudonyms, and what is redacted.
+
+- The key comes from the environment only (`ingest.pseudonym_key_env`), never from a file.
+- The keyed hash runs on Arrow batches in the Python workers, with the key sent as a broadcast variable. A hash
+  built from Spark built-ins would need the key (or its HMAC pads) as a literal of the query plan, and plans are
+  shown by `explain()`, the Spark UI and the event logs clusters ship to object storage.
+- Ids are NFKC-normalised before hashing, so a fullwidth "５０００" is the customer "5000".
+- The key's fingerprint (an HMAC of a fixed text) is recorded with the events, so a run with another key fails
+  before reading any data instead of giving every customer a second pseudonym.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import hmac
+import os
+import re
+import unicodedata
+from collections.abc import Callable
+
+import pandas as pd
+from pyspark.sql import Column, SparkSession
+from pyspark.sql import functions as F
+
+from behavior_spark.config import ConfigError, IngestSettings
+
+FINGERPRINT_TEXT = b"behavior-spark pseudonym key fingerprint v1"
+# Belt and braces for plans, UI pages and event logs: Spark redacts conf values whose name matches the first, and
+# any text of a plan matching the second (credentials in JDBC URLs, options and paths).
+REDACTED_CONF_NAMES = r"(?i)secret|password|passwd|pwd|token|access[.]?key|credential|pseudonym"
+REDACTED_PLAN_TEXT = r"(?i)(password|passwd|pwd|secret|token|access[._]?key)\s*[=:]\s*[^\s;&,)\]'\"]+|//[^/:@\s]+:[^@/\s]+@"
+
+
+def pseudonym_key(cfg: IngestSettings) -> bytes:
+    """The HMAC key, from the environment only; there is deliberately no default."""
+    value = os.environ.get(cfg.pseudonym_key_env, "")
+    if len(value) < 16:
+        raise ConfigError(
+            f"environment variable {cfg.pseudonym_key_env} (setting 'ingest.pseudonym_key_env') must hold the "
+            "pseudonymisation key, at least 16 characters; it is " + ("too short" if value else "not set")
+        )
+    return value.encode()
+
+
+def fingerprint(key: bytes) -> str:
+    """Tells keys apart without revealing them: 16 hex characters of an HMAC of a fixed text."""
+    return hmac.new(key, FINGERPRINT_TEXT, hashlib.sha256).hexdigest()[:16]
+
+
+def normalise_id(text: str) -> str:
+    """The id as it is hashed: NFKC (fullwidth and other compatibility forms folded), outer white space removed."""
+    return unicodedata.normalize("NFKC", text).strip()
+
+
+def hmac_hex(key: bytes, text: str) -> str:
+    """HMAC-SHA256 of the normalised id as 64 hex characters: the pseudonym, as Python computes it."""
+    return hmac.new(key, normalise_id(text).encode(), hashlib.sha256).hexdigest()
+
+
+def keyed_hash(spark: SparkSession, key: bytes) -> Callable[[Column], Column]:
+    """A column function: the pseudonym of a string column (null stays null), computed on Arrow batches.
+
+    The key reaches the Python workers in a broadcast variable; the plan shows only the function's name. Each
+    batch hashes its distinct ids once (a customer's events arrive together).
+    """
+    shared = spark.sparkContext.broadcast(key)
+
+    @F.pandas_udf("string")
+    def pseudonym(ids: pd.Series) -> pd.Series:
+        start = hmac.new(shared.value, digestmod=hashlib.sha256)  # the key's pads, computed once a batch
+
+        def one(text: str) -> str:
+            h = start.copy()
+            h.update(normalise_id(text).encode())
+            return h.hexdigest()
+
+        codes, distinct = pd.factorize(ids)
+        hashed = [one(text) for text in distinct]
+        return pd.Series([hashed[c] if c >= 0 else None for c in codes], index=ids.index, dtype=object)
+
+    return pseudonym
+
+
+def redact_url(url: str) -> str:
+    """A JDBC (or any) URL without credentials: password=, pwd=, secret and token parameters, user:pass@."""
+    without_params = re.sub(r"(?i)\b(password|passwd|pwd|secret|token|access[._]?key)=[^&;]*", r"\1=***", url)
+    return re.sub(r"//([^/:@\s]+):[^@/\s]+@", r"//\1:***@", without_params)
