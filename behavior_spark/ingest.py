@@ -3,11 +3,11 @@
 New raw files are found by comparing a listing of the input with the `ingested_files` table (path, size and
 modification time of every file ingested), so a file is read once whenever it arrives, whatever its age, and a
 batch's files are recorded only after its writes (a killed batch is read again). In each batch every raw row gets
-exactly one status: a
-quarantine reason, `duplicate` (a second copy within the batch), `replay` (already in the table), `bot` or
-`clean`. Clean rows are MERGEd into the events table on their event key, which makes a re-run change nothing; the
-quarantine keeps rejected rows with their raw text and reason; an audit row per batch records where every row went,
-and the batch fails if those counts and what Delta wrote do not add up.
+exactly one status: a quarantine reason, `duplicate` (a second copy within the batch), `replay` (already in the
+table), `bot` or `clean`. Clean rows are MERGEd into the events table on their event id, which makes a re-run change
+nothing; the quarantine keeps rejected rows with their reason and fields, the user id pseudonymised
+(`quarantine_text`); an audit row per batch records where every row and every raw line went, and the batch fails if
+those counts, the raw line count and what Delta wrote do not add up.
 """
 
 from __future__ import annotations
@@ -62,7 +62,7 @@ EVENTS_SCHEMA = T.StructType(
     ]
 )
 EVENTS_COLUMNS = EVENTS_SCHEMA.fieldNames()
-# Canonical columns used only to decide the reject reason (and the raw text, kept for rejected rows as `raw`).
+# Canonical columns used only to decide the reject reason (and what the quarantine keeps of a rejected row, `raw`).
 CANONICAL_ONLY = {
     "raw_line",
     "missing_column",

@@ -28,7 +28,10 @@ FINGERPRINT_TEXT = b"behavior-spark pseudonym key fingerprint v1"
 # Belt and braces for plans, UI pages and event logs: Spark redacts conf values whose name matches the first, and
 # any text of a plan matching the second (credentials in JDBC URLs, options and paths).
 REDACTED_CONF_NAMES = r"(?i)secret|password|passwd|pwd|token|access[.]?key|credential|pseudonym"
-REDACTED_PLAN_TEXT = r"(?i)(password|passwd|pwd|secret|token|access[._]?key)\s*[=:]\s*[^\s;&,)\]'\"]+|//[^/:@\s]+:[^@/\s]+@"
+REDACTED_PLAN_TEXT = (
+    r"(?i)(password|passwd|pwd|secret|token|access[._]?key)\s*[=:]\s*[^\s;&,)\]'\"]+"  # key=value, key: value
+    r"|//[^/:@\s]+:[^@/\s]+@"  # user:password@host
+)
 
 
 def pseudonym_key(cfg: IngestSettings) -> bytes:

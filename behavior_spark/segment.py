@@ -114,7 +114,7 @@ def fit_clusters(
     log.info("KMeans costs by seed: %s", [round(model.summary.trainingCost, 1) for model in fits])
     if previous and len(previous) == k:
         mean, std = scaler.mean.toArray(), scaler.std.toArray()
-        centers = [[(x - m) / s if s else 0.0 for x, m, s in zip(c, mean, std)] for c in previous.values()]
+        centers = [[(x - m) / s if s else 0.0 for x, m, s in zip(c, mean, std, strict=True)] for c in previous.values()]
         kept = nearest_center(scaled, centers)
         kept_cost = kept.agg(F.sum("_distance")).first()[0]
         log.info("cost of keeping the previous centroids: %.1f", kept_cost)

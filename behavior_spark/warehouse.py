@@ -18,8 +18,9 @@ from py4j.protocol import Py4JJavaError
 from pyspark.sql import DataFrame, SparkSession
 from pyspark.sql import functions as F
 
-from behavior_spark import lake, privacy
+from behavior_spark import lake
 from behavior_spark.config import ConfigError, Settings, WarehouseSettings
+from behavior_spark.privacy import redact_url
 
 log = logging.getLogger(__name__)
 
@@ -97,7 +98,7 @@ def replace_date(
     except Exception as error:  # Py4JJavaError from the connection, PySpark's own errors from the staged write
         if not connection.getAutoCommit():
             connection.rollback()  # the target keeps its previous rows
-        raise WarehouseError(f"writing {cfg.table} at {privacy.redact_url(cfg.url)} failed: {_message(error)}") from None
+        raise WarehouseError(f"writing {cfg.table} at {redact_url(cfg.url)} failed: {_message(error)}") from None
     finally:
         connection.close()
 
@@ -113,7 +114,7 @@ def connect(spark: SparkSession, cfg: WarehouseSettings, user: str, password: st
         jvm.org.apache.spark.sql.execution.datasources.jdbc.DriverRegistry.register(cfg.driver)
         return jvm.java.sql.DriverManager.getConnection(cfg.url, properties)
     except Py4JJavaError as error:
-        raise WarehouseError(f"cannot connect to the warehouse at {privacy.redact_url(cfg.url)}: {_message(error)}") from None
+        raise WarehouseError(f"cannot connect to the warehouse at {redact_url(cfg.url)}: {_message(error)}") from None
 
 
 def _execute(connection, sql: str) -> int:
@@ -129,5 +130,3 @@ def _message(error: Exception) -> str:
     """The first line of the Java exception's message (or of the Python one)."""
     text = str(error.java_exception.getMessage()) if isinstance(error, Py4JJavaError) else str(error)
     return (text.strip().splitlines() or ["(no message)"])[0]
-
-

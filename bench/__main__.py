@@ -6,9 +6,9 @@ import argparse
 import os
 from pathlib import Path
 
-from bench import feed, score, stages
+from bench import feed, pseudonym, score, stages
 
-BENCHES = {"stages": stages.main, "feed": feed.main, "score": score.main}
+BENCHES = {"stages": stages.main, "feed": feed.main, "score": score.main, "pseudonym": pseudonym.main}
 
 
 def main() -> None:

@@ -98,7 +98,11 @@ def test_no_key_raw_id_or_session_token_in_the_event_log_plans_or_driver_log(tmp
         ],
         capture_output=True,
         text=True,
-        env={**os.environ, "BEHAVIOR_SPARK_PSEUDONYM_KEY": SENTINEL_KEY, "PATH": f"{spark_submit.parent}:{os.environ['PATH']}"},  # noqa: E501
+        env={
+            **os.environ,
+            "BEHAVIOR_SPARK_PSEUDONYM_KEY": SENTINEL_KEY,
+            "PATH": f"{spark_submit.parent}:{os.environ['PATH']}",
+        },  # noqa: E501
         timeout=600,
         cwd=ROOT,
     )
