@@ -12,10 +12,18 @@ import pyarrow.fs as pafs
 
 
 def write_bytes(location: str, data: bytes) -> None:
+    """Write a whole file at once: readers see the old content or the new, never a part (locally through a
+    temporary file and a rename; an object store's PUT is atomic already)."""
     filesystem, path = _resolve(location)
     filesystem.create_dir(os.path.dirname(path), recursive=True)
-    with filesystem.open_output_stream(path) as out:
+    if not isinstance(filesystem, pafs.LocalFileSystem):
+        with filesystem.open_output_stream(path) as out:
+            out.write(data)
+        return
+    partial = f"{path}.partial-{os.getpid()}"
+    with filesystem.open_output_stream(partial) as out:
         out.write(data)
+    os.replace(partial, path)
 
 
 def read_bytes(location: str) -> bytes:
@@ -61,6 +69,12 @@ def read_head(location: str, size: int = 65_536) -> bytes:
     filesystem, path = _resolve(location)
     with filesystem.open_input_stream(path, compression="detect") as stream:
         return stream.read(size)
+
+
+def delete_file(location: str) -> None:
+    filesystem, path = _resolve(location)
+    if filesystem.get_file_info(path).type != pafs.FileType.NotFound:
+        filesystem.delete_file(path)
 
 
 def delete_folder(folder: str) -> None:

@@ -35,7 +35,9 @@ def parse_args(argv: list[str]) -> argparse.Namespace:
         help="override one setting; repeatable",
     )
     parser.add_argument(
-        "--resume", action="store_true", help="train: continue from the last checkpoint (train.resume=true)"
+        "--resume",
+        action="store_true",
+        help="train: a retry of run train.run_id continues from its last checkpoint (train.resume=true)",
     )
     args = parser.parse_args(argv)
     if args.resume:

@@ -87,7 +87,8 @@ class TrainSettings:
     seed: int = 7
     class_weight: str = "balanced"  # balanced | none: how the rare positive label is weighted in the loss
     patience: int = 3  # early stopping: epochs without a better validation loss
-    resume: bool = False  # continue from the last checkpoint in model_dir (the CLI's --resume)
+    resume: bool = False  # a retry: continue this run's last checkpoint (the CLI's --resume); never a finished run
+    run_id: str | None = None  # the scheduler's run id ({{job.run_id}}, an EMR step id); None: a new id per call
     reader_threads: int | None = None  # Petastorm threads per process; None: the cores Spark gives each GPU
     threshold: float = 0.5  # the propensity above which a customer counts as a predicted buyer (accuracy)
     importance_rows: int = 20_000  # validation rows sampled for permutation feature importance
@@ -99,7 +100,7 @@ class TrainSettings:
 @dataclasses.dataclass(frozen=True)
 class ScoreSettings:
     batch_size: int = 8192
-    scoring_date: dt.date | None = None  # None: today
+    scoring_date: dt.date | None = None  # None: the day after the last event (featurize records it)
     drift_fail_psi: float | None = None  # fail before scoring when a feature's PSI exceeds this; None: warn only
 
 

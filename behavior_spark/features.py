@@ -17,7 +17,6 @@ from functools import reduce
 
 from pyspark.sql import Column, DataFrame, Row, SparkSession, Window
 from pyspark.sql import functions as F
-from pyspark.sql import types as T
 
 from behavior_spark import lake
 from behavior_spark.config import FeatureSettings, Settings
@@ -32,6 +31,7 @@ GAP_BUCKETS = len(GAP_BUCKET_SECONDS) + 3  # pad, first, one per bound, beyond t
 WINDOW_DAYS = [7, 30, 90]
 NO_PURCHASE_DAYS = 365.0  # days since last purchase for customers who never bought
 SEQUENCE_COLUMNS = ["seq_event_type", "seq_category", "seq_gap_bucket"]
+SCORE_SPLIT = "score"  # the scoring snapshot's rows: every customer as of the scoring date, no label
 SHARE_FEATURES = {
     "view_to_cart",
     "cart_to_purchase",
@@ -73,7 +73,8 @@ def numeric_feature_names() -> list[str]:
 
 
 def run(spark: SparkSession, settings: Settings) -> dict:
-    """Build the features table for the configured cutoffs, and the normalisation statistics of its train split."""
+    """Build, in one commit, the training snapshots (the configured cutoffs, labelled) and the scoring snapshot (as
+    of the scoring date, split `score`, no label)."""
     cfg = settings.features
     in_utc(spark)  # cutoff dates and day windows as ingest made them
     events_version = (
@@ -81,32 +82,54 @@ def run(spark: SparkSession, settings: Settings) -> dict:
     )
     events = lake.read(spark, settings.lake, lake.EVENTS, version=events_version)
     cutoffs = cutoff_dates(events, cfg)
+    as_of = settings.score.scoring_date or default_scoring_date(events)
     record = {
         "events_version": events_version,
         "cutoffs": [c.isoformat() for c in cutoffs],
+        "scoring_date": as_of.isoformat(),
         "label_event": cfg.label_event,
         "label_window_days": cfg.label_window_days,
         "features": numeric_feature_names(),
         "sequence_length": cfg.sequence_length,
     }
-    with materialized(session_summaries(events)) as sessions:  # every cutoff reads it
-        table = reduce(DataFrame.unionByName, [build_features(events, cutoff, cfg, sessions) for cutoff in cutoffs])
+    with materialized(session_summaries(events)) as sessions:  # every snapshot reads it
+        snapshots = [build_features(events, cutoff, cfg, sessions) for cutoff in cutoffs]
+        snapshots.append(build_features(events, as_of, cfg, sessions, scoring=True))
+        table = reduce(DataFrame.unionByName, snapshots)
         lake.overwrite(
             table, settings.lake, lake.FEATURES, partition_by=["cutoff_date"], userMetadata=json.dumps(record)
         )
         excluded = sum(customers_without_history(sessions, cutoff, cfg.label_window_days) for cutoff in cutoffs)
     written = lake.read(spark, settings.lake, lake.FEATURES)
-    by_split = {r["split"]: r for r in split_statistics(written).collect()}  # one row per split
-    lake.overwrite(normalisation_stats(spark, by_split.get("train")), settings.lake, lake.FEATURE_STATS)
-    counts = {split: row["rows"] for split, row in by_split.items()}
+    counts = {r["split"]: r["count"] for r in written.groupBy("split").count().collect()}  # four splits
     return {
         "cutoffs": record["cutoffs"],
+        "scoring_date": record["scoring_date"],
         "events_version": events_version,
         "rows": sum(counts.values()),
         "rows_by_split": counts,
         "customers_without_history": excluded,
         "features_version": lake.version(spark, settings.lake, lake.FEATURES),
     }
+
+
+def default_scoring_date(events: DataFrame) -> dt.date:
+    """The day after the last event day: today's picture, when the events run up to yesterday."""
+    last_day = events.agg(F.max("event_date")).first()[0]
+    if last_day is None:
+        raise ValueError("the events table is empty: ingest some events before featurizing")
+    return last_day + dt.timedelta(days=1)
+
+
+def scoring_date(spark: SparkSession, settings: Settings) -> dt.date:
+    """The date score, segment, export and report work on: `score.scoring_date`, or the one the latest features
+    version was built for (recorded in its commit), so every stage of a run agrees on it."""
+    if settings.score.scoring_date:
+        return settings.score.scoring_date
+    recorded = recorded_run(spark, settings).get("scoring_date")
+    if recorded is None:
+        raise ValueError("the features table has no scoring snapshot (built by an earlier version): run featurize")
+    return dt.date.fromisoformat(recorded)
 
 
 def recorded_run(spark: SparkSession, settings: Settings, version: int | None = None) -> dict:
@@ -135,28 +158,33 @@ def default_cutoff(events: DataFrame, label_window_days: int) -> dt.date:
 
 
 def build_features(
-    events: DataFrame, cutoff: dt.date, cfg: FeatureSettings, sessions: DataFrame | None = None
+    events: DataFrame, cutoff: dt.date, cfg: FeatureSettings, sessions: DataFrame | None = None, scoring: bool = False
 ) -> DataFrame:
     """One row per customer active before `cutoff`: aggregates, recent sequence, label and split.
 
-    `sessions` (`session_summaries` of the same events) may be passed in, so that several cutoffs share it.
+    `sessions` (`session_summaries` of the same events) may be passed in, so that several cutoffs share it. A
+    scoring snapshot (`scoring`) has split `score` and no label: nothing after its date is known.
     """
     sessions = session_summaries(events) if sessions is None else sessions
     history = events.filter(F.col("event_time") < F.lit(dt.datetime.combine(cutoff, dt.time())))
-    return (
+    rows = (
         activity(sessions.filter(F.col("event_date") < cutoff), cutoff)
         .join(category_affinity(history), on="customer_id", how="left")
         .join(recent_sequences(history, cfg.sequence_length, cfg.category_buckets), on="customer_id", how="left")
-        .join(labels(sessions, cutoff, cfg), on="customer_id", how="left")
-        .select(
-            "customer_id",
-            F.lit(cutoff).alias("cutoff_date"),
-            split_column(F.col("customer_id"), cfg).alias("split"),
-            F.coalesce(F.col("label"), F.lit(0)).alias("label"),
-            *(F.col(name).cast("double").alias(name) for name in numeric_feature_names()),
-            *SEQUENCE_COLUMNS,
-            "top_category_id",  # descriptive, for segment profiles; not a model input
-        )
+    )
+    if scoring:
+        split, label = F.lit(SCORE_SPLIT), F.lit(None).cast("int")
+    else:
+        rows = rows.join(labels(sessions, cutoff, cfg), on="customer_id", how="left")
+        split, label = split_column(F.col("customer_id"), cfg), F.coalesce(F.col("label"), F.lit(0))
+    return rows.select(
+        "customer_id",
+        F.lit(cutoff).alias("cutoff_date"),
+        split.alias("split"),
+        label.alias("label"),
+        *(F.col(name).cast("double").alias(name) for name in numeric_feature_names()),
+        *SEQUENCE_COLUMNS,
+        "top_category_id",  # descriptive, for segment profiles; not a model input
     )
 
 
@@ -366,21 +394,14 @@ def split_statistics(features: DataFrame) -> DataFrame:
     )
 
 
-def normalisation_stats(spark: SparkSession, train: Row | None) -> DataFrame:
-    """One small row per feature: its mean and standard deviation on the training split (`split_statistics`'s
-    train row; zeros when there is none)."""
-    names = numeric_feature_names()
+def normalisation_stats(train: Row | None) -> dict[str, tuple[float, float]]:
+    """feature -> (mean, standard deviation) on the training split (`split_statistics`'s train row; zeros when there
+    is none)."""
     values = train.asDict() if train is not None else {}
-    return spark.createDataFrame(
-        [(n, float(values.get(f"{n}__mean") or 0.0), float(values.get(f"{n}__std") or 0.0)) for n in names],
-        T.StructType(
-            [
-                T.StructField("feature", T.StringType(), False),
-                T.StructField("mean", T.DoubleType(), False),
-                T.StructField("std", T.DoubleType(), False),
-            ]
-        ),
-    )
+    return {
+        n: (float(values.get(f"{n}__mean") or 0.0), float(values.get(f"{n}__std") or 0.0))
+        for n in numeric_feature_names()
+    }
 
 
 def model_inputs(features: DataFrame, stats: dict[str, tuple[float, float]]) -> DataFrame:
@@ -394,9 +415,11 @@ def model_inputs(features: DataFrame, stats: dict[str, tuple[float, float]]) -> 
     return features.withColumn("numeric", numeric)
 
 
-def read_stats(spark: SparkSession, settings: Settings) -> dict[str, tuple[float, float]]:
-    rows = lake.read(spark, settings.lake, lake.FEATURE_STATS).collect()  # one row per feature, never per customer
-    return {r["feature"]: (r["mean"], r["std"]) for r in rows}
+def read_stats(spark: SparkSession, settings: Settings, version: int) -> dict[str, tuple[float, float]]:
+    """The normalisation statistics of a features version's training split, computed from that version (one
+    aggregation), so statistics and rows can never come from two different runs."""
+    table = lake.read(spark, settings.lake, lake.FEATURES, version=version).filter(F.col("split") == "train")
+    return normalisation_stats(split_statistics(table).first())
 
 
 def _lookup(mapping: dict) -> Column:

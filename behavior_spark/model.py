@@ -71,7 +71,7 @@ def prior_shift(class_weight: dict | None) -> float:
 def load_model(model_dir: str, metadata: dict) -> tf.keras.Model:
     """The saved model as a calibrated scoring model (propensity, embedding)."""
     with tempfile.NamedTemporaryFile(suffix=".h5") as saved:
-        saved.write(artifacts.read_bytes(artifacts.join(model_dir, "model.h5")))
+        saved.write(artifacts.read_bytes(artifacts.join(model_dir, metadata.get("model_file", "model.h5"))))
         saved.flush()
         model = tf.keras.models.load_model(saved.name, compile=False)
     return scoring_model(model, prior_shift(metadata["training"]["class_weight"]))

@@ -57,7 +57,6 @@ def summary(results: dict[str, dict], settings: Settings) -> str:
         lake.QUARANTINE,
         lake.INGEST_AUDIT,
         lake.FEATURES,
-        lake.FEATURE_STATS,
         lake.SCORES,
         lake.SEGMENTS,
         lake.SEGMENT_PROFILES,

@@ -17,7 +17,7 @@ from matplotlib.figure import Figure
 from pyspark.sql import SparkSession
 from pyspark.sql import functions as F
 
-from behavior_spark import artifacts, lake, train
+from behavior_spark import artifacts, features, lake, train
 from behavior_spark.config import Settings
 from behavior_spark.drift import WARN_PSI
 
@@ -37,7 +37,7 @@ window.addEventListener('load', () => {
 def run(spark: SparkSession, settings: Settings) -> dict:
     metadata = train.load_metadata(settings.train.model_dir)
     scores = lake.read(spark, settings.lake, lake.SCORES)
-    scoring_date = settings.score.scoring_date or scores.agg(F.max("scoring_date")).first()[0]
+    scoring_date = features.scoring_date(spark, settings)  # the date the score stage scored
     on_date = F.col("scoring_date") == F.lit(scoring_date)
     profiles = lake.read(spark, settings.lake, lake.SEGMENT_PROFILES).filter(on_date).orderBy("segment_id")
     drift = lake.read(spark, settings.lake, lake.FEATURE_DRIFT).filter(on_date)

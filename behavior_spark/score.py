@@ -5,7 +5,6 @@ from __future__ import annotations
 import datetime as dt
 import logging
 
-from pyspark.ml.evaluation import BinaryClassificationEvaluator
 from pyspark.sql import DataFrame, SparkSession
 from pyspark.sql import functions as F
 from pyspark.sql import types as T
@@ -25,7 +24,8 @@ PREDICTION_TYPE = T.StructType(
 
 
 def run(spark: SparkSession, settings: Settings) -> dict:
-    """Score the latest features table with the trained model; replace the scores table in one commit."""
+    """Score the scoring snapshot (every customer as of the scoring date) with the published model; replace that
+    date's scores in one commit."""
     metadata = train.load_metadata(settings.train.model_dir)
     expected = features.numeric_feature_names()
     if metadata["feature_names"] != expected:
@@ -33,8 +33,8 @@ def run(spark: SparkSession, settings: Settings) -> dict:
             f"the model at {settings.train.model_dir} was trained on other features than this code "
             f"builds ({len(metadata['feature_names'])} against {len(expected)}): retrain it"
         )
-    table = latest_snapshot(lake.read(spark, settings.lake, lake.FEATURES))
-    scoring_date = settings.score.scoring_date or dt.date.today()
+    scoring_date = features.scoring_date(spark, settings)
+    table = scoring_snapshot(spark, settings, scoring_date)
     drifted = check_drift(spark, settings, metadata, table, scoring_date)
     scores = score(
         table, metadata, settings.train.model_dir, settings.score.batch_size, keep=["customer_id", "cutoff_date"]
@@ -50,10 +50,23 @@ def run(spark: SparkSession, settings: Settings) -> dict:
     written = lake.read(spark, settings.lake, lake.SCORES).filter(F.col("scoring_date") == F.lit(scoring_date))
     return {
         "scoring_date": scoring_date.isoformat(),
+        "model_version": metadata["model_version"],
         "drifted_features": drifted,
         "customers_scored": written.count(),
-        "test_auc": test_auc(written, table),
     }
+
+
+def scoring_snapshot(spark: SparkSession, settings: Settings, scoring_date: dt.date) -> DataFrame:
+    """The features of every customer as of `scoring_date` (featurize's `score` split for that date)."""
+    table = lake.read(spark, settings.lake, lake.FEATURES).filter(
+        (F.col("split") == features.SCORE_SPLIT) & (F.col("cutoff_date") == F.lit(scoring_date))
+    )
+    if table.isEmpty():
+        raise ValueError(
+            f"the features table has no scoring snapshot as of {scoring_date}: run featurize with the same "
+            "score.scoring_date (it builds one for that date)"
+        )
+    return table
 
 
 class DriftError(RuntimeError):
@@ -89,12 +102,6 @@ def check_drift(
     return drifted
 
 
-def latest_snapshot(features: DataFrame) -> DataFrame:
-    """The rows of the latest cutoff: today's picture of every customer."""
-    latest = features.agg(F.max("cutoff_date")).first()[0]
-    return features.filter(F.col("cutoff_date") == F.lit(latest))
-
-
 def score(table: DataFrame, metadata: dict, model_dir: str, batch_size: int, keep: list[str]) -> DataFrame:
     """`keep` columns of a features DataFrame with `propensity` and `embedding`, batch by batch on the executors.
 
@@ -107,14 +114,6 @@ def score(table: DataFrame, metadata: dict, model_dir: str, batch_size: int, kee
     inputs = table.transform(features.model_inputs, stats).select(*keep, *train.INPUT_COLUMNS)
     schema = T.StructType([*(inputs.schema[c] for c in keep), *PREDICTION_TYPE.fields])
     return inputs.mapInArrow(_predict_batches(model_dir, metadata, batch_size, keep), schema)
-
-
-def test_auc(scores: DataFrame, table: DataFrame) -> float:
-    """ROC-AUC of the propensity on the test split (customers the model never trained on)."""
-    test = table.filter(F.col("split") == "test").select("customer_id", F.col("label").cast("double"))
-    joined = test.join(scores.select("customer_id", F.col("propensity").cast("double")), on="customer_id", how="inner")
-    evaluator = BinaryClassificationEvaluator(rawPredictionCol="propensity", labelCol="label")
-    return float(evaluator.evaluate(joined))
 
 
 _MODELS: dict[tuple[str, str], object] = {}  # per Python worker: (model dir, version) -> loaded scoring model

@@ -30,7 +30,7 @@ from pyspark.ml.stat import Summarizer
 from pyspark.sql import Column, DataFrame, SparkSession, Window
 from pyspark.sql import functions as F
 
-from behavior_spark import lake
+from behavior_spark import features, lake
 from behavior_spark.config import SegmentSettings, Settings
 
 log = logging.getLogger(__name__)
@@ -43,13 +43,13 @@ SUPPRESSED = "suppressed (too few customers)"
 def run(spark: SparkSession, settings: Settings) -> dict:
     cfg = settings.segment
     scores = lake.read(spark, settings.lake, lake.SCORES)
-    scoring_date = settings.score.scoring_date or scores.agg(F.max("scoring_date")).first()[0]
+    scoring_date = features.scoring_date(spark, settings)  # the date the score stage scored
     customers = (
         scores.filter(F.col("scoring_date") == F.lit(scoring_date))
         .join(
-            lake.read(spark, settings.lake, lake.FEATURES).select(
-                "customer_id", "cutoff_date", *PROFILE_COLUMNS[1:], "top_category_id"
-            ),
+            lake.read(spark, settings.lake, lake.FEATURES)
+            .filter(F.col("split") == features.SCORE_SPLIT)
+            .select("customer_id", "cutoff_date", *PROFILE_COLUMNS[1:], "top_category_id"),
             on=["customer_id", "cutoff_date"],
             how="inner",
         )

@@ -34,6 +34,7 @@ METADATA_FILE = "metadata.json"
 CHECKPOINTS = "checkpoints"
 INPUT_COLUMNS = ["numeric", *features.SEQUENCE_COLUMNS]
 _CHECKPOINT_NAME = re.compile(r"^epoch-(\d+)\.h5$")
+_MODEL_NAME = re.compile(r"^model(-.+)?\.h5$")
 
 
 class TrainingError(RuntimeError):
@@ -71,8 +72,8 @@ def run(spark: SparkSession, settings: Settings) -> dict:
 
     cfg = settings.train
     tracking.tracking_uri(settings)  # a setting with nowhere to record the run fails now, not after training
-    stats = features.read_stats(spark, settings)
     features_version = lake.version(spark, settings.lake, lake.FEATURES)
+    stats = features.read_stats(spark, settings, features_version)
     table = lake.read(spark, settings.lake, lake.FEATURES, version=features_version)
     inputs = table.transform(features.model_inputs, stats).select(
         *INPUT_COLUMNS, F.col("label").cast("float").alias("label"), "split"
@@ -90,8 +91,10 @@ def run(spark: SparkSession, settings: Settings) -> dict:
     train, validation = (_split(inputs, name, cfg.num_proc) for name in ("train", "validation"))
     results = fit(spark, settings, spec, train, validation)
     chief = results[0]
+    model_version = dt.datetime.now(dt.UTC).strftime("%Y%m%dT%H%M%SZ")
     metadata = {
-        "model_version": dt.datetime.now(dt.UTC).strftime("%Y%m%dT%H%M%SZ"),
+        "model_version": model_version,
+        "model_file": f"model-{model_version}.h5",
         "trained_at": dt.datetime.now(dt.UTC).isoformat(timespec="seconds"),
         "feature_names": features.numeric_feature_names(),
         "normalisation": stats,
@@ -119,6 +122,7 @@ def run(spark: SparkSession, settings: Settings) -> dict:
         )
     finally:
         save_model(cfg.model_dir, chief["model_bytes"], metadata)  # complete even when MLflow refused the run
+    artifacts.delete_folder(spec.checkpoint_dir)  # the run is finished: a later --resume starts afresh
     return {
         "model_dir": cfg.model_dir,
         "model_version": metadata["model_version"],
@@ -144,10 +148,13 @@ def training_spec(settings: Settings, counts: dict[tuple[str, int], int], thread
             f"the features table has {train_rows} training and {validation_rows} validation rows; "
             "both must be non-empty (generate or ingest more data, or change features.split_*)"
         )
-    checkpoint_dir = artifacts.join(cfg.model_dir, CHECKPOINTS)
-    initial_epoch, initial_model = latest_checkpoint(checkpoint_dir) if cfg.resume else (0, None)
+    checkpoint_dir = run_checkpoints(cfg.model_dir, cfg.run_id)
+    initial_epoch, initial_model = latest_checkpoint(checkpoint_dir) if cfg.resume and cfg.run_id else (0, None)
     if cfg.resume and initial_model is None:
-        log.warning("--resume: no checkpoint in %s, training from the start", checkpoint_dir)
+        log.warning(
+            "--resume: no unfinished run %s (its checkpoints go when it finishes), training from the start",
+            cfg.run_id or "(train.run_id not set)",
+        )
     elif not cfg.resume:
         artifacts.delete_folder(checkpoint_dir)
     return TrainingSpec(
@@ -185,6 +192,12 @@ def class_weights(negatives: int, positives: int, mode: str) -> dict[int, float]
         return None
     total = negatives + positives
     return {0: total / (2.0 * negatives), 1: total / (2.0 * positives)}
+
+
+def run_checkpoints(model_dir: str, run_id: str | None) -> str:
+    """The checkpoint folder of one training run: a scheduled run starts afresh, only its own retry resumes it."""
+    run_id = run_id or dt.datetime.now(dt.UTC).strftime("%Y%m%dT%H%M%S") + f"-{os.getpid()}"
+    return artifacts.join(model_dir, CHECKPOINTS, re.sub(r"[^A-Za-z0-9_.-]", "_", run_id))
 
 
 def latest_checkpoint(checkpoint_dir: str) -> tuple[int, bytes | None]:
@@ -384,9 +397,17 @@ def model_files(model_bytes: bytes, metadata: dict) -> dict[str, bytes]:
 
 
 def save_model(model_dir: str, model_bytes: bytes, metadata: dict) -> None:
-    """Write the model and its metadata side by side in `model_dir`."""
-    for name, data in model_files(model_bytes, metadata).items():
-        artifacts.write_bytes(artifacts.join(model_dir, name), data)
+    """Publish a model: its weights under a name of their own (`metadata["model_file"]`), then the metadata that
+    names them, in one whole-file write. Readers go through the metadata, so they get the old model or the new one,
+    never the new weights with the old statistics; a kill in between leaves the old model published."""
+    files = model_files(model_bytes, metadata)
+    artifacts.write_bytes(artifacts.join(model_dir, metadata["model_file"]), files[MODEL_FILE])
+    previous = artifacts.exists(artifacts.join(model_dir, METADATA_FILE)) and load_metadata(model_dir)
+    artifacts.write_bytes(artifacts.join(model_dir, METADATA_FILE), files[METADATA_FILE])
+    keep = {metadata["model_file"], previous and previous.get("model_file")}  # the one before: readers may hold it
+    for name in artifacts.list_names(model_dir):
+        if _MODEL_NAME.match(name) and name not in keep:
+            artifacts.delete_file(artifacts.join(model_dir, name))
 
 
 def load_metadata(model_dir: str) -> dict:

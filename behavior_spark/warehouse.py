@@ -13,12 +13,13 @@ import datetime as dt
 import logging
 import os
 import re
+import uuid
 
 from py4j.protocol import Py4JJavaError
 from pyspark.sql import DataFrame, SparkSession
 from pyspark.sql import functions as F
 
-from behavior_spark import lake
+from behavior_spark import features, lake
 from behavior_spark.config import ConfigError, Settings, WarehouseSettings
 from behavior_spark.privacy import redact_url
 
@@ -38,8 +39,7 @@ def run(spark: SparkSession, settings: Settings) -> dict:
     if not _IDENTIFIER.match(cfg.table):
         raise ConfigError(f"setting 'warehouse.table' must be a table name like schema.table, got {cfg.table!r}")
     user, password = credentials(cfg)
-    segments = lake.read(spark, settings.lake, lake.SEGMENTS)
-    scoring_date = settings.score.scoring_date or segments.agg(F.max("scoring_date")).first()[0]
+    scoring_date = features.scoring_date(spark, settings)  # the date the score stage scored
     rows = export_rows(spark, settings, scoring_date)
     if cfg.reidentify:
         rows = reidentified(spark, settings, rows)
@@ -77,9 +77,12 @@ def reidentified(spark: SparkSession, settings: Settings, rows: DataFrame) -> Da
 def replace_date(
     spark: SparkSession, rows: DataFrame, cfg: WarehouseSettings, user: str, password: str, scoring_date: dt.date
 ) -> int:
-    """Stage `rows` in parallel, then swap the date's rows into the target in one transaction; rows exported."""
+    """Stage `rows` in parallel in a table of this run's own, then swap the date's rows into the target in one
+    transaction, checked against the Delta count; the staging table is dropped whatever happens. Rows exported."""
+    expected = rows.count()
+    columns = ", ".join(rows.columns)  # by name, never by position
     connection = connect(spark, cfg, user, password)  # fails fast, before anything is written
-    staging = f"{cfg.table}__staging"
+    staging = f"{cfg.table}__staging_{uuid.uuid4().hex[:12]}"
     try:
         rows.write.jdbc(
             cfg.url,
@@ -90,17 +93,27 @@ def replace_date(
         connection.setAutoCommit(False)
         _execute(connection, f"CREATE TABLE IF NOT EXISTS {cfg.table} (LIKE {staging})")
         _execute(connection, f"DELETE FROM {cfg.table} WHERE scoring_date = DATE '{scoring_date}'")
-        inserted = _execute(connection, f"INSERT INTO {cfg.table} SELECT * FROM {staging}")
+        inserted = _execute(connection, f"INSERT INTO {cfg.table} ({columns}) SELECT {columns} FROM {staging}")
+        if inserted != expected:
+            raise WarehouseError(f"{inserted} rows inserted for {scoring_date} but the Delta tables hold {expected}")
         connection.commit()
-        connection.setAutoCommit(True)
-        _execute(connection, f"DROP TABLE IF EXISTS {staging}")
         return inserted
     except Exception as error:  # Py4JJavaError from the connection, PySpark's own errors from the staged write
         if not connection.getAutoCommit():
             connection.rollback()  # the target keeps its previous rows
         raise WarehouseError(f"writing {cfg.table} at {redact_url(cfg.url)} failed: {_message(error)}") from None
     finally:
+        _drop(connection, staging)
         connection.close()
+
+
+def _drop(connection, table: str) -> None:
+    """Drop a staging table (it may hold raw ids when `warehouse.reidentify` is on); a failure is logged."""
+    try:
+        connection.setAutoCommit(True)
+        _execute(connection, f"DROP TABLE IF EXISTS {table}")
+    except Py4JJavaError as error:
+        log.error("could not drop the staging table %s: %s; drop it by hand", table, _message(error))
 
 
 def connect(spark: SparkSession, cfg: WarehouseSettings, user: str, password: str):

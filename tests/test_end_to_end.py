@@ -99,11 +99,18 @@ def test_no_raw_user_id_reaches_the_events(spark, finished_run):
     assert events.filter(F.length("customer_id") != 64).count() == 0
 
 
-def test_one_feature_row_per_customer_with_a_label(spark, finished_run):
+def test_one_feature_row_per_customer_and_snapshot_labelled_for_training_not_for_scoring(spark, finished_run):
     settings, _ = finished_run
     table = lake.read(spark, settings.lake, lake.FEATURES)
-    assert table.count() == table.select("customer_id").distinct().count() > 100
-    assert {r["label"] for r in table.select("label").distinct().collect()} == {0, 1}
+    training = table.filter(F.col("split") != "score")
+    assert training.count() == training.select("customer_id").distinct().count() > 100
+    assert {r["label"] for r in training.select("label").distinct().collect()} == {0, 1}
+    scoring = table.filter(F.col("split") == "score")
+    assert {r["cutoff_date"] for r in scoring.select("cutoff_date").distinct().collect()} == {
+        settings.score.scoring_date
+    }
+    assert scoring.count() == scoring.select("customer_id").distinct().count() > training.count()  # newer customers
+    assert scoring.filter(F.col("label").isNotNull()).count() == 0
 
 
 def test_two_horovod_processes_ran_the_same_steps(finished_run):
@@ -117,8 +124,12 @@ def test_two_horovod_processes_ran_the_same_steps(finished_run):
 def test_every_customer_scored_once_in_0_1(spark, finished_run):
     settings, _ = finished_run
     scores = lake.read(spark, settings.lake, lake.SCORES)
-    customers = lake.read(spark, settings.lake, lake.FEATURES).select("customer_id")
-    assert scores.count() == scores.select("customer_id").distinct().count() == customers.count()
+    before = F.col("event_date") < F.lit(settings.score.scoring_date)
+    customers = lake.read(spark, settings.lake, lake.EVENTS).filter(before).select("customer_id").distinct()
+    assert scores.count() == scores.select("customer_id").distinct().count() == customers.count()  # all, as of then
+    assert {r["cutoff_date"] for r in scores.select("cutoff_date").distinct().collect()} == {
+        settings.score.scoring_date
+    }
     assert scores.filter(~F.col("propensity").between(0, 1) | F.col("propensity").isNull()).count() == 0
     assert scores.filter(F.size("embedding") != 64).count() == 0
 
@@ -182,6 +193,30 @@ def test_wrong_credentials_or_an_unreachable_warehouse_fail_clearly(spark, finis
     ):
         warehouse.run(spark, unreachable)
     assert read_warehouse(spark, postgres, settings.warehouse.table).count() > 0  # nothing half-written
+
+
+def test_an_export_that_does_not_add_up_rolls_back_and_leaves_no_staging_table(
+    spark, finished_run, postgres, monkeypatch
+):
+    from behavior_spark import warehouse
+
+    settings, _ = finished_run
+    monkeypatch.setenv("BEHAVIOR_SPARK_WAREHOUSE_USER", postgres.user)
+    monkeypatch.setenv("BEHAVIOR_SPARK_WAREHOUSE_PASSWORD", postgres.password)
+    before = read_warehouse(spark, postgres, settings.warehouse.table).toPandas()
+    real_execute = warehouse._execute
+
+    def one_row_lost(connection, sql):  # the warehouse reports one row fewer than Delta holds
+        return real_execute(connection, sql) - (1 if sql.startswith("INSERT") else 0)
+
+    monkeypatch.setattr(warehouse, "_execute", one_row_lost)
+    with pytest.raises(warehouse.WarehouseError, match="rows inserted .* but the Delta tables hold"):
+        warehouse.run(spark, settings)
+    after = read_warehouse(spark, postgres, settings.warehouse.table).toPandas()
+    key = ["customer_id"]
+    pd.testing.assert_frame_equal(before.sort_values(key, ignore_index=True), after.sort_values(key, ignore_index=True))
+    tables = read_warehouse(spark, postgres, "information_schema.tables").select("table_name")
+    assert tables.filter(F.col("table_name").contains("staging")).count() == 0
 
 
 def test_the_report_renders_with_its_images_and_no_customer_ids(finished_run, tmp_path):

@@ -68,6 +68,20 @@ def test_psi_is_zero_for_the_same_population_and_grows_with_a_shift(spark):
     assert drift.feature_psi(same, shifted, ["events"])["events"] > drift.WARN_PSI
 
 
+def test_tenure_is_compared_as_a_share_of_the_history_behind_each_snapshot(spark):
+    def snapshot(customers: int, history_days: int, new_share: float = 0.0):
+        new = int(customers * new_share)  # a flood of customers in the last ten days
+        steady = F.col("id") * history_days / customers
+        recent = (F.col("id") % 10).cast("double")
+        tenure = F.when(F.col("id") < new, recent).otherwise(steady)
+        return spark.range(customers).select(tenure.alias("tenure_days"), F.lit(1.0).alias("events"))
+
+    training, a_month_later = snapshot(9_000, 90), snapshot(12_000, 120)  # the same steady arrivals, 30 days on
+    assert drift.feature_psi(training, a_month_later, ["tenure_days"])["tenure_days"] < 0.05
+    flooded = snapshot(12_000, 120, new_share=0.5)
+    assert drift.feature_psi(training, flooded, ["tenure_days"])["tenure_days"] > 0.2
+
+
 def test_psi_by_hand():
     expected, actual = [0.5, 0.5], [0.25, 0.75]
     by_hand = (0.25 - 0.5) * math.log(0.25 / 0.5) + (0.75 - 0.5) * math.log(0.75 / 0.5)

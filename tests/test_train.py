@@ -86,10 +86,10 @@ def test_both_ranks_ran_the_same_steps_and_ended_with_the_same_weights(trained):
     assert digests[0] == digests[1]
 
 
-def test_a_checkpoint_each_epoch_and_the_artifact_records_its_inputs(trained):
+def test_the_artifact_records_its_inputs_and_a_finished_run_leaves_no_checkpoints(trained):
     settings, result, metadata = trained
-    checkpoints = artifacts.list_names(f"{settings.train.model_dir}/checkpoints")
-    assert checkpoints[: result["epochs_run"]] == [train.checkpoint_name(e + 1) for e in range(result["epochs_run"])]
+    assert artifacts.list_names(f"{settings.train.model_dir}/checkpoints") == []  # nothing a later --resume continues
+    assert metadata["model_file"] in artifacts.list_names(settings.train.model_dir)
     assert metadata["feature_names"] == features.numeric_feature_names()
     assert set(metadata["normalisation"]) == set(metadata["feature_names"])
     assert metadata["features_version"] >= 0 and metadata["features_run"]["events_version"] >= 0
@@ -171,24 +171,45 @@ def test_drift_beyond_the_threshold_fails_before_anything_is_scored(spark, train
     assert lake.read(spark, settings.lake, lake.FEATURE_DRIFT).count() == len(metadata["feature_names"])
 
 
-def test_resume_continues_after_the_last_checkpoint(spark, trained):
-    settings, first, _ = trained
-    resumed = tiny_settings(settings.lake.root, "train.resume=true", f"train.epochs={first['epochs_run'] + 1}")
+def test_only_a_retry_of_an_unfinished_run_resumes_and_a_finished_run_trains_afresh(spark, trained):
+    settings, first, first_metadata = trained
+    epochs = first["epochs_run"] + 1
+    killed = train.run_checkpoints(settings.train.model_dir, "job-run-41")  # a run killed after its first epochs
+    model_bytes = artifacts.read_bytes(f"{settings.train.model_dir}/{first_metadata['model_file']}")
+    artifacts.write_bytes(f"{killed}/{train.checkpoint_name(first['epochs_run'])}", model_bytes)
+
+    retry = tiny_settings(settings.lake.root, "train.resume=true", "train.run_id=job-run-41", f"train.epochs={epochs}")
     with deadline(600):
-        result = train.run(spark, resumed)
-    metadata = train.load_metadata(resumed.train.model_dir)
-    assert metadata["resumed_after_epoch"] == first["epochs_run"]
-    assert result["epochs_run"] == 1  # only the one epoch left
-    checkpoints = artifacts.list_names(f"{settings.train.model_dir}/checkpoints")
-    assert train.checkpoint_name(first["epochs_run"] + 1) in checkpoints
+        result = train.run(spark, retry)
+    metadata = train.load_metadata(retry.train.model_dir)
+    assert metadata["resumed_after_epoch"] == first["epochs_run"] and result["epochs_run"] == 1  # the epoch left
+    assert artifacts.list_names(killed) == []  # finished now
+
+    scheduled = tiny_settings(settings.lake.root, "train.resume=true", "train.run_id=job-run-41", "train.epochs=1")
+    with deadline(600):
+        result = train.run(spark, scheduled)  # the same id again, finished: nothing to continue
+    assert train.load_metadata(scheduled.train.model_dir)["resumed_after_epoch"] == 0 and result["epochs_run"] == 1
+
+
+def test_a_model_is_published_whole_by_its_metadata(tmp_path):
+    old = {"model_version": "v1", "model_file": "model-v1.h5"}
+    train.save_model(str(tmp_path), b"old weights", old)
+    new = {"model_version": "v2", "model_file": "model-v2.h5"}
+    train.save_model(str(tmp_path), b"new weights", new)
+    assert train.load_metadata(str(tmp_path))["model_file"] == "model-v2.h5"
+    assert (tmp_path / "model-v2.h5").read_bytes() == b"new weights"
+    assert (tmp_path / "model-v1.h5").exists()  # the one before stays for readers that hold it
+    train.save_model(str(tmp_path), b"newer weights", {"model_version": "v3", "model_file": "model-v3.h5"})
+    assert not (tmp_path / "model-v1.h5").exists()
+    assert not [p for p in tmp_path.iterdir() if ".partial" in p.name]
 
 
 def test_an_uneven_shard_does_not_hang(spark, features_lake):
     settings = tiny_settings(features_lake, "train.epochs=1")
     table = lake.read(spark, settings.lake, lake.FEATURES)
-    inputs = table.transform(features.model_inputs, features.read_stats(spark, settings)).select(
-        *train.INPUT_COLUMNS, F.col("label").cast("float").alias("label"), "split"
-    )
+    inputs = table.transform(
+        features.model_inputs, features.read_stats(spark, settings, lake.version(spark, settings.lake, lake.FEATURES))
+    ).select(*train.INPUT_COLUMNS, F.col("label").cast("float").alias("label"), "split")
     rows = inputs.filter(F.col("split") == "train").drop("split")
     uneven = rows.coalesce(1).union(rows.limit(5).coalesce(1))  # two files: rank 0 gets all, rank 1 gets 5 rows
     validation = inputs.filter(F.col("split") == "validation").drop("split").repartition(2)

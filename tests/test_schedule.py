@@ -1,0 +1,143 @@
+"""Ten scheduled days (issue 15): each day new raw files land (one late, some dirty), and the stages run as the
+deploy definitions run them: ingest, featurize, score, segment, export and report every day, and train every few
+days with the flags the job passes (`--resume` and the scheduler's run id).
+
+Checked every day: every raw line is accounted for once; every customer with events before the scoring date is
+scored, from that date's snapshot; every training run trained from scratch; the warehouse, the report and the
+Delta tables agree on the day's count.
+"""
+
+from __future__ import annotations
+
+import csv
+import datetime as dt
+import io
+import os
+import re
+from pathlib import Path
+
+import pandas as pd
+from conftest import TEST_KEY
+from pyspark.sql import functions as F
+from test_ingest import REES46_HEADER
+
+from behavior_spark import lake, pipeline, train
+from behavior_spark.config import load_settings
+from behavior_spark.generate import generate_events
+
+DAYS = 10
+HISTORY_DAYS = 40  # the backfill the schedule starts from: enough for a labelled training snapshot
+TRAIN_EVERY = 5  # days 0 and 5
+DAILY = ["ingest", "featurize", "score", "segment", "export", "report"]
+
+
+def settings_for(root: Path, postgres, *extra: str):
+    return load_settings(
+        None,
+        [
+            f"lake.root={root}/lake",
+            f"ingest.input={root}/raw",
+            "spark.shuffle_partitions=2",
+            "generate.rows=6000",
+            f"generate.days={HISTORY_DAYS + DAYS}",
+            "features.label_window_days=7",
+            "features.cutoffs=1",
+            "train.num_proc=2",
+            "train.epochs=1",
+            "train.batch_size=64",
+            "train.importance_rows=500",
+            f"train.model_dir={root}/model",
+            "segment.k=3",
+            "segment.restarts=1",
+            f"warehouse.url={postgres.url}",
+            *extra,
+        ],
+    )
+
+
+def raw_lines_by_day(spark, settings) -> dict[dt.date, list[str]]:
+    """The generator's CSV lines (its own dirt included), grouped by the day of their event (small: test data)."""
+    rows = generate_events(spark, settings.generate).toPandas()
+    columns = REES46_HEADER.strip().split(",")
+    lines = pd.Series([csv_line(values) for values in rows[columns].fillna("").astype(str).to_numpy()])
+    days = pd.to_datetime(rows["event_time"].str[:10], errors="coerce", format="%Y-%m-%d")
+    first = settings.generate.start_date  # the generator's dirty lines (no date) land with the history
+    days = days.dt.date.where(days.notna(), first)
+    return {day: sorted(group) for day, group in lines.groupby(days.to_numpy())}
+
+
+def csv_line(values) -> str:
+    out = io.StringIO()
+    csv.writer(out, lineterminator="").writerow(values)
+    return out.getvalue()
+
+
+def land(folder: Path, name: str, lines: list[str], modified: dt.datetime | None = None) -> int:
+    """Write a CSV file as a source system would; return its physical lines (the header included)."""
+    folder.mkdir(parents=True, exist_ok=True)
+    path = folder / name
+    path.write_text(REES46_HEADER + "".join(line + "\n" for line in lines))
+    if modified is not None:
+        os.utime(path, (modified.timestamp(), modified.timestamp()))
+    return len(lines) + 1
+
+
+def test_ten_scheduled_days(spark, tmp_path, postgres, monkeypatch):
+    monkeypatch.setenv("BEHAVIOR_SPARK_PSEUDONYM_KEY", TEST_KEY)
+    monkeypatch.setenv("BEHAVIOR_SPARK_WAREHOUSE_USER", postgres.user)
+    monkeypatch.setenv("BEHAVIOR_SPARK_WAREHOUSE_PASSWORD", postgres.password)
+    settings = settings_for(tmp_path, postgres)
+    by_day = raw_lines_by_day(spark, settings)
+    first_scheduled = settings.generate.start_date + dt.timedelta(days=HISTORY_DAYS)
+    history = [line for day, lines in by_day.items() if day < first_scheduled for line in lines]
+    raw = tmp_path / "raw"
+    lines_landed = land(raw / "backfill", "history.csv", history)
+    records_landed = len(history)
+    held_back: list[str] = []
+
+    for number in range(DAYS):
+        day = first_scheduled + dt.timedelta(days=number)
+        today = by_day.get(day, [])
+        on_time, late = today[: len(today) * 2 // 3], today[len(today) * 2 // 3 :]
+        dirty = [f"{day} 10:00:00 UTC,click,1,2,x,y,1.0,u{number},s", "not,a,valid,line"]
+        lines_landed += land(raw / f"{day}", "events.csv", on_time + dirty + on_time[:2])  # two lines sent twice
+        records_landed += len(on_time) + len(dirty) + 2
+        if held_back:  # yesterday's late third arrives today, with yesterday's modification time
+            yesterday = dt.datetime.combine(day - dt.timedelta(days=1), dt.time(23))
+            lines_landed += land(raw / f"{day - dt.timedelta(days=1)}", "late.csv", held_back, yesterday)
+            records_landed += len(held_back)
+        held_back = late
+
+        results = {}
+        for stage in DAILY[:2]:
+            results[stage] = pipeline.run_stage(stage, spark, settings)
+        if number % TRAIN_EVERY == 0:
+            as_deployed = settings_for(tmp_path, postgres, "train.resume=true", f"train.run_id=job-run-{number}")
+            results["train"] = pipeline.run_stage("train", spark, as_deployed)
+            metadata = train.load_metadata(settings.train.model_dir)
+            assert results["train"]["epochs_run"] >= 1 and metadata["resumed_after_epoch"] == 0, f"day {number}"
+        for stage in DAILY[2:]:
+            results[stage] = pipeline.run_stage(stage, spark, settings)
+        print(f"day {number}:", {stage: result["seconds"] for stage, result in results.items()})  # shown on failure
+
+        audits = lake.read(spark, settings.lake, lake.INGEST_AUDIT).filter(F.col("status") == "ok")
+        books = audits.agg(F.sum("rows_read"), F.sum("raw_lines"), F.sum("clean"), F.sum("quarantined")).first()
+        assert (books[0], books[1]) == (records_landed, lines_landed), f"day {number}: every line read once"
+
+        scoring_date = day + dt.timedelta(days=1)
+        assert results["score"]["scoring_date"] == scoring_date.isoformat(), f"day {number}: today's picture"
+        customers = (
+            lake.read(spark, settings.lake, lake.EVENTS)
+            .filter(F.col("event_date") < scoring_date)
+            .select("customer_id")
+            .distinct()
+            .count()
+        )
+        scores = lake.read(spark, settings.lake, lake.SCORES).filter(F.col("scoring_date") == scoring_date)
+        assert scores.count() == customers, f"day {number}: every customer scored"
+        assert {r[0] for r in scores.select("cutoff_date").distinct().collect()} == {scoring_date}
+
+        segments = lake.read(spark, settings.lake, lake.SEGMENTS).filter(F.col("scoring_date") == scoring_date)
+        assert segments.count() == customers == results["export"]["exported"], f"day {number}: warehouse"
+        report = Path(results["report"]["report"]).read_text()
+        assert re.search(rf"\b{customers:,} customers scored", report), f"day {number}: report"
