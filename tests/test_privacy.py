@@ -131,9 +131,9 @@ USER = "SENTINELUSER"
 PERSONAL = "SENTINELPERSONAL"
 
 
-def layouts(tmp_path: Path) -> dict[str, tuple[str, dict[str, str]]]:
-    """mapping -> (its file, the mapping's file name): good and bad lines of every reject reason the layout has,
-    sentinels in the user id and every personal column."""
+def layouts(tmp_path: Path) -> dict[str, dict[str, str | bytes]]:
+    """mapping -> its files: good and bad lines of every reject reason the layout can have, sentinels in the user id
+    and every personal column."""
     whitespace = tmp_path / "taobao_ws.yaml"
     whitespace.write_text((SOURCES / "taobao.yaml").read_text().replace('delimiter: ","', "delimiter: whitespace"))
     rees46_rows = [
@@ -147,7 +147,12 @@ def layouts(tmp_path: Path) -> dict[str, tuple[str, dict[str, str]]]:
         f"2026-01-05 10:00:00 UTC,view,1,2053,electronics,acme,abc,{USER}8,{PERSONAL}",  # unparseable_price
         f"1999-01-05 10:00:00 UTC,view,1,2053,electronics,acme,9.99,{USER}9,{PERSONAL}",  # timestamp_out_of_range
         "2026-01-05 10:00:00 UTC,view,1,2053,electronics,acme,9.99,null,{PERSONAL}",  # missing_user_id
+        ingest_header(),  # repeated_header
     ]
+    latin1 = f"{ingest_header()}\n2026-01-05 10:00:00 UTC,view,1,2053,é,acme,9.99,{USER}10,{PERSONAL}\n"
+    lacking = (
+        ingest_header().replace(",price", "") + f"\n2026-01-05 10:00:00 UTC,view,1,2053,e,acme,{USER}11,{PERSONAL}\n"
+    )
     jsonl = [
         f'{{"event_time": "2026-01-05 10:00:00 UTC", "event_type": "view", "product_id": "1", "user_id": "{USER}1",'
         f' "user_session": "{PERSONAL}"}}',
@@ -159,20 +164,22 @@ def layouts(tmp_path: Path) -> dict[str, tuple[str, dict[str, str]]]:
     spaces = [f"{USER}1 2 3 pv 1767607200", f"{USER}2 2 3 pv 1767607200 extra", f"{USER}3 x 3 pv 1767607200"]
     purchases = [f"{USER}1,2026-01-05,1,10.0,{PERSONAL}@x.io", f"{USER}2,someday,1,10.0,{PERSONAL}@x.io"]
     purchases += [f"{USER}3,2026-01-05,abc,10.0,{PERSONAL}@x.io", f"{USER}4,2026-01-05,1,10.0,{PERSONAL}@x.io,extra"]
+    purchases += [f"{USER}5,2026-01-05,0,10.0,{PERSONAL}@x.io"]  # invalid_quantity
+    rees46 = ingest_header() + "\n" + "\n".join(rees46_rows).replace("{PERSONAL}", PERSONAL) + "\n"
     return {
-        "rees46": ("a.csv", ingest_header() + "\n" + "\n".join(rees46_rows).replace("{PERSONAL}", PERSONAL) + "\n"),
-        "rees46_jsonl": ("a.json", "\n".join(jsonl) + "\n"),
-        "taobao": ("a.csv", "\n".join(taobao) + "\n"),
-        str(whitespace.with_suffix("")): ("a.txt", "\n".join(spaces) + "\n"),
-        "purchases": ("a.csv", "customer_id,date,quantity,amount,email\n" + "\n".join(purchases) + "\n"),
+        "rees46": {"a.csv": rees46, "latin1.csv": latin1.encode("latin-1"), "lacking.csv": lacking},
+        "rees46_jsonl": {"a.json": "\n".join(jsonl) + "\n"},
+        "taobao": {"a.csv": "\n".join(taobao) + "\n"},
+        str(whitespace.with_suffix("")): {"a.txt": "\n".join(spaces) + "\n"},
+        "purchases": {"a.csv": "customer_id,date,quantity,amount,email\n" + "\n".join(purchases) + "\n"},
     }
 
 
 def test_the_quarantine_keeps_no_raw_id_or_personal_value_for_any_reason_or_layout(spark, tmp_path, pseudonym_key):
-    for number, (source, (name, content)) in enumerate(layouts(tmp_path).items()):
+    for number, (source, files) in enumerate(layouts(tmp_path).items()):
         folder = tmp_path / f"layout{number}"
         folder.mkdir()
-        result, settings = ingest_files(spark, folder, {name: content}, source=source)
+        result, settings = ingest_files(spark, folder, files, source=source)
         assert result["quarantined"] >= 2, source
         quarantine = lake.read(spark, settings.lake, lake.QUARANTINE)
         kept = quarantine.select(F.to_json(F.struct("*")).alias("row")).collect()
