@@ -28,8 +28,9 @@ FINGERPRINT_TEXT = b"behavior-spark pseudonym key fingerprint v1"
 # Belt and braces for plans, UI pages and event logs: Spark redacts conf values whose name matches the first, and
 # any text of a plan matching the second (credentials in JDBC URLs, options and paths).
 REDACTED_CONF_NAMES = r"(?i)secret|password|passwd|pwd|token|access[.]?key|credential|pseudonym"
+_SECRET_NAMES = r"password|passwd|pwd|secret|token|access[._]?key"  # parameters that carry a credential
 REDACTED_PLAN_TEXT = (
-    r"(?i)(password|passwd|pwd|secret|token|access[._]?key)\s*[=:]\s*[^\s;&,)\]'\"]+"  # key=value, key: value
+    rf"(?i)({_SECRET_NAMES})\s*[=:]\s*[^\s;&,)\]'\"]+"  # key=value, key: value
     r"|//[^/:@\s]+:[^@/\s]+@"  # user:password@host
 )
 
@@ -86,5 +87,5 @@ def keyed_hash(spark: SparkSession, key: bytes) -> Callable[[Column], Column]:
 
 def redact_url(url: str) -> str:
     """A JDBC (or any) URL without credentials: password=, pwd=, secret and token parameters, user:pass@."""
-    without_params = re.sub(r"(?i)\b(password|passwd|pwd|secret|token|access[._]?key)=[^&;]*", r"\1=***", url)
+    without_params = re.sub(rf"(?i)\b({_SECRET_NAMES})=[^&;]*", r"\1=***", url)
     return re.sub(r"//([^/:@\s]+):[^@/\s]+@", r"//\1:***@", without_params)
