@@ -199,7 +199,7 @@ def test_run_reads_the_configured_input_and_generate_never_overwrites_raw_data(s
 # --- many hostile worlds --------------------------------------------------------------------------------------------
 
 COLUMNS = REES46_HEADER.strip().split(",")
-USERS = ["1", "2", "3", " 3 ", "\t4", "5\u00a0"]  # " 3 " is customer 3; "\t4" is 4
+USERS = ["u1001", "u1002", "u1003", " u1003 ", "\tu1004", "u1005\u00a0"]  # " u1003 " is customer u1003
 TIMES = [f"2026-01-0{d} {h:02d}:{m:02d}:00 UTC" for d in (5, 6) for h in (9, 23) for m in (0, 40)]
 HEADER = "<the file's header line>"  # a record that repeats the header, in the file's own column order
 BRANDS = ["acme", 'acme, "the best"', "two\nlines", ""]  # another tool's quoting: delimiters, quotes, line breaks
@@ -276,12 +276,14 @@ def test_the_books_add_up_and_the_table_holds_exactly_the_good_lines(spark, pseu
         tmp = Path(folder)
         expected_events: set[tuple] = set()
         expected_reasons: dict[str, int] = {}
-        records_written = 0
+        records_written = lines_written = 0
         for number, files in enumerate(batches):
             for index, (columns, records, copies) in enumerate(files):
                 records = records + records[:copies]  # exact copies of the file's first records
-                write_files(tmp, {f"batch{number}-file{index}.csv": render(list(columns), records)})
+                text = render(list(columns), records)
+                write_files(tmp, {f"batch{number}-file{index}.csv": text})
                 records_written += len(records)
+                lines_written += text.count("\n")  # physical lines, those inside quoted fields too
                 for record, reason in records:
                     if reason is None:
                         expected_events.add(identity(record))
@@ -291,8 +293,11 @@ def test_the_books_add_up_and_the_table_holds_exactly_the_good_lines(spark, pseu
             accounted = sum(result[k] for k in ("clean", "replays", "quarantined", "duplicates", "bot_rows"))
             assert accounted == result["rows_read"]
         current = settings_for(tmp)
-        audits = lake.read(spark, current.lake, lake.INGEST_AUDIT).agg(F.sum("rows_read")).first()[0]
-        assert audits == records_written  # against the records written, not against what the parser saw
+        audits = lake.read(spark, current.lake, lake.INGEST_AUDIT).agg(F.sum("rows_read"), F.sum("raw_lines")).first()
+        assert audits[0] == records_written  # against the records written, not against what the parser saw
+        assert audits[1] == lines_written
+        quarantine = lake.read(spark, current.lake, lake.QUARANTINE).select(F.to_json(F.struct("*"))).collect()
+        assert not any("u100" in row[0] for row in quarantine)  # no raw id in the quarantine, whatever the defect
         assert events(spark, current).count() == len(expected_events)
         assert reasons(spark, current) == expected_reasons
         before = sorted(tuple(r) for r in events(spark, current).collect())
