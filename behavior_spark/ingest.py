@@ -35,7 +35,8 @@ from behavior_spark.sources import EVENT_TYPES, SourceMapping
 log = logging.getLogger(__name__)
 
 CLEAN, DUPLICATE, BOT = "clean", "duplicate", "bot"  # replays are clean rows the MERGE found already present
-NOT_QUARANTINED = (CLEAN, DUPLICATE, BOT)
+SUPERSEDED = "superseded"  # same_key: keep_latest: a line a later line of the same key in the batch corrects
+NOT_QUARANTINED = (CLEAN, DUPLICATE, BOT, SUPERSEDED)
 # Rows are shuffled by (day, bucket of customers): a customer's day is the largest unit of work, sessions never cross
 # midnight, and each task writes one file per day it holds. ROWS_PER_FILE sizes the buckets.
 PARTITION_KEYS = ["event_date", "bucket"]
@@ -111,7 +112,7 @@ def run(spark: SparkSession, settings: Settings) -> dict:
     found = sources.find_files(cfg.input)
     if not found and not artifacts.exists(cfg.input):
         raise ConfigError(f"setting 'ingest.input': no such path {cfg.input}")
-    ensure_events_table(spark, lake.path(settings.lake, lake.EVENTS))
+    ensure_events_table(spark, lake.path(settings.lake, lake.EVENTS), event_id_scheme(mapping))
     check_key(spark, lake.path(settings.lake, lake.EVENTS), key, cfg.pseudonym_key_env)  # before reading any data
     pseudonym = privacy.keyed_hash(spark, key)
     source = f"{mapping.name}:{cfg.input}"
@@ -213,7 +214,7 @@ def process_batch(
             rejected = kept.enter_context(materialized(parsed.filter(F.col("reject_reason").isNotNull())))
             valid = parsed.filter(F.col("reject_reason").isNull())
             buckets = buckets_per_day(tally.valid_rows, tally.days)
-            checked = kept.enter_context(materialized(with_checks(valid, cfg.session_gap_minutes, buckets)))
+            checked = kept.enter_context(materialized(with_checks(valid, mapping, cfg.session_gap_minutes, buckets)))
         bots = kept.enter_context(materialized(bot_customers(checked, cfg.bot_events_per_minute)))  # a few rows
         classified = classify(checked, bots)
         counts = status_counts(classified, tally)
@@ -223,22 +224,10 @@ def process_batch(
         clean = classified.filter(F.col("status") == CLEAN)
         if cfg.identity_map:
             write_identity_map(clean, cfg.identity_map)
-        written = write_batch(spark, settings, rejected, clean, tally.files, counts.clean_days, buckets)
-    audit = audit_row(
-        batch_id,
-        mapping.name,
-        cfg.input,
-        len(tally.files),
-        tally.rows_read,
-        counts.by_status,
-        written.inserted,
-        written.quarantined,
-        written.events_added,
-        written.relinked,
-        lake.version(spark, settings.lake, lake.EVENTS),
-        same_key_variants=counts.same_key_variants,
-        lines=tally.lines,
-    )
+        keep_latest = mapping.same_key == "keep_latest"
+        written = write_batch(spark, settings, rejected, clean, tally.files, counts.clean_days, buckets, keep_latest)
+    version = lake.version(spark, settings.lake, lake.EVENTS)
+    audit = audit_row(batch_id, mapping.name, cfg.input, tally, counts, written, version)
     problems = reconciliation_problems(audit)
     if problems:
         written.undo(spark)
@@ -351,6 +340,7 @@ class Written:
 
     inserted: int
     relinked: int
+    corrected: int  # events of the table replaced by a later line of the same key (same_key: keep_latest)
     events_added: int
     quarantined: int
     events_path: str
@@ -376,6 +366,7 @@ def write_batch(
     files: list[str],
     clean_days: list[dt.date],
     buckets: int,
+    keep_latest: bool,
 ) -> Written:
     """Write the rejected rows to the quarantine and the clean ones to the events; what Delta says was written."""
     events_path = lake.path(settings.lake, lake.EVENTS)
@@ -385,11 +376,12 @@ def write_batch(
     rows_before = spark.read.format("delta").load(events_path).count()  # from the log's statistics: no scan
     with _timed("write events"):
         gap = settings.ingest.session_gap_minutes
-        inserted, relinked = write_events(spark, clean, clean_days, events_path, gap, buckets)
+        inserted, relinked, corrected = write_events(spark, clean, clean_days, events_path, gap, buckets, keep_latest)
     rows_after = spark.read.format("delta").load(events_path).count()
     return Written(
         inserted,
         relinked,
+        corrected,
         rows_after - rows_before,
         quarantined,
         events_path,
@@ -421,11 +413,8 @@ def raise_failed(
 ) -> None:
     """Audit the batch as failed, with its problems, and raise ReconciliationError; its writes are already undone."""
     if audit is None:
-        audit = audit_row(
-            batch_id, mapping.name, settings.ingest.input, len(tally.files), tally.rows_read, counts.by_status,
-            0, 0, 0, 0, lake.version(spark, settings.lake, lake.EVENTS), same_key_variants=counts.same_key_variants,
-            lines=tally.lines,
-        )  # fmt: skip
+        version = lake.version(spark, settings.lake, lake.EVENTS)
+        audit = audit_row(batch_id, mapping.name, settings.ingest.input, tally, counts, None, version)
     message = f"ingest batch {batch_id} does not reconcile: " + "; ".join(problems)
     append_audit(spark, settings, {**audit, "clean": 0, "replays": 0, "status": "failed", "problems": message})
     raise ReconciliationError(message + " (nothing of it is kept; the audit row says so)")
@@ -497,27 +486,43 @@ def event_id() -> Column:
     return F.concat(F.substring(F.sha2(key, 256), 1, 16), F.substring(F.sha2(content, 256), 1, 16))
 
 
+def event_key(event_id: Column) -> Column:
+    """The key half of an event id (customer, type, item, time and source id)."""
+    return F.substring(event_id, 1, 16)
+
+
 def same_key(first: Column, second: Column) -> Column:
     """Whether two event ids share their key half (the same customer, type, item, time and source id)."""
-    return F.substring(first, 1, 16) == F.substring(second, 1, 16)
+    return event_key(first) == event_key(second)
 
 
-def with_checks(valid: DataFrame, gap_minutes: int, buckets_per_day: int) -> DataFrame:
+def event_id_scheme(mapping: SourceMapping) -> str:
+    """How the events table's ids are made and kept (`ingest.EVENT_ID_PROPERTY`): a table cannot change it."""
+    scheme = EVENT_ID_SCHEME + ("+line-in-file" if mapping.identity == "line" else "")
+    return scheme + ("; later line of a key corrects" if mapping.same_key == "keep_latest" else "")
+
+
+def with_checks(valid: DataFrame, mapping: SourceMapping, gap_minutes: int, buckets_per_day: int) -> DataFrame:
     """Valid rows after one shuffle (by day and customer bucket) and one sort (by time and event id), with `is_copy`
-    (a later exact copy of an event), `is_variant` (another event with the same key, different content) and
-    `session_id`, all from the same ordered pass.
+    (a later exact copy of an event), `is_variant` (another event with the same key), `is_superseded` (a line a
+    later one of its key corrects, under `same_key: keep_latest`) and `session_id`.
 
     Only what the events table needs is shuffled: the source file path alone (a hundred bytes a row) made the
     whole ingest about 13% slower at 4M rows.
     """
-    by_time = _in_time_order()
-    return (
-        valid.withColumn("event_date", F.to_date("event_time"))
-        .withColumn("event_id", event_id())
-        .withColumn("ts", F.unix_micros("event_time"))
-        .drop("raw", "source_file", "reject_reason", "source_event_id")  # not worth shuffling
+    rows = valid.withColumn("event_date", F.to_date("event_time")).withColumn("event_id", event_id())
+    if mapping.identity == "line":
+        rows = rows.withColumn("file_hash", F.xxhash64("source_file"))
+    checked = (
+        rows.withColumn("ts", F.unix_micros("event_time"))
+        .drop("raw", "source_file", "source_modified", "reject_reason", "source_event_id")  # not worth shuffling
         .transform(shuffle_by_day, buckets_per_day)
-        .select(
+    )
+    if mapping.identity == "line":
+        checked = one_event_per_line(checked)
+    by_time = _in_time_order()
+    checked = (
+        checked.select(
             "*", F.lag("event_id").over(by_time).alias("previous_id"), F.lag("ts").over(by_time).alias("previous_ts")
         )
         .withColumn("is_copy", F.coalesce(F.col("previous_id") == F.col("event_id"), F.lit(False)))
@@ -525,8 +530,36 @@ def with_checks(valid: DataFrame, gap_minutes: int, buckets_per_day: int) -> Dat
             "is_variant",
             F.coalesce(same_key(F.col("previous_id"), F.col("event_id")) & ~F.col("is_copy"), F.lit(False)),
         )
-        .transform(with_sessions, gap_minutes)
-        .drop("previous_id")
+    )
+    if mapping.same_key == "keep_latest":
+        checked = latest_of_each_key(checked)
+    else:
+        checked = checked.withColumn("is_superseded", F.lit(False))
+    return checked.transform(with_sessions, gap_minutes).drop("previous_id")
+
+
+def one_event_per_line(rows: DataFrame) -> DataFrame:
+    """`identity: line`: the n-th of the identical lines of a file gets an id of its own (the content, the file and n),
+    so identical lines are as many events, and reading the same file again gives the same ids (replays).
+
+    The window's keys include the shuffle's, so it sorts within the partitions the rows are already in.
+    """
+    copies = Window.partitionBy(*WINDOW_KEYS, "event_id", "file_hash").orderBy("ts")
+    line_id = F.sha2(F.concat_ws("|", "event_id", "file_hash", F.row_number().over(copies)), 256)
+    return rows.withColumn("event_id", F.concat(event_key(F.col("event_id")), F.substring(line_id, 1, 16))).drop(
+        "file_hash"
+    )
+
+
+def latest_of_each_key(rows: DataFrame) -> DataFrame:
+    """`same_key: keep_latest`: of the lines sharing a key, the one that arrived last (`sources.arrival_order`) is the
+    event and the others are superseded by it (copies of it stay duplicates); no kept event has a variant."""
+    same_key_rows = Window.partitionBy(*WINDOW_KEYS, event_key(F.col("event_id")))
+    latest = F.max_by("event_id", "arrival").over(same_key_rows)
+    return (
+        rows.withColumn("is_superseded", F.col("event_id") != latest)
+        .withColumn("is_variant", F.lit(False))
+        .drop("arrival")
     )
 
 
@@ -555,7 +588,7 @@ def bot_customers(checked: DataFrame, max_events_per_minute: int) -> DataFrame:
     # The day and bucket keys change no group (a minute has one day, a customer one bucket) but let the counting
     # reuse the rows' partitioning instead of shuffling every event again.
     return (
-        checked.filter(~F.col("is_copy"))
+        checked.filter(~F.col("is_copy") & ~F.col("is_superseded"))
         .groupBy(*WINDOW_KEYS, F.date_trunc("minute", "event_time").alias("minute"))
         .count()
         .filter(F.col("count") > max_events_per_minute)
@@ -566,11 +599,16 @@ def bot_customers(checked: DataFrame, max_events_per_minute: int) -> DataFrame:
 
 
 def classify(checked: DataFrame, bots: DataFrame) -> DataFrame:
-    """`duplicate` for later copies, `bot` for every row of a bot customer (`bot_customers`), else `clean`."""
+    """`duplicate` for later copies, `superseded` for lines a later one corrects, `bot` for every row of a bot
+    customer (`bot_customers`), else `clean`."""
     # Bot customers are few (a handful per million users): broadcast them rather than shuffle every event.
-    return checked.join(F.broadcast(bots), on="customer_id", how="left").withColumn(
-        "status", F.when(F.col("is_copy"), DUPLICATE).when(F.col("is_bot"), BOT).otherwise(CLEAN)
+    status = (
+        F.when(F.col("is_copy"), DUPLICATE)
+        .when(F.col("is_superseded"), SUPERSEDED)
+        .when(F.col("is_bot"), BOT)
+        .otherwise(CLEAN)
     )
+    return checked.join(F.broadcast(bots), on="customer_id", how="left").withColumn("status", status)
 
 
 def with_sessions(events: DataFrame, gap_minutes: int) -> DataFrame:
@@ -600,28 +638,30 @@ def _in_time_order() -> Window:
     return Window.partitionBy(*WINDOW_KEYS).orderBy("ts", "event_id")
 
 
-def ensure_events_table(spark: SparkSession, path: str) -> None:
+def ensure_events_table(spark: SparkSession, path: str, scheme: str = EVENT_ID_SCHEME) -> None:
     """Create the events table with its NOT NULL columns, CHECK constraints and statistics columns, once.
 
     Delta keeps CHECK constraints as `delta.constraints.<name>` table properties, so a new table gets them in its
     one creating commit (0.3 s, against 4-15 s for a commit and a validating scan per ALTER TABLE ADD CONSTRAINT).
     A table created before a constraint or property existed gets it by ALTER TABLE.
     """
-    properties = {STATS_COLUMNS_PROPERTY: ",".join(STATS_COLUMNS), EVENT_ID_PROPERTY: EVENT_ID_SCHEME}
+    properties = {STATS_COLUMNS_PROPERTY: ",".join(STATS_COLUMNS), EVENT_ID_PROPERTY: scheme}
     properties.update({f"delta.constraints.{name}": check for name, check in CHECK_CONSTRAINTS.items()})
     builder = DeltaTable.createIfNotExists(spark).location(path).addColumns(EVENTS_SCHEMA).partitionedBy("event_date")
     for name, value in properties.items():
         builder = builder.property(name, value)
     builder.execute()
     existing = DeltaTable.forPath(spark, path).detail().first()["properties"]
-    if existing.get(EVENT_ID_PROPERTY) != EVENT_ID_SCHEME:
+    if existing.get(EVENT_ID_PROPERTY) != scheme:
         if not spark.read.format("delta").load(path).isEmpty():  # its events would not match re-read ones
             raise IngestError(
-                f"the events table at {path} holds event ids of an earlier behavior-spark "
-                f"({existing.get(EVENT_ID_PROPERTY, 'customer, type, item, time')}); rebuild it from the raw files: "
-                "remove the events, events_quarantine, ingest_audit and ingested_files tables and run ingest again"
+                f"the events table at {path} holds event ids made otherwise "
+                f"({existing.get(EVENT_ID_PROPERTY, 'customer, type, item, time: an earlier behavior-spark')}) than "
+                f"the source mapping's identity and same_key make them ({scheme}); keep the mapping the table was made "
+                "with, or rebuild it from the raw files: remove the events, events_quarantine, ingest_audit and "
+                "ingested_files tables and run ingest again"
             )
-        spark.sql(f"ALTER TABLE delta.`{path}` SET TBLPROPERTIES ('{EVENT_ID_PROPERTY}' = '{EVENT_ID_SCHEME}')")
+        spark.sql(f"ALTER TABLE delta.`{path}` SET TBLPROPERTIES ('{EVENT_ID_PROPERTY}' = '{scheme}')")
     if existing.get(STATS_COLUMNS_PROPERTY) != properties[STATS_COLUMNS_PROPERTY]:
         spark.sql(
             f"ALTER TABLE delta.`{path}` SET TBLPROPERTIES "
@@ -649,41 +689,52 @@ def check_key(spark: SparkSession, path: str, key: bytes, key_env: str) -> None:
 
 
 def write_events(
-    spark: SparkSession, clean: DataFrame, days: list[dt.date], path: str, gap_minutes: int, buckets: int
-) -> tuple[int, int]:
-    """Add the batch's clean events (on `days`); return (rows inserted, sessions re-linked).
+    spark: SparkSession,
+    clean: DataFrame,
+    days: list[dt.date],
+    path: str,
+    gap_minutes: int,
+    buckets: int,
+    keep_latest: bool = False,
+) -> tuple[int, int, int]:
+    """Add the batch's clean events (on `days`); return (rows inserted, sessions re-linked, events corrected).
 
     Where the table holds nothing on the batch's days (a first load, a new day) an append is exactly what a MERGE
-    would do, at a fraction of the cost. Otherwise the batch is MERGEd on its event key together with the table's
+    would do, at a fraction of the cost. Otherwise the batch is MERGEd on its event id together with the table's
     events of the same customers and days, so replays are skipped and sessions that late events bridge re-linked.
+    Under `keep_latest` it is MERGEd on the event key instead, and an event of the table whose key a batch row
+    shares with other content is replaced by that row (a correction).
     """
     if not days:
-        return 0, 0
+        return 0, 0, 0
     same_days = spark.read.format("delta").load(path).filter(F.col("event_date").isin(days))
     before = lake.version_at(spark, path)
     if same_days.isEmpty():
         clean.select(*EVENTS_COLUMNS).write.format("delta").mode("append").save(path)
-        return int(lake.commit_metrics(spark, path, before).get("numOutputRows", 0)), 0
+        return int(lake.commit_metrics(spark, path, before).get("numOutputRows", 0)), 0, 0
     new = clean.select(*(c for c in EVENTS_COLUMNS if c not in ("session_id", "session_index")))
     same_customer_days = new.select("event_date", "customer_id").distinct()
-    context = same_days.join(same_customer_days, on=["event_date", "customer_id"], how="inner")
+    context = same_days.join(same_customer_days, on=["event_date", "customer_id"], how="inner").select(*new.columns)
+    corrected = 0
+    if keep_latest:
+        corrected = corrections(new, context)
+        keys = new.select(event_key(F.col("event_id")).alias("key")).distinct()
+        context = context.withColumn("key", event_key(F.col("event_id"))).join(keys, "key", "left_anti").drop("key")
     source = (
-        context.select(*new.columns)
-        .unionByName(new)
+        context.unionByName(new)
         .dropDuplicates(["event_id"])
         .transform(shuffle_by_day, buckets)
         .transform(with_sessions, gap_minutes)
         .select(*EVENTS_COLUMNS)
     )
     day_list = ", ".join(f"DATE'{day}'" for day in days)
+    match = "substring(t.event_id, 1, 16) = substring(s.event_id, 1, 16)" if keep_latest else "t.event_id = s.event_id"
     with materialized(source) as kept_source:  # MERGE reads its source twice: both reads must see the same rows
         (
             DeltaTable.forPath(spark, path)
             .alias("t")
-            .merge(
-                kept_source.alias("s"),
-                f"t.event_date IN ({day_list}) AND t.event_date = s.event_date " "AND t.event_id = s.event_id",
-            )
+            .merge(kept_source.alias("s"), f"t.event_date IN ({day_list}) AND t.event_date = s.event_date AND {match}")
+            .whenMatchedUpdateAll(condition="t.event_id <> s.event_id")  # a correction (keep_latest only)
             .whenMatchedUpdate(
                 condition="t.session_id <> s.session_id OR t.session_index <> s.session_index",
                 set={"session_id": "s.session_id", "session_index": "s.session_index"},
@@ -692,7 +743,15 @@ def write_events(
             .execute()
         )
     metrics = lake.commit_metrics(spark, path, before)
-    return int(metrics.get("numTargetRowsInserted", 0)), int(metrics.get("numTargetRowsUpdated", 0))
+    updated = int(metrics.get("numTargetRowsUpdated", 0))
+    return int(metrics.get("numTargetRowsInserted", 0)), updated - corrected, corrected
+
+
+def corrections(new: DataFrame, table_rows: DataFrame) -> int:
+    """How many of the table's events a batch row of the same key and other content replaces."""
+    old = table_rows.select(event_key(F.col("event_id")).alias("key"), F.col("event_id").alias("old_id"))
+    incoming = new.select(event_key(F.col("event_id")).alias("key"), "event_id")
+    return incoming.join(old, on="key").filter(F.col("old_id") != F.col("event_id")).count()
 
 
 def write_quarantine(rejected: DataFrame, files: list[str], settings: Settings) -> int:
@@ -756,49 +815,55 @@ AUDIT_SCHEMA = T.StructType(
         T.StructField("raw_lines", T.LongType(), True),  # by the text reader; null for Parquet
         T.StructField("header_lines", T.LongType(), True),
         T.StructField("blank_lines", T.LongType(), True),  # skipped by the parser
+        T.StructField("superseded", T.LongType(), True),  # lines a later line of the batch with their key corrects
+        T.StructField("corrections", T.LongType(), True),  # events of the table a line of the batch replaced
     ]
 )
-AUDIT_SUMMARY = ["rows_read", "clean", "replays", "duplicates", "bot_rows", "quarantined", "same_key_variants"]
+AUDIT_SUMMARY = [
+    "rows_read", "clean", "replays", "duplicates", "superseded", "bot_rows", "quarantined", "same_key_variants",
+    "corrections",
+]  # fmt: skip
+ACCOUNTED = ("clean", "replays", "quarantined", "duplicates", "superseded", "bot_rows")  # adds up to rows_read
+NOTHING_WRITTEN = Written(0, 0, 0, 0, 0, "", -1, "", -1)
 
 
 def audit_row(
     batch_id: int,
     mapping_name: str,
     source: str,
-    files: int,
-    rows_read: int,
-    by_status: dict[str, int],
-    inserted: int,
-    quarantined_written: int,
-    events_added: int,
-    sessions_relinked: int,
+    tally: FileTally,
+    counts: StatusCounts,
+    written: Written | None,
     events_version: int,
-    *,
-    same_key_variants: int = 0,
-    lines: LineBooks | None = None,
 ) -> dict:
-    """Where every row of a batch went. Clean rows that were already in the table count as replays; clean rows
-    sharing another's key (customer, type, item, time) with different content are kept and counted as variants."""
+    """Where every row of a batch went (`written` None: nothing was). Clean rows that were already in the table
+    count as replays; clean rows that replaced an event of the same key are corrections (and clean); kept rows
+    sharing another's key (customer, type, item, time) are counted as variants."""
+    by_status = counts.by_status
+    written = written or NOTHING_WRITTEN
     reasons = {k: v for k, v in by_status.items() if k not in NOT_QUARANTINED}
+    lines = tally.lines
     return {
         "run_id": uuid.uuid4().hex,
         "batch_id": batch_id,
         "ingested_at": dt.datetime.now(dt.UTC).replace(tzinfo=None),
         "source_mapping": mapping_name,
         "input": source,
-        "files": files,
-        "rows_read": rows_read,
-        "clean": inserted,
-        "replays": by_status.get(CLEAN, 0) - inserted,
+        "files": len(tally.files),
+        "rows_read": tally.rows_read,
+        "clean": written.inserted + written.corrected,
+        "replays": by_status.get(CLEAN, 0) - written.inserted - written.corrected,
         "duplicates": by_status.get(DUPLICATE, 0),
+        "superseded": by_status.get(SUPERSEDED, 0),
         "bot_rows": by_status.get(BOT, 0),
         "quarantined": sum(reasons.values()),
         "quarantined_by_reason": reasons,
-        "quarantined_written": quarantined_written,
-        "events_added": events_added,
-        "sessions_relinked": sessions_relinked,
+        "quarantined_written": written.quarantined,
+        "events_added": written.events_added,
+        "sessions_relinked": written.relinked,
+        "corrections": written.corrected,
         "events_version": events_version,
-        "same_key_variants": same_key_variants,
+        "same_key_variants": counts.same_key_variants,
         "status": "ok",
         "problems": None,
         "raw_lines": lines and lines.raw_lines,
@@ -808,15 +873,17 @@ def audit_row(
 
 
 def reconciliation_problems(audit: dict) -> list[str]:
-    """Rows read = clean + replays + quarantined + duplicates + bot rows, and Delta wrote exactly those."""
-    accounted = sum(audit[k] for k in ("clean", "replays", "quarantined", "duplicates", "bot_rows"))
+    """Rows read = clean + replays + quarantined + duplicates + superseded + bot rows, and Delta wrote exactly
+    those (corrections replace events: the table grows by the clean rows less the corrections)."""
+    accounted = sum(audit[k] for k in ACCOUNTED)
     problems = []
     if accounted != audit["rows_read"]:
         problems.append(f"{audit['rows_read']} rows read but {accounted} accounted for")
     if audit["replays"] < 0:
-        problems.append(f"the MERGE inserted {audit['clean']} rows, more than the batch's clean rows")
-    if audit["events_added"] != audit["clean"]:
-        problems.append(f"{audit['clean']} clean rows inserted but the events table grew by {audit['events_added']}")
+        problems.append(f"the MERGE wrote {audit['clean']} rows, more than the batch's clean rows")
+    grew = audit["clean"] - audit["corrections"]
+    if audit["events_added"] != grew:
+        problems.append(f"{grew} clean rows inserted but the events table grew by {audit['events_added']}")
     if audit["quarantined_written"] != audit["quarantined"]:
         problems.append(f"{audit['quarantined']} rejected rows but {audit['quarantined_written']} quarantined")
     return problems

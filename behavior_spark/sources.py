@@ -47,6 +47,10 @@ UNICODE_SPACE = "".join(
     [" \t\n\r\v\f\x1c\x1d\x1e\x1f\x85\xa0\u1680\u180e\u2028\u2029\u202f\u205f\u3000\u200b\ufeff"]
     + [chr(c) for c in range(0x2000, 0x200B)]
 )
+# What makes two lines one event (`SourceMapping.identity`), and what a second line with the same key but other content
+# means (`SourceMapping.same_key`).
+IDENTITIES = ("content", "line")  # content: exact copies are one event; line: every line of a file is an event
+SAME_KEY_POLICIES = ("keep_both", "keep_latest")  # keep_latest: the later line corrects the earlier
 # Epoch timestamps beyond 9999-12-31 are out of range: Spark's conversion would overflow and fail the whole batch.
 EPOCH_LIMITS = {"epoch_s": 253_402_300_799, "epoch_ms": 253_402_300_799_999}
 
@@ -66,6 +70,8 @@ class SourceMapping:
     personal: tuple[str, ...] = ()  # raw columns never kept, not even in the quarantine
     null_tokens: tuple[str, ...] = ("null", "NULL", "None", "NaN", "nan", "-")  # values meaning "missing" (as empty)
     quoted: bool | None = None  # RFC 4180 quoting (delimiters, quotes, line breaks in fields); None: when header
+    identity: str = "content"  # one of IDENTITIES
+    same_key: str = "keep_both"  # one of SAME_KEY_POLICIES: lines sharing customer, type, item, time and event id
 
     @property
     def is_quoted(self) -> bool:
@@ -121,6 +127,12 @@ def _check_mapping(m: SourceMapping, path: Path) -> None:
         raise bad("'event_types' must map the raw event values onto canonical ones")
     if m.format == "csv" and not m.header and not m.columns:
         raise bad("a CSV source without a header needs 'columns' (the raw column names in file order)")
+    if m.identity not in IDENTITIES:
+        raise bad(f"'identity' must be one of {', '.join(IDENTITIES)}, got {m.identity!r}")
+    if m.same_key not in SAME_KEY_POLICIES:
+        raise bad(f"'same_key' must be one of {', '.join(SAME_KEY_POLICIES)}, got {m.same_key!r}")
+    if m.identity == "line" and m.same_key != "keep_both":
+        raise bad("'identity: line' makes every line an event: no line corrects another, so 'same_key' is keep_both")
     if m.delimiter != WHITESPACE and len(m.delimiter) != 1:
         raise bad(f"'delimiter' must be one character or 'whitespace', got {m.delimiter!r}")
     if m.columns:
@@ -182,7 +194,7 @@ def read_files(spark: SparkSession, m: SourceMapping, paths: list[str]) -> RawBa
     if m.format == "parquet":
         df = _with_file(spark.read.parquet(*paths))
         _require_columns(m, df.columns, paths[0])
-        df = df.select(*(F.col(c).cast("string").alias(c) for c in m.raw_columns), "source_file")
+        df = df.select(*(F.col(c).cast("string").alias(c) for c in m.raw_columns), "source_file", "source_modified")
         df = df.withColumn(CORRUPT, F.lit(None).cast("string")).withColumn(RAW_TEXT, F.lit(None).cast("string"))
     elif m.format == "json":
         schema = T.StructType([T.StructField(n, T.StringType()) for n in [*m.raw_columns, CORRUPT]])
@@ -244,6 +256,7 @@ def _read_csv_with_header(spark: SparkSession, m: SourceMapping, header: tuple[s
         F.lit(missing[0]).alias(MISSING_COLUMN),
         F.lit(1).alias(LINE_SPAN),
         "source_file",
+        "source_modified",
     )
 
 
@@ -274,13 +287,16 @@ def _csv_reader(spark: SparkSession, m: SourceMapping, columns: list[str]):
 
 
 def _with_file(scan: DataFrame) -> DataFrame:
-    """A file scan with the path of each row's file (Spark's hidden `_metadata` column exists only on the scan)."""
-    return scan.withColumn("source_file", F.col("_metadata.file_path"))
+    """A file scan with the path and modification time of each row's file (Spark's hidden `_metadata` column exists
+    only on the scan)."""
+    return scan.withColumn("source_file", F.col("_metadata.file_path")).withColumn(
+        "source_modified", F.col("_metadata.file_modification_time")
+    )
 
 
 def raw_output_columns(m: SourceMapping) -> list[str]:
     """The columns `read_files` returns, in order."""
-    return [*m.raw_columns, CORRUPT, RAW_TEXT, MISSING_COLUMN, LINE_SPAN, "source_file"]
+    return [*m.raw_columns, CORRUPT, RAW_TEXT, MISSING_COLUMN, LINE_SPAN, "source_file", "source_modified"]
 
 
 def _require_columns(m: SourceMapping, present: list[str], location: str) -> None:
@@ -302,6 +318,7 @@ def _split_whitespace(lines: DataFrame, m: SourceMapping) -> DataFrame:
         F.col("value").alias(RAW_TEXT),
         F.lit(1).alias(LINE_SPAN),
         "source_file",
+        "source_modified",
     )
 
 
@@ -338,6 +355,7 @@ def canonical(raw: DataFrame, m: SourceMapping) -> DataFrame:
         repeated_header(m).alias("repeated_header"),
         undecodable.alias("bad_encoding"),
         "source_file",
+        *arrival_order(m),
         event_time.alias("event_time"),
         epoch_out_of_range(field("event_time"), m.timestamp_format).alias("time_out_of_range"),
         field("user_id").alias("user_id"),
@@ -355,6 +373,16 @@ def canonical(raw: DataFrame, m: SourceMapping) -> DataFrame:
         field("quantity").alias("raw_quantity"),
         field("event_id").alias("source_event_id"),
     )
+
+
+def arrival_order(m: SourceMapping) -> list[Column]:
+    """Where a later line must correct an earlier one (`same_key: keep_latest`), the order lines arrived in: the file's
+    modification time, then its path, then the line's place in the file (the read order, which follows the lines of
+    a file Spark does not split; quoted CSV files are never split)."""
+    if m.same_key != "keep_latest":
+        return []
+    order = F.struct("source_modified", "source_file", F.monotonically_increasing_id().alias("read_order"))
+    return [order.alias("arrival")]
 
 
 def missing_as_null(text: Column, null_tokens: tuple[str, ...]) -> Column:

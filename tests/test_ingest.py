@@ -1,5 +1,6 @@
 """Ingest: source layouts, every quarantine reason, dedup, sessions, idempotent and incremental runs, bad input."""
 
+import dataclasses
 import datetime as dt
 import gzip
 import hashlib
@@ -330,19 +331,10 @@ def test_an_events_table_with_ids_of_an_earlier_scheme_is_refused_with_the_way_o
 
 
 def audit(**changes):
-    row = ingest.audit_row(
-        0,
-        "rees46",
-        "x",
-        files=1,
-        rows_read=10,
-        by_status={"clean": 7, "duplicate": 2, "missing_user_id": 1},
-        inserted=7,
-        quarantined_written=1,
-        events_added=7,
-        sessions_relinked=0,
-        events_version=1,
-    )
+    tally = ingest.FileTally(10, ["a.csv"], {"missing_user_id": 1}, valid_rows=9, days=1, lines=None)
+    counts = ingest.StatusCounts({"clean": 7, "duplicate": 2, "missing_user_id": 1}, 0, [dt.date(2026, 1, 5)])
+    written = dataclasses.replace(ingest.NOTHING_WRITTEN, inserted=7, quarantined=1, events_added=7)
+    row = ingest.audit_row(0, "rees46", "x", tally, counts, written, events_version=1)
     return {**row, **changes}
 
 

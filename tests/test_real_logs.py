@@ -22,7 +22,7 @@ from conftest import TEST_KEY
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 from pyspark.sql import functions as F
-from test_ingest import REES46_HEADER, events, ingest_files, reasons, rees46, settings_for, view, write_files
+from test_ingest import REES46_HEADER, SOURCES, events, ingest_files, reasons, rees46, settings_for, view, write_files
 
 from behavior_spark import generate, ingest, lake, pipeline, session, sources
 from behavior_spark.config import ConfigError, load_settings
@@ -290,8 +290,7 @@ def test_the_books_add_up_and_the_table_holds_exactly_the_good_lines(spark, pseu
                     else:
                         expected_reasons[reason] = expected_reasons.get(reason, 0) + 1
             result = ingest.run(spark, settings_for(tmp))
-            accounted = sum(result[k] for k in ("clean", "replays", "quarantined", "duplicates", "bot_rows"))
-            assert accounted == result["rows_read"]
+            assert sum(result[k] for k in ingest.ACCOUNTED) == result["rows_read"]
         current = settings_for(tmp)
         audits = lake.read(spark, current.lake, lake.INGEST_AUDIT).agg(F.sum("rows_read"), F.sum("raw_lines")).first()
         assert audits[0] == records_written  # against the records written, not against what the parser saw
@@ -305,3 +304,71 @@ def test_the_books_add_up_and_the_table_holds_exactly_the_good_lines(spark, pseu
         ingest.run(spark, current)
         assert sorted(tuple(r) for r in events(spark, current).collect()) == before
         assert reasons(spark, current) == expected_reasons
+
+
+# --- declared identity: every line an event, or the later line of a key a correction ---------------------------------
+
+KEYED_LINE = st.tuples(st.sampled_from(["1", "2"]), st.sampled_from(TIMES[:2]), st.sampled_from(["1.00", "2.00"]))
+keyed_batches = st.lists(
+    st.lists(st.lists(KEYED_LINE, min_size=1, max_size=4), min_size=1, max_size=2), min_size=1, max_size=2
+)
+
+
+def mapping_with(tmp: Path, **keys: str) -> Path:
+    """The rees46 mapping with `keys` added (identity, same_key)."""
+    path = tmp / "mapping.yaml"
+    extra = "".join(f"{k}: {v}\n" for k, v in keys.items())
+    path.write_text((SOURCES / "rees46.yaml").read_text() + extra)
+    return path
+
+
+@pytest.mark.parametrize("keys", [{"identity": "line"}, {"same_key": "keep_latest"}], ids=["line", "keep_latest"])
+@settings(max_examples=3, deadline=None, suppress_health_check=[HealthCheck.function_scoped_fixture])
+@given(batches=keyed_batches)
+def test_declared_identity_keeps_every_line_or_the_latest_of_each_key(spark, pseudonym_key, keys, batches):
+    """`identity: line`: every line is an event, identical ones too. `same_key: keep_latest`: of the lines sharing
+    customer, type, item and time, the one that arrived last (later batch, later file, later line) is the event, the
+    others are counted as superseded or corrections. Either way a full re-read changes nothing."""
+    with tempfile.TemporaryDirectory() as folder:
+        tmp = Path(folder)
+        mapping = mapping_with(tmp, **keys)
+        current = load_settings(
+            None, [f"lake.root={tmp / 'lake'}", f"ingest.input={tmp / 'raw'}", f"ingest.source={mapping}"]
+        )
+        lines_written, latest, stamp = 0, {}, 1_700_000_000
+        for number, files in enumerate(batches):
+            for index, lines in enumerate(files):
+                name = f"batch{number}-file{index}.csv"
+                write_files(tmp, {name: rees46(*(view(user=u, time=t, price=p) for u, t, p in lines))})
+                stamp += 60
+                os.utime(tmp / "raw" / name, (stamp, stamp))  # files arrive in the order written
+                lines_written += len(lines)
+                latest.update({(customer(u), t): float(p) for u, t, p in lines})
+            result = ingest.run(spark, current)
+            assert sum(result[k] for k in ingest.ACCOUNTED) == result["rows_read"]
+        rows = events(spark, current).select("customer_id", "event_time", "price").collect()
+        if keys.get("identity") == "line":
+            assert len(rows) == lines_written
+        else:
+            as_text = {(r["customer_id"], f"{r['event_time']:%Y-%m-%d %H:%M:%S} UTC"): r["price"] for r in rows}
+            assert len(rows) == len(latest) and as_text == latest
+            audits = lake.read(spark, current.lake, lake.INGEST_AUDIT).agg(F.sum("clean"), F.sum("corrections"))
+            assert audits.first()[0] - audits.first()[1] == len(latest)  # clean rows less those that replaced one
+        before = sorted(tuple(r) for r in events(spark, current).collect())
+        shutil.rmtree(lake.path(current.lake, lake.INGESTED_FILES))
+        again = ingest.run(spark, current)
+        assert (again["clean"], again["corrections"]) == (0, 0)
+        assert sorted(tuple(r) for r in events(spark, current).collect()) == before
+
+
+@pytest.mark.parametrize(
+    ("keys", "message"),
+    [
+        ({"identity": "row"}, "'identity' must be one of content, line"),
+        ({"same_key": "newest"}, "'same_key' must be one of keep_both, keep_latest"),
+        ({"identity": "line", "same_key": "keep_latest"}, "no line corrects another"),
+    ],
+)
+def test_a_mapping_states_its_identity_and_same_key_policy_or_is_refused(tmp_path, keys, message):
+    with pytest.raises(ConfigError, match=message):
+        sources.load_mapping(mapping_with(tmp_path, **keys))
