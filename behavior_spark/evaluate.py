@@ -3,9 +3,13 @@
 Every model is scored on the same test rows and measured the same way (`binary_metrics`): ROC-AUC, PR-AUC, log
 loss, expected calibration error over ten reliability bins, precision and lift in the top decile, and accuracy at
 the configured threshold. The baselines: logistic regression and gradient-boosted trees (Spark MLlib) on the same
-standardised numeric features, and a recency-frequency heuristic, which ranks but gives no probability (so its
-probability metrics are None). All of it is Spark aggregation; only the permutation importance works on a bounded
-sample in the driver. Results go to the `model_evaluation` Delta table and the model's metadata.
+standardised numeric features, a recency-frequency heuristic, which ranks but gives no probability (so its
+probability metrics are None), and, where customers have purchases, BG/NBD (`btyd`) fitted on the training
+customers' purchase days, ranking the test customers who bought before their cutoff by their expected purchases in
+the label window (`bg_nbd_purchasers`, beside the model on the same customers, `model_purchasers`). All of it is
+Spark aggregation (BG/NBD's four parameters are fitted on the driver over the distinct purchase triples); only the
+permutation importance works on a bounded sample in the driver. Results go to the `model_evaluation` Delta table
+and the model's metadata.
 """
 
 from __future__ import annotations
@@ -21,7 +25,7 @@ from pyspark.ml.functions import array_to_vector, vector_to_array
 from pyspark.sql import Column, DataFrame, SparkSession
 from pyspark.sql import functions as F
 
-from behavior_spark import features, lake
+from behavior_spark import btyd, features, lake
 from behavior_spark.config import Settings
 
 log = logging.getLogger(__name__)
@@ -38,13 +42,23 @@ def run(spark: SparkSession, settings: Settings, table: DataFrame, metadata: dic
     stats = {name: tuple(value) for name, value in metadata["normalisation"].items()}
     inputs = table.transform(features.model_inputs, stats).withColumn("label", F.col("label").cast("double"))
     train, validation, test = (inputs.filter(F.col("split") == name) for name in ("train", "validation", "test"))
-    model_scores = score.score(test, metadata, cfg.model_dir, settings.score.batch_size, keep=["label"])
+    keep = ["customer_id", "cutoff_date", "label"]
+    model_scores = score.score(test, metadata, cfg.model_dir, settings.score.batch_size, keep=keep).select(
+        *keep, F.col("propensity").cast("double").alias("score")
+    )
+    model_scores.persist(StorageLevel.MEMORY_AND_DISK)  # the test rows are scored once, for every comparison
     scored = {
-        "model": (model_scores.select("label", F.col("propensity").cast("double").alias("score")), True),
+        "model": (model_scores.select("label", "score"), True),
         "logistic_regression": (_mllib(LogisticRegression(maxIter=50, regParam=0.01), train, test), True),
         "gradient_boosted_trees": (_mllib(GBTClassifier(maxIter=30, maxDepth=5, seed=cfg.seed), train, test), True),
         "recency_frequency": (test.select("label", recency_frequency().alias("score")), False),
     }
+    events = lake.read(spark, settings.lake, lake.EVENTS, version=metadata["features_run"]["events_version"])
+    bg_nbd = bg_nbd_scores(events, train, test, settings.features.label_window_days)
+    if bg_nbd is not None:
+        scored["bg_nbd_purchasers"] = (bg_nbd.select("label", "score"), False)
+        same_customers = model_scores.join(bg_nbd.select(*keep[:2]), on=keep[:2])
+        scored["model_purchasers"] = (same_customers.select("label", "score"), True)
     metrics, reliability = {}, {}
     for name, (df, probabilities) in scored.items():
         df.persist(StorageLevel.MEMORY_AND_DISK)  # (label, score) only: each metric reads it, nothing re-scores
@@ -52,6 +66,7 @@ def run(spark: SparkSession, settings: Settings, table: DataFrame, metadata: dic
     lift = lift_by_decile(scored["model"][0])
     for df, _ in scored.values():
         df.unpersist()
+    model_scores.unpersist()
     _write(spark, settings, metadata["model_version"], metrics)
     log.info("test-split metrics (%s):\n%s", metadata["model_version"], format_table(metrics))
     importance = permutation_importance(validation, metadata, cfg.model_dir, cfg.importance_rows, cfg.seed)
@@ -61,6 +76,20 @@ def run(spark: SparkSession, settings: Settings, table: DataFrame, metadata: dic
         "lift_by_decile": lift,
         "permutation_importance": importance,
     }
+
+
+def bg_nbd_scores(events: DataFrame, train: DataFrame, test: DataFrame, label_days: int) -> DataFrame | None:
+    """(customer_id, cutoff_date, label, score) of the test customers with a purchase before their cutoff, scored by
+    BG/NBD fitted on the training customers; None where no training customer has a purchase."""
+    key = ["customer_id", "cutoff_date"]
+    counts = btyd.grouped(btyd.purchase_triples(events, train.select(*key)))  # distinct triples, not customers
+    if counts.empty:
+        return None
+    params = btyd.fit(counts)
+    log.info("BG/NBD fitted on %d training customers: %s", int(counts["n"].sum()), params)
+    predicted = btyd.predict(params, btyd.purchase_triples(events, test.select(*key)), label_days / btyd.DAYS_PER_UNIT)
+    scored = test.select(*key, "label").join(predicted, on=key, how="inner")
+    return scored.select(*key, "label", F.col("expected_purchases").alias("score"))
 
 
 def recency_frequency() -> Column:
@@ -127,10 +156,13 @@ def format_table(metrics: dict[str, dict]) -> str:
 
 
 def permutation_importance(validation: DataFrame, metadata: dict, model_dir: str, rows: int, seed: int) -> dict:
-    """ROC-AUC lost when one input is shuffled across a bounded validation sample (the sequence as one input)."""
+    """ROC-AUC lost when one input is shuffled across a random sample of `rows` validation rows (the sequence as
+    one input)."""
     from behavior_spark.model import load_model, scoring_inputs
 
-    sample = validation.select("numeric", *features.SEQUENCE_COLUMNS, "label").limit(rows).toPandas()  # bounded
+    wanted = ["numeric", *features.SEQUENCE_COLUMNS, "label"]
+    # A top-k by a random number: each partition keeps its own k, no shuffle of the split; `rows` bounds the result.
+    sample = validation.select(*wanted).orderBy(F.rand(seed)).limit(rows).toPandas()
     labels = sample["label"].to_numpy()
     if len(sample) == 0 or labels.min() == labels.max():
         return {}

@@ -53,12 +53,14 @@ def overwrite(df: DataFrame, lake: LakeSettings, table: str, partition_by: list[
 def replace(df: DataFrame, lake: LakeSettings, table: str, where: str, partition_by: list[str] = ()) -> None:
     """Replace the rows matching `where` (SQL) with `df`, in one commit; create the table if it is new.
 
-    Re-running with the same `where` (a scoring date, a model version) leaves other rows alone: idempotent.
+    Re-running with the same `where` (a scoring date, a model version) leaves other rows alone: idempotent. A column
+    this version of the code adds is added to the table (older rows hold null in it).
     """
     if not exists(df.sparkSession, lake, table):
         overwrite(df, lake, table, partition_by)
         return
-    df.write.format("delta").mode("overwrite").option("replaceWhere", where).save(path(lake, table))
+    writer = df.write.format("delta").mode("overwrite").option("replaceWhere", where).option("mergeSchema", "true")
+    writer.save(path(lake, table))
 
 
 def version(spark: SparkSession, lake: LakeSettings, table: str) -> int:

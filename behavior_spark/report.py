@@ -160,7 +160,7 @@ def _profile_table(profiles: list[dict]) -> str:
     rows = []
     for p in profiles:
         cells = "".join(f"<td>{_number(p[c])}</td>" for c in columns)
-        top = ", ".join(str(c) for c in p["top_categories"] or []) or "-"
+        top = ", ".join(str(c) for c in p["top_category_labels"] or []) or "-"
         rows.append(f"<tr><td>{html.escape(p['segment_name'])}</td>{cells}<td>{html.escape(top)}</td></tr>")
     return f"<table><tr><th>segment</th>{head}<th>top categories</th></tr>{''.join(rows)}</table>"
 

@@ -1,4 +1,4 @@
-"""Score: every customer's purchase propensity and embedding, through `predict_batch_udf`, into Delta."""
+"""Score: every customer's purchase propensity and embedding, through an Arrow-batch UDF (`mapInArrow`), into Delta."""
 
 from __future__ import annotations
 

@@ -62,7 +62,11 @@ def run(spark: SparkSession, settings: Settings) -> dict:
     centroids = cluster_centroids(clustered)  # k rows
     ids = match_segments(centroids, previous)
     assigned = clustered.withColumn("segment_id", _lookup(ids)[F.col("cluster")]).drop("cluster")
-    profiles = profile(assigned, cfg.min_segment_size).withColumn("scoring_date", F.lit(scoring_date))
+    profiles = (
+        profile(assigned, cfg.min_segment_size)
+        .transform(with_category_labels, lake.read(spark, settings.lake, lake.EVENTS))
+        .withColumn("scoring_date", F.lit(scoring_date))
+    )
     named = assigned.join(profiles.select("segment_id", "segment_name"), on="segment_id", how="inner")
     moved = moves(spark, settings, named, scoring_date)
     where = f"scoring_date = '{scoring_date}'"
@@ -210,6 +214,24 @@ def moves(spark: SparkSession, settings: Settings, named: DataFrame, scoring_dat
     )
     joined = named.join(previous, on="customer_id", how="inner")
     return joined.filter(F.col("segment_id") != F.col("previous_segment_id")).count()
+
+
+def with_category_labels(profiles: DataFrame, events: DataFrame) -> DataFrame:
+    """`top_category_labels`: each top category's most frequent code in the events ("electronics.audio"), or its id
+    where the source has no codes. Only the few top categories (k x TOP_CATEGORIES) are looked up."""
+    top = profiles.select(F.explode("top_categories").alias("category_id")).distinct().collect()  # <= k x 3 rows
+    ids = [r["category_id"] for r in top if r["category_id"] is not None]
+    codes = (
+        events.filter(F.col("category_id").isin(ids) & F.col("category_code").isNotNull())
+        .groupBy("category_id", "category_code")
+        .count()
+        .groupBy("category_id")
+        .agg(F.max_by("category_code", F.struct("count", "category_code")).alias("code"))
+        .collect()  # one row per top category
+    )
+    labels = F.create_map(*[F.lit(x) for r in codes for x in (r["category_id"], r["code"])]) if codes else None
+    label = (lambda c: F.coalesce(labels[c], c.cast("string"))) if codes else (lambda c: c.cast("string"))
+    return profiles.withColumn("top_category_labels", F.transform("top_categories", label))
 
 
 def profile(assigned: DataFrame, min_segment_size: int) -> DataFrame:

@@ -302,6 +302,15 @@ def make_train_fn(spec: TrainingSpec, train_urls: list[str], validation_urls: li
             hvd.callbacks.LearningRateWarmupCallback(initial_lr=scaled_lr, warmup_epochs=1, steps_per_epoch=steps),
             tf.keras.callbacks.EarlyStopping(monitor="val_loss", patience=spec.patience, restore_best_weights=True),
         ]
+
+        class CountSteps(tf.keras.callbacks.Callback):  # the steps this rank ran, not the ones it was told to
+            count = 0
+
+            def on_train_batch_end(self, batch, logs=None):
+                self.count += 1
+
+        counter = CountSteps()
+        callbacks.append(counter)
         if hvd.rank() == 0:
 
             class CheckpointEachEpoch(tf.keras.callbacks.Callback):
@@ -333,7 +342,7 @@ def make_train_fn(spec: TrainingSpec, train_urls: list[str], validation_urls: li
         epochs_run = len(history.epoch)
         return {
             "rank": hvd.rank(),
-            "steps": steps * epochs_run,
+            "steps": counter.count,
             "epochs_run": epochs_run,
             "fit_seconds": fit_seconds,
             "weights_sha256": weights,

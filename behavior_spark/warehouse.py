@@ -25,6 +25,7 @@ from behavior_spark.privacy import redact_url
 
 log = logging.getLogger(__name__)
 
+STAGING_SUFFIX = "__staging_"  # a run's staging table: the target's name, this, and 12 hex characters
 _IDENTIFIER = re.compile(r"^[A-Za-z_][A-Za-z0-9_]*(\.[A-Za-z_][A-Za-z0-9_]*)?$")
 
 
@@ -82,7 +83,8 @@ def replace_date(
     expected = rows.count()
     columns = ", ".join(rows.columns)  # by name, never by position
     connection = connect(spark, cfg, user, password)  # fails fast, before anything is written
-    staging = f"{cfg.table}__staging_{uuid.uuid4().hex[:12]}"
+    drop_leftover_staging(connection, cfg.table)
+    staging = f"{cfg.table}{STAGING_SUFFIX}{uuid.uuid4().hex[:12]}"
     try:
         rows.write.jdbc(
             cfg.url,
@@ -105,6 +107,23 @@ def replace_date(
     finally:
         _drop(connection, staging)
         connection.close()
+
+
+def drop_leftover_staging(connection, table: str) -> None:
+    """Drop the staging tables of `table` that exports killed before their `finally` left behind."""
+    schema, _, name = table.rpartition(".")
+    meta = connection.getMetaData()
+    case = str.lower if meta.storesLowerCaseIdentifiers() else str.upper if meta.storesUpperCaseIdentifiers() else str
+    prefix = case(name + STAGING_SUFFIX)
+    found = meta.getTables(None, case(schema) or None, prefix + "%", None)  # "_" matches any character here
+    leftovers = []
+    while found.next():
+        if found.getString("TABLE_NAME").startswith(prefix):
+            leftovers.append(".".join(p for p in (found.getString("TABLE_SCHEM"), found.getString("TABLE_NAME")) if p))
+    found.close()
+    for leftover in leftovers:
+        log.warning("dropping %s, the staging table of an export that was killed before it could drop it", leftover)
+        _drop(connection, leftover)
 
 
 def _drop(connection, table: str) -> None:

@@ -6,9 +6,15 @@ import argparse
 import os
 from pathlib import Path
 
-from bench import feed, pseudonym, score, stages
+from bench import feed, models, pseudonym, score, stages
 
-BENCHES = {"stages": stages.main, "feed": feed.main, "score": score.main, "pseudonym": pseudonym.main}
+BENCHES = {
+    "stages": stages.main,
+    "feed": feed.main,
+    "score": score.main,
+    "pseudonym": pseudonym.main,
+    "models": models.main,
+}
 
 
 def main() -> None:

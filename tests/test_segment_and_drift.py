@@ -61,6 +61,18 @@ def test_segments_below_the_k_anonymity_threshold_are_suppressed(spark):
     assert profiles[0]["top_categories"] == [7] and profiles[1]["mean_days_since_last_event"] == 30.0
 
 
+def test_profiles_name_their_top_categories_by_code_where_the_source_has_one(spark):
+    profiles = spark.createDataFrame([(0, [7, 8]), (1, None)], "segment_id int, top_categories array<long>")
+    events = spark.createDataFrame(
+        [(7, "electronics.audio")] * 3 + [(7, "electronics")] + [(8, None), (9, "kids.toys")],
+        "category_id long, category_code string",
+    )
+    labelled = {
+        r["segment_id"]: r["top_category_labels"] for r in segment.with_category_labels(profiles, events).collect()
+    }
+    assert labelled == {0: ["electronics.audio", "8"], 1: None}  # the commonest code; the id where there is none
+
+
 def test_psi_is_zero_for_the_same_population_and_grows_with_a_shift(spark):
     same = spark.range(10_000).select((F.col("id") % 100).cast("double").alias("events"))
     shifted = spark.range(10_000).select(((F.col("id") % 100) + 40).cast("double").alias("events"))

@@ -102,7 +102,8 @@ def test_evaluation_beside_the_baselines_is_written_and_importance_saved(spark, 
         F.col("model_version") == metadata["model_version"]
     )
     models = {r["model"] for r in rows.select("model").distinct().collect()}
-    assert models == {"model", "logistic_regression", "gradient_boosted_trees", "recency_frequency"}
+    baselines = {"logistic_regression", "gradient_boosted_trees", "recency_frequency", "bg_nbd_purchasers"}
+    assert models == {"model", "model_purchasers", *baselines}
     model = metadata["test_metrics"]["model"]
     assert 0.5 < model["roc_auc"] <= 1 and model["log_loss"] > 0 and 0 <= model["expected_calibration_error"] < 1
     assert metadata["test_metrics"]["recency_frequency"]["log_loss"] is None  # a ranking, not a probability

@@ -1,0 +1,105 @@
+"""BG/NBD: the classic "buy till you die" baseline (Fader, Hardie and Lee 2005), fitted at cluster scale.
+
+Each customer is summarised by (x, t_x, T): repeat purchase days, the time from the first purchase to the last, and
+from the first purchase to the cutoff, in weeks. The likelihood depends on nothing else, so Spark reduces any number
+of customers to their distinct triples with a count each (a few thousand to a few hundred thousand rows, bounded by
+the days of history, not by the customers), and the driver fits the four parameters over those weighted triples.
+Predictions are made once per distinct triple and joined back to the customers.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+
+import numpy as np
+import pandas as pd
+from pyspark.sql import DataFrame
+from pyspark.sql import functions as F
+from scipy import optimize, special
+
+TRIPLE = ["x", "t_x", "T"]
+DAYS_PER_UNIT = 7.0  # weeks, the unit of the published parameters
+
+
+@dataclasses.dataclass(frozen=True)
+class BgNbd:
+    """Purchase rate ~ Gamma(r, alpha); dropout probability after each purchase ~ Beta(a, b)."""
+
+    r: float
+    alpha: float
+    a: float
+    b: float
+
+
+def purchase_triples(events: DataFrame, customers: DataFrame) -> DataFrame:
+    """(customer_id, cutoff_date, x, t_x, T) for each row of `customers` (customer_id, cutoff_date) with at least one
+    purchase before its cutoff. Purchase days, not purchases, count: several orders of one day are one transaction."""
+    purchases = events.filter(F.col("event_type") == "purchase").select("customer_id", "event_date").distinct()
+    history = purchases.join(customers, on="customer_id", how="inner").filter(
+        F.col("event_date") < F.col("cutoff_date")
+    )
+    return history.groupBy("customer_id", "cutoff_date").agg(
+        (F.count(F.lit(1)) - 1).cast("double").alias("x"),
+        (F.datediff(F.max("event_date"), F.min("event_date")) / DAYS_PER_UNIT).alias("t_x"),
+        (F.datediff(F.col("cutoff_date"), F.min("event_date")) / DAYS_PER_UNIT).alias("T"),
+    )
+
+
+def grouped(triples: DataFrame) -> pd.DataFrame:
+    """The distinct (x, t_x, T) with their customer counts `n`: what the driver fits on."""
+    return triples.groupBy(*TRIPLE).agg(F.count(F.lit(1)).cast("double").alias("n")).toPandas()
+
+
+def log_likelihood(params: BgNbd, x: np.ndarray, t_x: np.ndarray, T: np.ndarray) -> np.ndarray:
+    """Each triple's log-likelihood (Fader, Hardie and Lee 2005, equation 6)."""
+    r, alpha, a, b = params.r, params.alpha, params.a, params.b
+    a1 = special.gammaln(r + x) - special.gammaln(r) + r * np.log(alpha)
+    a2 = special.betaln(a, b + x) - special.betaln(a, b)
+    a3 = -(r + x) * np.log(alpha + T)
+    repeat = x > 0
+    a4 = np.where(
+        repeat,
+        np.log(a) - np.log(np.where(repeat, b + x - 1, 1.0)) - (r + x) * np.log(alpha + t_x),
+        -np.inf,
+    )
+    return a1 + a2 + np.logaddexp(a3, a4)
+
+
+def fit(counts: pd.DataFrame) -> BgNbd:
+    """Maximum likelihood over the weighted triples (`grouped`), on the log of the parameters."""
+    x, t_x, T, n = (counts[c].to_numpy(dtype=float) for c in [*TRIPLE, "n"])
+    if len(counts) == 0:
+        raise ValueError("BG/NBD needs customers with at least one purchase")
+
+    def loss(log_params: np.ndarray) -> float:
+        return -float(np.sum(n * log_likelihood(BgNbd(*np.exp(log_params)), x, t_x, T))) / n.sum()
+
+    best = optimize.minimize(loss, np.zeros(4), method="Nelder-Mead", options={"maxiter": 4000, "xatol": 1e-6})
+    best = optimize.minimize(loss, best.x, method="L-BFGS-B")  # polish from the simplex's point
+    return BgNbd(*np.exp(best.x))
+
+
+def alive_odds(params: BgNbd, x: np.ndarray, t_x: np.ndarray, T: np.ndarray) -> np.ndarray:
+    """1 / P(alive) - 1: the odds that the customer has dropped out since the last purchase."""
+    repeat = x > 0
+    ratio = (params.alpha + T) / (params.alpha + t_x)
+    return np.where(repeat, params.a / np.where(repeat, params.b + x - 1, 1.0) * ratio ** (params.r + x), 0.0)
+
+
+def expected_purchases(params: BgNbd, x: np.ndarray, t_x: np.ndarray, T: np.ndarray, t: float) -> np.ndarray:
+    """E[purchases in the next t weeks | x, t_x, T] (equation 10)."""
+    r, alpha, a, b = params.r, params.alpha, params.a, params.b
+    z = t / (alpha + T + t)
+    hyp = special.hyp2f1(r + x, b + x, a + b + x - 1, z)
+    upper = (a + b + x - 1) / (a - 1) * (1 - ((alpha + T) / (alpha + T + t)) ** (r + x) * hyp)
+    return upper / (1 + alive_odds(params, x, t_x, T))
+
+
+def predict(params: BgNbd, triples: DataFrame, weeks: float) -> DataFrame:
+    """`expected_purchases` and `p_alive` for each row of `triples`, computed once per distinct triple."""
+    counts = grouped(triples)
+    x, t_x, T = (counts[c].to_numpy(dtype=float) for c in TRIPLE)
+    counts["expected_purchases"] = expected_purchases(params, x, t_x, T, weeks)
+    counts["p_alive"] = 1 / (1 + alive_odds(params, x, t_x, T))
+    table = triples.sparkSession.createDataFrame(counts.drop(columns="n"))
+    return triples.join(table, on=TRIPLE, how="left")

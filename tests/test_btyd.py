@@ -1,0 +1,57 @@
+"""BG/NBD, the classic baseline: purchase triples built in Spark, the fit checked against the published CDNOW one."""
+
+import datetime as dt
+from pathlib import Path
+
+import numpy as np
+import pandas as pd
+import pytest
+
+from behavior_spark import btyd
+
+# The CDNOW sample of Fader, Hardie and Lee (2005): 2,357 customers, 39 weeks (the copy shipped with the MIT-licensed
+# `lifetimes` package, whose column names it keeps: frequency = x, recency = t_x, T).
+CDNOW = Path(__file__).parent / "data" / "cdnow_customers_summary.csv"
+
+
+def test_the_fit_over_spark_grouped_triples_finds_the_published_cdnow_parameters(spark):
+    summary = pd.read_csv(CDNOW).rename(columns={"frequency": "x", "recency": "t_x"})[btyd.TRIPLE]
+    counts = btyd.grouped(spark.createDataFrame(summary))
+    assert counts["n"].sum() == 2357 and len(counts) < 1100  # the driver sees distinct triples, not customers
+    params = btyd.fit(counts)
+    published = btyd.BgNbd(r=0.243, alpha=4.414, a=0.793, b=2.426)  # the paper's table
+    for name in ("r", "alpha", "a", "b"):
+        assert getattr(params, name) == pytest.approx(getattr(published, name), rel=0.005), name
+    # The paper's worked example: x = 2, t_x = 30.43, T = 38.86 expects 1.226 purchases in the next 39 weeks.
+    expected = btyd.expected_purchases(params, np.array([2.0]), np.array([30.43]), np.array([38.86]), 39.0)
+    assert expected[0] == pytest.approx(1.226, abs=0.002)
+
+
+def test_purchase_triples_count_purchase_days_before_the_cutoff(spark):
+    day = dt.date(2026, 1, 1)
+    events = spark.createDataFrame(
+        [
+            ("c1", "purchase", day),
+            ("c1", "purchase", day),  # a second order the same day: one transaction
+            ("c1", "purchase", day + dt.timedelta(days=14)),
+            ("c1", "view", day + dt.timedelta(days=20)),
+            ("c1", "purchase", day + dt.timedelta(days=28)),
+            ("c1", "purchase", day + dt.timedelta(days=35)),  # on the cutoff: after it
+            ("c2", "view", day),  # never bought: no triple
+        ],
+        "customer_id string, event_type string, event_date date",
+    )
+    customers = spark.createDataFrame([("c1", day + dt.timedelta(days=35)), ("c2", day + dt.timedelta(days=35))])
+    triples = btyd.purchase_triples(events, customers.toDF("customer_id", "cutoff_date")).collect()
+    assert [(r["customer_id"], r["x"], r["t_x"], r["T"]) for r in triples] == [("c1", 2.0, 4.0, 5.0)]
+
+
+def test_predictions_are_made_per_distinct_triple_and_joined_back(spark):
+    params = btyd.BgNbd(r=0.243, alpha=4.414, a=0.793, b=2.426)
+    triples = spark.createDataFrame(
+        [("c1", 2.0, 30.43, 38.86), ("c2", 2.0, 30.43, 38.86), ("c3", 0.0, 0.0, 38.86)], ["customer_id", *btyd.TRIPLE]
+    )
+    rows = {r["customer_id"]: r for r in btyd.predict(params, triples, 39.0).collect()}
+    assert rows["c1"]["expected_purchases"] == rows["c2"]["expected_purchases"] == pytest.approx(1.226, abs=0.002)
+    assert rows["c3"]["p_alive"] == 1.0  # no repeat purchase: BG/NBD cannot have seen a dropout
+    assert 0 < rows["c1"]["p_alive"] < 1
