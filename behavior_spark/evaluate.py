@@ -25,7 +25,7 @@ from pyspark.ml.functions import array_to_vector, vector_to_array
 from pyspark.sql import Column, DataFrame, SparkSession
 from pyspark.sql import functions as F
 
-from behavior_spark import btyd, features, lake
+from behavior_spark import btyd, features, lake, predict
 from behavior_spark.config import Settings
 
 log = logging.getLogger(__name__)
@@ -36,14 +36,12 @@ _EPSILON = 1e-7
 
 def run(spark: SparkSession, settings: Settings, table: DataFrame, metadata: dict) -> dict:
     """Metrics of the model and the baselines on the test split, written to Delta; importance on validation."""
-    from behavior_spark import score
-
     cfg = settings.train
     stats = {name: tuple(value) for name, value in metadata["normalisation"].items()}
     inputs = table.transform(features.model_inputs, stats).withColumn("label", F.col("label").cast("double"))
     train, validation, test = (inputs.filter(F.col("split") == name) for name in ("train", "validation", "test"))
     keep = ["customer_id", "cutoff_date", "label"]
-    model_scores = score.score(test, metadata, cfg.model_dir, settings.score.batch_size, keep=keep).select(
+    model_scores = predict.predictions(test, metadata, cfg.model_dir, settings.score.batch_size, keep=keep).select(
         *keep, F.col("propensity").cast("double").alias("score")
     )
     model_scores.persist(StorageLevel.MEMORY_AND_DISK)  # the test rows are scored once, for every comparison

@@ -31,6 +31,7 @@ GAP_BUCKETS = len(GAP_BUCKET_SECONDS) + 3  # pad, first, one per bound, beyond t
 WINDOW_DAYS = [7, 30, 90]
 NO_PURCHASE_DAYS = 365.0  # days since last purchase for customers who never bought
 SEQUENCE_COLUMNS = ["seq_event_type", "seq_category", "seq_gap_bucket"]
+MODEL_INPUT_COLUMNS = ["numeric", *SEQUENCE_COLUMNS]  # what the model consumes: `model_inputs` makes `numeric`
 SCORE_SPLIT = "score"  # the scoring snapshot's rows: every customer as of the scoring date, no label
 SHARE_FEATURES = {
     "view_to_cart",

@@ -17,7 +17,7 @@ from matplotlib.figure import Figure
 from pyspark.sql import SparkSession
 from pyspark.sql import functions as F
 
-from behavior_spark import artifacts, features, lake, train
+from behavior_spark import artifacts, features, lake, model_artifact
 from behavior_spark.config import Settings
 from behavior_spark.drift import WARN_PSI
 
@@ -35,7 +35,7 @@ window.addEventListener('load', () => {
 
 
 def run(spark: SparkSession, settings: Settings) -> dict:
-    metadata = train.load_metadata(settings.train.model_dir)
+    metadata = model_artifact.load_metadata(settings.train.model_dir)
     scores = lake.read(spark, settings.lake, lake.SCORES)
     scoring_date = features.scoring_date(spark, settings)  # the date the score stage scored
     on_date = F.col("scoring_date") == F.lit(scoring_date)

@@ -24,17 +24,13 @@ import warnings
 from pyspark.sql import DataFrame, SparkSession
 from pyspark.sql import functions as F
 
-from behavior_spark import artifacts, features, feed, lake, tracking
+from behavior_spark import artifacts, evaluate, features, feed, lake, model_artifact, tracking
 from behavior_spark.config import Settings
 
 log = logging.getLogger(__name__)
 
-MODEL_FILE = "model.h5"
-METADATA_FILE = "metadata.json"
 CHECKPOINTS = "checkpoints"
-INPUT_COLUMNS = ["numeric", *features.SEQUENCE_COLUMNS]
 _CHECKPOINT_NAME = re.compile(r"^epoch-(\d+)\.h5$")
-_MODEL_NAME = re.compile(r"^model(-.+)?\.h5$")
 
 
 class TrainingError(RuntimeError):
@@ -68,15 +64,13 @@ class TrainingSpec:
 
 def run(spark: SparkSession, settings: Settings) -> dict:
     """Train with `train.num_proc` Horovod processes; write the model artifact to `train.model_dir`; evaluate it."""
-    from behavior_spark import evaluate  # here, not at the top: evaluate scores through score, which imports train
-
     cfg = settings.train
     tracking.tracking_uri(settings)  # a setting with nowhere to record the run fails now, not after training
     features_version = lake.version(spark, settings.lake, lake.FEATURES)
     stats = features.read_stats(spark, settings, features_version)
     table = lake.read(spark, settings.lake, lake.FEATURES, version=features_version)
     inputs = table.transform(features.model_inputs, stats).select(
-        *INPUT_COLUMNS, F.col("label").cast("float").alias("label"), "split"
+        *features.MODEL_INPUT_COLUMNS, F.col("label").cast("float").alias("label"), "split"
     )
     counts = {(r["split"], r["label"]): r["count"] for r in table.groupBy("split", "label").count().collect()}  # 6
     spec = training_spec(settings, counts, reader_threads(spark, cfg.reader_threads))
@@ -91,37 +85,16 @@ def run(spark: SparkSession, settings: Settings) -> dict:
     train, validation = (_split(inputs, name, cfg.num_proc) for name in ("train", "validation"))
     results = fit(spark, settings, spec, train, validation)
     chief = results[0]
-    model_version = dt.datetime.now(dt.UTC).strftime("%Y%m%dT%H%M%SZ")
-    metadata = {
-        "model_version": model_version,
-        "model_file": f"model-{model_version}.h5",
-        "trained_at": dt.datetime.now(dt.UTC).isoformat(timespec="seconds"),
-        "feature_names": features.numeric_feature_names(),
-        "normalisation": stats,
-        "sequence_length": spec.sequence_length,
-        "category_buckets": spec.category_buckets,
-        "event_type_ids": features.EVENT_TYPE_IDS,
-        "gap_bucket_seconds": features.GAP_BUCKET_SECONDS,
-        "features_version": features_version,
-        "features_run": features.recorded_run(spark, settings, features_version),
-        "num_proc": cfg.num_proc,
-        "steps_per_rank": [r["steps"] for r in results],
-        "weights_sha256_per_rank": [r["weights_sha256"] for r in results],
-        "epochs_run": chief["epochs_run"],
-        "fit_seconds": chief["fit_seconds"],
-        "resumed_after_epoch": spec.initial_epoch,
-        "history": chief["history"],
-        "training": {k: v for k, v in dataclasses.asdict(spec).items() if k != "initial_model"},
-    }
-    save_model(cfg.model_dir, chief["model_bytes"], metadata)
+    metadata = model_metadata(spark, settings, spec, results, stats, features_version)
+    model_artifact.save_model(cfg.model_dir, chief["model_bytes"], metadata)
     evaluation = evaluate.run(spark, settings, table, metadata)
     metadata.update(evaluation)
     try:
         metadata["mlflow_run_id"] = tracking.log_training(
-            settings, metadata, model_files(chief["model_bytes"], metadata)
+            settings, metadata, model_artifact.model_files(chief["model_bytes"], metadata)
         )
     finally:
-        save_model(cfg.model_dir, chief["model_bytes"], metadata)  # complete even when MLflow refused the run
+        model_artifact.save_model(cfg.model_dir, chief["model_bytes"], metadata)  # complete even if MLflow refused
     artifacts.delete_folder(spec.checkpoint_dir)  # the run is finished: a later --resume starts afresh
     return {
         "model_dir": cfg.model_dir,
@@ -135,6 +108,40 @@ def run(spark: SparkSession, settings: Settings) -> dict:
         "test_metrics": {
             k: round(v, 4) for k, v in evaluation["test_metrics"]["model"].items() if isinstance(v, float)
         },
+    }
+
+
+def model_metadata(
+    spark: SparkSession,
+    settings: Settings,
+    spec: TrainingSpec,
+    results: list[dict],
+    stats: dict[str, tuple[float, float]],
+    features_version: int,
+) -> dict:
+    """What scoring and a person need to know of a trained model (`metadata.json`)."""
+    chief = results[0]
+    model_version = dt.datetime.now(dt.UTC).strftime("%Y%m%dT%H%M%SZ")
+    return {
+        "model_version": model_version,
+        "model_file": f"model-{model_version}.h5",
+        "trained_at": dt.datetime.now(dt.UTC).isoformat(timespec="seconds"),
+        "feature_names": features.numeric_feature_names(),
+        "normalisation": stats,
+        "sequence_length": spec.sequence_length,
+        "category_buckets": spec.category_buckets,
+        "event_type_ids": features.EVENT_TYPE_IDS,
+        "gap_bucket_seconds": features.GAP_BUCKET_SECONDS,
+        "features_version": features_version,
+        "features_run": features.recorded_run(spark, settings, features_version),
+        "num_proc": settings.train.num_proc,
+        "steps_per_rank": [r["steps"] for r in results],
+        "weights_sha256_per_rank": [r["weights_sha256"] for r in results],
+        "epochs_run": chief["epochs_run"],
+        "fit_seconds": chief["fit_seconds"],
+        "resumed_after_epoch": spec.initial_epoch,
+        "history": chief["history"],
+        "training": {k: v for k, v in dataclasses.asdict(spec).items() if k != "initial_model"},
     }
 
 
@@ -272,53 +279,15 @@ def make_train_fn(spec: TrainingSpec, train_urls: list[str], validation_urls: li
         hvd = _import_horovod_keras()
         import tensorflow as tf
 
-        from behavior_spark.features import EVENT_TYPE_IDS, GAP_BUCKETS
-        from behavior_spark.model import build_model
-
         warnings.filterwarnings("ignore")
         hvd.init()
         _pin_gpu(tf, hvd.local_rank())
         _seed_everything(tf, spec.seed)
         tf.config.threading.set_inter_op_parallelism_threads(1)
-        model = build_model(
-            spec.numeric_dim, spec.sequence_length, len(EVENT_TYPE_IDS) + 1, spec.category_buckets, GAP_BUCKETS
-        )
-        if spec.initial_model is not None:
-            with tempfile.NamedTemporaryFile(suffix=".h5") as saved:
-                saved.write(spec.initial_model)
-                saved.flush()
-                model.load_weights(saved.name)
-        scaled_lr = spec.learning_rate * hvd.size()
-        model.compile(
-            optimizer=hvd.DistributedOptimizer(tf.keras.optimizers.Adam(scaled_lr)),
-            loss="binary_crossentropy",
-            metrics=[tf.keras.metrics.AUC(name="auc")],
-        )
+        model = compiled_model(spec, hvd, tf)
         steps = max(1, spec.train_rows // (spec.batch_size * hvd.size()))
         validation_steps = max(1, spec.validation_rows // (spec.batch_size * hvd.size()))
-        callbacks = [
-            hvd.callbacks.BroadcastGlobalVariablesCallback(0),
-            hvd.callbacks.MetricAverageCallback(),  # before early stopping: every rank sees the same val_loss
-            hvd.callbacks.LearningRateWarmupCallback(initial_lr=scaled_lr, warmup_epochs=1, steps_per_epoch=steps),
-            tf.keras.callbacks.EarlyStopping(monitor="val_loss", patience=spec.patience, restore_best_weights=True),
-        ]
-
-        class CountSteps(tf.keras.callbacks.Callback):  # the steps this rank ran, not the ones it was told to
-            count = 0
-
-            def on_train_batch_end(self, batch, logs=None):
-                self.count += 1
-
-        counter = CountSteps()
-        callbacks.append(counter)
-        if hvd.rank() == 0:
-
-            class CheckpointEachEpoch(tf.keras.callbacks.Callback):
-                def on_epoch_end(self, epoch, logs=None):
-                    location = artifacts.join(spec.checkpoint_dir, checkpoint_name(epoch + 1))
-                    artifacts.write_bytes(location, _model_bytes(self.model))
-
-            callbacks.append(CheckpointEachEpoch())
+        counter, callbacks = worker_callbacks(spec, hvd, tf, steps)
         train_reader = feed.open_reader(train_urls, hvd.rank(), hvd.size(), spec.reader_threads, spec.seed)
         validation_reader = feed.open_reader(validation_urls, hvd.rank(), hvd.size(), 1, spec.seed)
         started = time.monotonic()
@@ -347,10 +316,60 @@ def make_train_fn(spec: TrainingSpec, train_urls: list[str], validation_urls: li
             "fit_seconds": fit_seconds,
             "weights_sha256": weights,
             "history": {k: [float(v) for v in values] for k, values in history.history.items()},
-            "model_bytes": _model_bytes(model) if hvd.rank() == 0 else None,
+            "model_bytes": model_artifact.model_bytes(model) if hvd.rank() == 0 else None,
         }
 
     return train_fn
+
+
+def compiled_model(spec: TrainingSpec, hvd, tf):
+    """The model on a worker, from the run's checkpoint when it resumes, with Horovod's optimizer."""
+    from behavior_spark.features import EVENT_TYPE_IDS, GAP_BUCKETS
+    from behavior_spark.model import build_model
+
+    model = build_model(
+        spec.numeric_dim, spec.sequence_length, len(EVENT_TYPE_IDS) + 1, spec.category_buckets, GAP_BUCKETS
+    )
+    if spec.initial_model is not None:
+        with tempfile.NamedTemporaryFile(suffix=".h5") as saved:
+            saved.write(spec.initial_model)
+            saved.flush()
+            model.load_weights(saved.name)
+    model.compile(
+        optimizer=hvd.DistributedOptimizer(tf.keras.optimizers.Adam(spec.learning_rate * hvd.size())),
+        loss="binary_crossentropy",
+        metrics=[tf.keras.metrics.AUC(name="auc")],
+    )
+    return model
+
+
+def worker_callbacks(spec: TrainingSpec, hvd, tf, steps: int) -> tuple:
+    """(a counter of the steps this rank ran, every callback of the fit): Horovod's broadcast, metric averaging and
+    warm-up, early stopping, the step counter, and on rank 0 a checkpoint after each epoch."""
+
+    class CountSteps(tf.keras.callbacks.Callback):  # the steps this rank ran, not the ones it was told to
+        count = 0
+
+        def on_train_batch_end(self, batch, logs=None):
+            self.count += 1
+
+    class CheckpointEachEpoch(tf.keras.callbacks.Callback):
+        def on_epoch_end(self, epoch, logs=None):
+            location = artifacts.join(spec.checkpoint_dir, checkpoint_name(epoch + 1))
+            artifacts.write_bytes(location, model_artifact.model_bytes(self.model))
+
+    counter = CountSteps()
+    scaled_lr = spec.learning_rate * hvd.size()
+    callbacks = [
+        hvd.callbacks.BroadcastGlobalVariablesCallback(0),
+        hvd.callbacks.MetricAverageCallback(),  # before early stopping: every rank sees the same val_loss
+        hvd.callbacks.LearningRateWarmupCallback(initial_lr=scaled_lr, warmup_epochs=1, steps_per_epoch=steps),
+        tf.keras.callbacks.EarlyStopping(monitor="val_loss", patience=spec.patience, restore_best_weights=True),
+        counter,
+    ]
+    if hvd.rank() == 0:
+        callbacks.append(CheckpointEachEpoch())
+    return counter, callbacks
 
 
 def _import_horovod_keras():
@@ -389,41 +408,6 @@ def _pin_gpu(tf, local_rank: int) -> None:
         gpu = gpus[local_rank % len(gpus)]
         tf.config.experimental.set_memory_growth(gpu, True)
         tf.config.set_visible_devices(gpu, "GPU")
-
-
-def _model_bytes(model) -> bytes:
-    with tempfile.TemporaryDirectory() as tmp:
-        path = os.path.join(tmp, MODEL_FILE)
-        model.save(path)
-        with open(path, "rb") as saved:
-            return saved.read()
-
-
-def model_files(model_bytes: bytes, metadata: dict) -> dict[str, bytes]:
-    """The artifact's files: the model and its metadata (feature list, normalisation, data version, metrics)."""
-    text = json.dumps(metadata, indent=2, sort_keys=True, default=str)
-    return {MODEL_FILE: model_bytes, METADATA_FILE: text.encode()}
-
-
-def save_model(model_dir: str, model_bytes: bytes, metadata: dict) -> None:
-    """Publish a model: its weights under a name of their own (`metadata["model_file"]`), then the metadata that
-    names them, in one whole-file write. Readers go through the metadata, so they get the old model or the new one,
-    never the new weights with the old statistics; a kill in between leaves the old model published."""
-    files = model_files(model_bytes, metadata)
-    artifacts.write_bytes(artifacts.join(model_dir, metadata["model_file"]), files[MODEL_FILE])
-    previous = artifacts.exists(artifacts.join(model_dir, METADATA_FILE)) and load_metadata(model_dir)
-    artifacts.write_bytes(artifacts.join(model_dir, METADATA_FILE), files[METADATA_FILE])
-    keep = {metadata["model_file"], previous and previous.get("model_file")}  # the one before: readers may hold it
-    for name in artifacts.list_names(model_dir):
-        if _MODEL_NAME.match(name) and name not in keep:
-            artifacts.delete_file(artifacts.join(model_dir, name))
-
-
-def load_metadata(model_dir: str) -> dict:
-    path = artifacts.join(model_dir, METADATA_FILE)
-    if not artifacts.exists(path):
-        raise FileNotFoundError(f"no trained model at {model_dir} (missing {METADATA_FILE}): run the train stage first")
-    return json.loads(artifacts.read_bytes(path))
 
 
 def _split(inputs: DataFrame, split: str, num_proc: int) -> DataFrame:

@@ -12,7 +12,7 @@ import sys
 import zipfile
 from pathlib import Path
 
-from behavior_spark import pipeline, train
+from behavior_spark import model_artifact, pipeline
 from behavior_spark.config import load_settings
 from behavior_spark.session import local_session
 
@@ -53,7 +53,7 @@ def main(sizes: list[int], workdir: Path) -> str:
     )
     spark = local_session(settings.spark)
     results = {stage: pipeline.run_stage(stage, spark, settings) for stage in ("ingest", "featurize", "train")}
-    metrics = train.load_metadata(settings.train.model_dir)["test_metrics"]
+    metrics = model_artifact.load_metadata(settings.train.model_dir)["test_metrics"]
     lines = [
         f"CDNOW master log: {results['ingest']['rows_read']:,} lines, test split of one 273-day label window",
         "",

@@ -1,7 +1,7 @@
 """Scoring through Spark against the model's own speed in one process, on the same rows, in one run.
 
 - in-process: `model.predict(numpy, batch_size)` over the rows already in memory (the target);
-- `score.score`, the stage's path: an Arrow-batch UDF (`mapInArrow`, see score.py);
+- `predict.predictions`, the stage's path: an Arrow-batch UDF (`mapInArrow`, see score.py);
 - stock: `predict_batch_udf` fed the four array columns, which it stacks row by row with `np.vstack`.
 Both Spark paths produce propensity and the 64-dimension embedding and write nothing (`noop`).
 """
@@ -19,7 +19,7 @@ from pyspark.ml.functions import predict_batch_udf
 from pyspark.sql import DataFrame, SparkSession
 from pyspark.sql import functions as F
 
-from behavior_spark import features, score, train
+from behavior_spark import features, model_artifact, predict
 from behavior_spark.session import local_session
 from bench.common import bench_settings
 
@@ -44,7 +44,7 @@ def main(sizes: list[int], workdir: Path) -> str:
         rows = feature_rows(spark, size).cache()
         rows.count()
         in_process = in_process_rate(rows, metadata, str(folder / "model"))
-        stage = _timed(score.score(rows, metadata, str(folder / "model"), BATCH, keep=["customer_id"]), size)
+        stage = _timed(predict.predictions(rows, metadata, str(folder / "model"), BATCH, keep=["customer_id"]), size)
         stock = _timed(stock_udf(rows, metadata, str(folder / "model")), size)
         lines.append(
             f"| {size:,} | {in_process:,.0f} | {stage:,.0f} | {stock:,.0f} | {stage / in_process:.2f}x "
@@ -65,7 +65,7 @@ def save_untrained_model(model_dir: str) -> dict:
     names = features.numeric_feature_names()
     model = build_model(len(names), 50, len(features.EVENT_TYPE_IDS) + 1, 64, features.GAP_BUCKETS)
     Path(model_dir).mkdir(parents=True, exist_ok=True)
-    model.save(str(Path(model_dir, train.MODEL_FILE)))
+    model.save(str(Path(model_dir, model_artifact.MODEL_FILE)))
     metadata = {
         "feature_names": names,
         "normalisation": {n: [0.0, 1.0] for n in names},
@@ -73,7 +73,7 @@ def save_untrained_model(model_dir: str) -> dict:
         "model_version": "bench",
         "training": {"class_weight": None},
     }
-    Path(model_dir, train.METADATA_FILE).write_text(json.dumps(metadata))
+    Path(model_dir, model_artifact.METADATA_FILE).write_text(json.dumps(metadata))
     tf.keras.backend.clear_session()
     return metadata
 
@@ -98,8 +98,10 @@ def in_process_rate(rows: DataFrame, metadata: dict, model_dir: str) -> float:
     from behavior_spark.model import load_model, scoring_inputs
 
     stats = {n: tuple(v) for n, v in metadata["normalisation"].items()}
-    frame = rows.transform(features.model_inputs, stats).select(*train.INPUT_COLUMNS).toPandas()  # bench rows only
-    columns = {name: np.stack(frame[name].to_numpy()) for name in train.INPUT_COLUMNS}
+    frame = (
+        rows.transform(features.model_inputs, stats).select(*features.MODEL_INPUT_COLUMNS).toPandas()
+    )  # bench rows only
+    columns = {name: np.stack(frame[name].to_numpy()) for name in features.MODEL_INPUT_COLUMNS}
     model = load_model(model_dir, metadata)
     inputs = scoring_inputs(columns)
     model.predict([x[:BATCH] for x in inputs], batch_size=BATCH, verbose=0)  # warm-up
@@ -128,14 +130,14 @@ def stock_udf(rows: DataFrame, metadata: dict, model_dir: str) -> DataFrame:
 
     udf = predict_batch_udf(
         make_predict_fn,
-        return_type=score.PREDICTION_TYPE,
+        return_type=predict.PREDICTION_TYPE,
         batch_size=BATCH,
         input_tensor_shapes=[[len(metadata["feature_names"])], [50], [50], [50]],
     )
     stats = {n: tuple(v) for n, v in metadata["normalisation"].items()}
     return (
         rows.transform(features.model_inputs, stats)
-        .withColumn("prediction", udf(*train.INPUT_COLUMNS))
+        .withColumn("prediction", udf(*features.MODEL_INPUT_COLUMNS))
         .select("customer_id", "prediction.propensity", "prediction.embedding")
     )
 

@@ -20,7 +20,7 @@ from pyspark.sql import functions as F
 
 from behavior_spark import lake
 from behavior_spark.config import as_dict
-from behavior_spark.train import METADATA_FILE
+from behavior_spark.model_artifact import METADATA_FILE
 
 ROOT = Path(__file__).resolve().parents[1]
 
@@ -143,15 +143,15 @@ def test_every_customer_in_exactly_one_segment(spark, finished_run):
 
 
 def test_scores_equal_the_models_own_predictions(spark, finished_run):
-    from behavior_spark import features, model, train
+    from behavior_spark import features, model, model_artifact
 
     settings, _ = finished_run
-    metadata = train.load_metadata(settings.train.model_dir)
+    metadata = model_artifact.load_metadata(settings.train.model_dir)
     stats = {name: tuple(value) for name, value in metadata["normalisation"].items()}
     table = lake.read(spark, settings.lake, lake.FEATURES).transform(features.model_inputs, stats)
     scores = lake.read(spark, settings.lake, lake.SCORES).select("customer_id", "cutoff_date", "propensity")
     sample = table.join(scores, on=["customer_id", "cutoff_date"]).limit(300).toPandas()
-    columns = {name: np.stack(sample[name].to_numpy()) for name in train.INPUT_COLUMNS}
+    columns = {name: np.stack(sample[name].to_numpy()) for name in features.MODEL_INPUT_COLUMNS}
     predicted = model.load_model(settings.train.model_dir, metadata).predict(model.scoring_inputs(columns), verbose=0)
     np.testing.assert_allclose(sample["propensity"].to_numpy(), predicted[0][:, 0], rtol=1e-4, atol=1e-6)
 

@@ -33,7 +33,7 @@ from conftest import TEST_KEY
 from pyspark.sql import functions as F
 from test_ingest import REES46_HEADER
 
-from behavior_spark import artifacts, lake, pipeline, train
+from behavior_spark import artifacts, lake, model_artifact, pipeline, train
 from behavior_spark.config import as_dict, load_settings
 from behavior_spark.generate import generate_events
 
@@ -190,7 +190,7 @@ def test_ten_scheduled_days(spark, tmp_path, postgres, monkeypatch):
         print(f"day {number}:", {stage: result["seconds"] for stage, result in results.items()})  # shown on failure
 
         if trains:
-            metadata = train.load_metadata(settings.train.model_dir)
+            metadata = model_artifact.load_metadata(settings.train.model_dir)
             epochs = results["train"]["epochs_run"] + metadata["resumed_after_epoch"]
             resumed_own_run = KILLED.get(number) == "train"  # the retry of the killed run continues it, nothing else
             assert epochs >= 1 and (metadata["resumed_after_epoch"] == 0 or resumed_own_run), f"day {number}"

@@ -17,7 +17,7 @@ import numpy as np
 import pytest
 from pyspark.sql import functions as F
 
-from behavior_spark import artifacts, evaluate, features, lake, pipeline, tracking, train
+from behavior_spark import artifacts, evaluate, features, lake, model_artifact, pipeline, tracking, train
 from behavior_spark.config import ConfigError, load_settings
 from tests.conftest import TEST_KEY
 
@@ -74,7 +74,7 @@ def trained(spark, features_lake):
     settings = tiny_settings(features_lake)
     with deadline(600):
         result = train.run(spark, settings)
-    return settings, result, train.load_metadata(settings.train.model_dir)
+    return settings, result, model_artifact.load_metadata(settings.train.model_dir)
 
 
 def test_both_ranks_ran_the_same_steps_and_ended_with_the_same_weights(trained):
@@ -156,7 +156,7 @@ def test_on_a_known_signal_the_model_beats_the_recency_frequency_heuristic(spark
     lake.overwrite(table, settings.lake, lake.FEATURES, partition_by=["cutoff_date"], userMetadata=record)
     with deadline(600):
         train.run(spark, settings)
-    metrics = train.load_metadata(settings.train.model_dir)["test_metrics"]
+    metrics = model_artifact.load_metadata(settings.train.model_dir)["test_metrics"]
     assert metrics["model"]["roc_auc"] > 0.9
     assert metrics["model"]["roc_auc"] > metrics["recency_frequency"]["roc_auc"] + 0.05  # measured: 0.999 vs 0.855
 
@@ -182,25 +182,28 @@ def test_only_a_retry_of_an_unfinished_run_resumes_and_a_finished_run_trains_afr
     retry = tiny_settings(settings.lake.root, "train.resume=true", "train.run_id=job-run-41", f"train.epochs={epochs}")
     with deadline(600):
         result = train.run(spark, retry)
-    metadata = train.load_metadata(retry.train.model_dir)
+    metadata = model_artifact.load_metadata(retry.train.model_dir)
     assert metadata["resumed_after_epoch"] == first["epochs_run"] and result["epochs_run"] == 1  # the epoch left
     assert artifacts.list_names(killed) == []  # finished now
 
     scheduled = tiny_settings(settings.lake.root, "train.resume=true", "train.run_id=job-run-41", "train.epochs=1")
     with deadline(600):
         result = train.run(spark, scheduled)  # the same id again, finished: nothing to continue
-    assert train.load_metadata(scheduled.train.model_dir)["resumed_after_epoch"] == 0 and result["epochs_run"] == 1
+    assert (
+        model_artifact.load_metadata(scheduled.train.model_dir)["resumed_after_epoch"] == 0
+        and result["epochs_run"] == 1
+    )
 
 
 def test_a_model_is_published_whole_by_its_metadata(tmp_path):
     old = {"model_version": "v1", "model_file": "model-v1.h5"}
-    train.save_model(str(tmp_path), b"old weights", old)
+    model_artifact.save_model(str(tmp_path), b"old weights", old)
     new = {"model_version": "v2", "model_file": "model-v2.h5"}
-    train.save_model(str(tmp_path), b"new weights", new)
-    assert train.load_metadata(str(tmp_path))["model_file"] == "model-v2.h5"
+    model_artifact.save_model(str(tmp_path), b"new weights", new)
+    assert model_artifact.load_metadata(str(tmp_path))["model_file"] == "model-v2.h5"
     assert (tmp_path / "model-v2.h5").read_bytes() == b"new weights"
     assert (tmp_path / "model-v1.h5").exists()  # the one before stays for readers that hold it
-    train.save_model(str(tmp_path), b"newer weights", {"model_version": "v3", "model_file": "model-v3.h5"})
+    model_artifact.save_model(str(tmp_path), b"newer weights", {"model_version": "v3", "model_file": "model-v3.h5"})
     assert not (tmp_path / "model-v1.h5").exists()
     assert not [p for p in tmp_path.iterdir() if ".partial" in p.name]
 
@@ -210,7 +213,7 @@ def test_an_uneven_shard_does_not_hang(spark, features_lake):
     table = lake.read(spark, settings.lake, lake.FEATURES)
     inputs = table.transform(
         features.model_inputs, features.read_stats(spark, settings, lake.version(spark, settings.lake, lake.FEATURES))
-    ).select(*train.INPUT_COLUMNS, F.col("label").cast("float").alias("label"), "split")
+    ).select(*features.MODEL_INPUT_COLUMNS, F.col("label").cast("float").alias("label"), "split")
     rows = inputs.filter(F.col("split") == "train").drop("split")
     uneven = rows.coalesce(1).union(rows.limit(5).coalesce(1))  # two files: rank 0 gets all, rank 1 gets 5 rows
     validation = inputs.filter(F.col("split") == "validation").drop("split").repartition(2)

@@ -1,0 +1,84 @@
+"""The predictor: a published model applied to features DataFrames, batch by batch on the executors.
+
+Used by the score stage (every customer) and by evaluation (the test split).
+"""
+
+from __future__ import annotations
+
+from pyspark.sql import DataFrame
+from pyspark.sql import types as T
+
+from behavior_spark import features
+
+EMBEDDING_DIM = 64
+PREDICTION_TYPE = T.StructType(
+    [
+        T.StructField("propensity", T.FloatType(), True),
+        T.StructField("embedding", T.ArrayType(T.FloatType()), True),
+    ]
+)
+
+
+def predictions(table: DataFrame, metadata: dict, model_dir: str, batch_size: int, keep: list[str]) -> DataFrame:
+    """`keep` columns of a features DataFrame with `propensity` and `embedding`, batch by batch on the executors.
+
+    An Arrow-batch UDF (`mapInArrow`): each Arrow batch's array columns become model inputs with one zero-copy
+    reshape, and the outputs go back as Arrow arrays, where `predict_batch_udf` stacks arrays row by row in Python
+    and rebuilds the embedding as a list per row (`bench score` measures both against the model in one process).
+    The model is loaded once per Python worker, with TensorFlow's threads sized to the task's cores.
+    """
+    stats = {name: tuple(value) for name, value in metadata["normalisation"].items()}
+    inputs = table.transform(features.model_inputs, stats).select(*keep, *features.MODEL_INPUT_COLUMNS)
+    schema = T.StructType([*(inputs.schema[c] for c in keep), *PREDICTION_TYPE.fields])
+    return inputs.mapInArrow(_predict_batches(model_dir, metadata, batch_size, keep), schema)
+
+
+_MODELS: dict[tuple[str, str], object] = {}  # per Python worker: (model dir, version) -> loaded scoring model
+
+
+def _worker_model(model_dir: str, metadata: dict):
+    """The scoring model, loaded on the first batch a Python worker sees and kept for the next ones."""
+    key = (model_dir, metadata["model_version"])
+    if key not in _MODELS:
+        import tensorflow as tf
+        from pyspark import TaskContext
+
+        from behavior_spark.model import load_model
+
+        context = TaskContext.get()
+        tf.config.threading.set_intra_op_parallelism_threads(context.cpus() if context is not None else 1)
+        tf.config.threading.set_inter_op_parallelism_threads(1)
+        _MODELS[key] = load_model(model_dir, metadata)
+    return _MODELS[key]
+
+
+def _predict_batches(model_dir: str, metadata: dict, batch_size: int, keep: list[str]):
+    def predict(batches):
+        import numpy as np
+        import pyarrow as pa
+
+        from behavior_spark.model import scoring_inputs
+
+        model = _worker_model(model_dir, metadata)
+        for batch in batches:
+            for start in range(0, batch.num_rows, batch_size):
+                part = batch.slice(start, batch_size)
+                rows = part.num_rows
+                columns = {name: _matrix(part.column(name), rows) for name in features.MODEL_INPUT_COLUMNS}
+                propensity, embedding = model(scoring_inputs(columns), training=False)
+                flat = pa.array(np.ascontiguousarray(embedding.numpy(), dtype=np.float32).ravel())
+                yield pa.RecordBatch.from_arrays(
+                    [
+                        *(part.column(name) for name in keep),
+                        pa.array(propensity.numpy()[:, 0].astype(np.float32)),
+                        pa.ListArray.from_arrays(pa.array(np.arange(rows + 1, dtype=np.int32) * EMBEDDING_DIM), flat),
+                    ],
+                    names=[*keep, "propensity", "embedding"],
+                )
+
+    return predict
+
+
+def _matrix(column, rows: int):
+    """A fixed-length list column as a (rows, length) numpy matrix, without a Python loop over rows."""
+    return column.flatten().to_numpy(zero_copy_only=False).reshape(rows, -1)
