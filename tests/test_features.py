@@ -106,12 +106,17 @@ def test_sequence_padding_order_truncation_and_gaps(spark):
     assert all(len(got[c][col]) == 5 for c in got for col in features.SEQUENCE_COLUMNS)
 
 
+# Splits of twelve ids as computed on 2026-11-29 (Spark 4.0.1): a split drawn otherwise (at random, or by a hash that
+# changes between processes or versions) moves customers between training and test across runs, and fails this.
+KNOWN_SPLITS = ["train"] * 7 + ["test", "test", "train", "train", "validation"]
+
+
 def test_splits_are_stable_and_follow_the_ratios(spark):
     cfg = load_settings(None).features
+    known = spark.createDataFrame([(f"customer-{i}",) for i in range(12)], ["customer_id"])
+    assert [r[0] for r in known.select(features.split_column(F.col("customer_id"), cfg)).collect()] == KNOWN_SPLITS
     ids = spark.range(20_000).select(F.sha2(F.col("id").cast("string"), 256).alias("customer_id"))
     first = ids.select("customer_id", features.split_column(F.col("customer_id"), cfg).alias("split"))
-    again = ids.select("customer_id", features.split_column(F.col("customer_id"), cfg).alias("split"))
-    assertDataFrameEqual(first, again)
     shares = {r["split"]: r["count"] / 20_000 for r in first.groupBy("split").count().collect()}
     assert shares["train"] == pytest.approx(0.70, abs=0.02)
     assert shares["validation"] == pytest.approx(0.15, abs=0.02)
