@@ -8,13 +8,15 @@ probability metrics are None), and, where customers have purchases, BG/NBD (`bty
 customers' purchase days, ranking the test customers who bought before their cutoff by their expected purchases in
 the label window (`bg_nbd_purchasers`, beside the model on the same customers, `model_purchasers`). All of it is
 Spark aggregation (BG/NBD's four parameters are fitted on the driver over the distinct purchase triples); only the
-permutation importance works on a bounded sample in the driver. Results go to the `model_evaluation` Delta table
-and the model's metadata.
+permutation importance works on a bounded sample in the driver. The model's ROC-AUC is compared with the best
+baseline's on the same rows, with a 95% bootstrap interval of the difference and a verdict (`auc_difference`).
+Results go to the `model_evaluation` Delta table and the model's metadata.
 """
 
 from __future__ import annotations
 
 import logging
+from functools import reduce
 
 import numpy as np
 import pandas as pd
@@ -32,6 +34,10 @@ log = logging.getLogger(__name__)
 
 BINS = 10
 _EPSILON = 1e-7
+KEY = ["customer_id", "cutoff_date"]  # a test row: the rows every model scores, and pairs them for comparison
+FULL_TEST_BASELINES = ["logistic_regression", "gradient_boosted_trees", "recency_frequency"]
+AUC_BINS = 200  # score bins per model for the bootstrap of the ROC-AUC difference
+REPLICATES = 1000
 
 
 def run(spark: SparkSession, settings: Settings, table: DataFrame, metadata: dict) -> dict:
@@ -40,40 +46,85 @@ def run(spark: SparkSession, settings: Settings, table: DataFrame, metadata: dic
     stats = {name: tuple(value) for name, value in metadata["normalisation"].items()}
     inputs = table.transform(features.model_inputs, stats).withColumn("label", F.col("label").cast("double"))
     train, validation, test = (inputs.filter(F.col("split") == name) for name in ("train", "validation", "test"))
-    keep = ["customer_id", "cutoff_date", "label"]
+    keep = [*KEY, "label"]
     model_scores = predict.predictions(test, metadata, cfg.model_dir, settings.score.batch_size, keep=keep).select(
         *keep, F.col("propensity").cast("double").alias("score")
     )
-    model_scores.persist(StorageLevel.MEMORY_AND_DISK)  # the test rows are scored once, for every comparison
     scored = {
-        "model": (model_scores.select("label", "score"), True),
+        "model": (model_scores, True),
         "logistic_regression": (_mllib(LogisticRegression(maxIter=50, regParam=0.01), train, test), True),
         "gradient_boosted_trees": (_mllib(GBTClassifier(maxIter=30, maxDepth=5, seed=cfg.seed), train, test), True),
-        "recency_frequency": (test.select("label", recency_frequency().alias("score")), False),
+        "recency_frequency": (test.select(*keep, recency_frequency().alias("score")), False),
     }
     events = lake.read(spark, settings.lake, lake.EVENTS, version=metadata["features_run"]["events_version"])
     bg_nbd = bg_nbd_scores(events, train, test, settings.features.label_window_days)
     if bg_nbd is not None:
-        scored["bg_nbd_purchasers"] = (bg_nbd.select("label", "score"), False)
-        same_customers = model_scores.join(bg_nbd.select(*keep[:2]), on=keep[:2])
-        scored["model_purchasers"] = (same_customers.select("label", "score"), True)
+        scored["bg_nbd_purchasers"] = (bg_nbd, False)
+        scored["model_purchasers"] = (model_scores.join(bg_nbd.select(*KEY), on=KEY), True)
     metrics, reliability = {}, {}
     for name, (df, probabilities) in scored.items():
-        df.persist(StorageLevel.MEMORY_AND_DISK)  # (label, score) only: each metric reads it, nothing re-scores
+        df.persist(StorageLevel.MEMORY_AND_DISK)  # key, label, score: each metric reads it, nothing re-scores
         metrics[name], reliability[name] = binary_metrics(df, cfg.threshold, probabilities)
     lift = lift_by_decile(scored["model"][0])
+    best = max(FULL_TEST_BASELINES, key=lambda name: metrics[name]["roc_auc"])
+    comparison = {"baseline": best, **auc_difference(scored["model"][0], scored[best][0], cfg.seed)}
     for df, _ in scored.values():
         df.unpersist()
-    model_scores.unpersist()
-    _write(spark, settings, metadata["model_version"], metrics)
+    _write(spark, settings, metadata["model_version"], metrics, comparison)
     log.info("test-split metrics (%s):\n%s", metadata["model_version"], format_table(metrics))
+    log.info("model against %s: %s", best, comparison)
     importance = permutation_importance(validation, metadata, cfg.model_dir, cfg.importance_rows, cfg.seed)
     return {
         "test_metrics": metrics,
+        "comparison": comparison,
         "reliability": reliability["model"],
         "lift_by_decile": lift,
         "permutation_importance": importance,
     }
+
+
+def auc_difference(first: DataFrame, second: DataFrame, seed: int, replicates: int = REPLICATES) -> dict:
+    """ROC-AUC of `first` minus `second` (both key, label, score over the same rows), with a 95% bootstrap interval
+    and a verdict: better, worse, or level where the interval holds 0.
+
+    Each model's scores are cut into AUC_BINS quantile bins, and Spark counts the rows of each (bin of first, bin of
+    second, label): at most 2 x AUC_BINS^2 cells, whatever the rows. A bootstrap that weighs every row Poisson(1)
+    gives each cell a Poisson(count) count, so the driver draws the replicates cell by cell and computes both AUCs
+    from the same draw (paired, as the rows are).
+    """
+    pairs = first.select(*KEY, "label", F.col("score").alias("a")).join(
+        second.select(*KEY, F.col("score").alias("b")), on=KEY
+    )
+    cells = (
+        pairs.groupBy(_quantile_bin(pairs, "a").alias("i"), _quantile_bin(pairs, "b").alias("j"), "label")
+        .count()
+        .toPandas()  # at most 2 x AUC_BINS^2 rows
+    )
+    i, j, positive = cells["i"].to_numpy(), cells["j"].to_numpy(), cells["label"].to_numpy() == 1
+    counts = cells["count"].to_numpy()
+    draws = np.random.default_rng(seed).poisson(counts, size=(replicates, len(counts)))
+    differences = np.array([_binned_auc(i, positive, w) - _binned_auc(j, positive, w) for w in draws])
+    low, high = (float(v) for v in np.percentile(differences, [2.5, 97.5]))
+    point = _binned_auc(i, positive, counts) - _binned_auc(j, positive, counts)
+    verdict = "better" if low > 0 else "worse" if high < 0 else "level"
+    return {"roc_auc_difference": float(point), "low_95": low, "high_95": high, "verdict": verdict}
+
+
+def _quantile_bin(df: DataFrame, column: str) -> Column:
+    """0..AUC_BINS-1 by approximate quantiles of `column` (equal scores share a bin)."""
+    edges = sorted(set(df.approxQuantile(column, [k / AUC_BINS for k in range(1, AUC_BINS)], 0.0005)))
+    return reduce(lambda total, edge: total + (F.col(column) > F.lit(edge)).cast("int"), edges, F.lit(0))
+
+
+def _binned_auc(bins: np.ndarray, positive: np.ndarray, weights: np.ndarray) -> float:
+    """ROC-AUC from weighted counts per score bin (ties within a bin count one half)."""
+    size = int(bins.max()) + 1
+    pos = np.bincount(bins[positive], weights[positive], minlength=size)
+    neg = np.bincount(bins[~positive], weights[~positive], minlength=size)
+    if pos.sum() == 0 or neg.sum() == 0:
+        return float("nan")
+    below = np.cumsum(neg) - neg
+    return float(np.sum(pos * (below + 0.5 * neg)) / (pos.sum() * neg.sum()))
 
 
 def bg_nbd_scores(events: DataFrame, train: DataFrame, test: DataFrame, label_days: int) -> DataFrame | None:
@@ -197,11 +248,11 @@ def _mllib(estimator, train: DataFrame, test: DataFrame) -> DataFrame:
     """Fit an MLlib classifier on the standardised numeric vector; (label, probability of 1) on the test split."""
 
     def prepared(df: DataFrame) -> DataFrame:
-        return df.select(array_to_vector("numeric").alias("features"), "label")
+        return df.select(array_to_vector("numeric").alias("features"), "label", *KEY)
 
     fitted = estimator.setFeaturesCol("features").setLabelCol("label").fit(prepared(train))
     predictions = fitted.transform(prepared(test))
-    return predictions.select("label", vector_to_array("probability")[1].alias("score"))
+    return predictions.select(*KEY, "label", vector_to_array("probability")[1].alias("score"))
 
 
 def _area(scored: DataFrame, metric: str) -> float:
@@ -216,11 +267,16 @@ def _top_decile(scored: DataFrame) -> dict:
     return {"top_decile_precision": float(top), "top_decile_lift": float(top / cut["base"]) if cut["base"] else None}
 
 
-def _write(spark: SparkSession, settings: Settings, model_version: str, metrics: dict[str, dict]) -> None:
+def _write(
+    spark: SparkSession, settings: Settings, model_version: str, metrics: dict[str, dict], comparison: dict
+) -> None:
+    """Every model's metrics, and the model's ROC-AUC difference from the best baseline with its interval."""
     rows = [
         (model_version, model, metric, None if value is None else float(value))
         for model, values in metrics.items()
         for metric, value in values.items()
     ]
+    against = f"model - {comparison['baseline']}"
+    rows += [(model_version, against, k, comparison[k]) for k in ("roc_auc_difference", "low_95", "high_95")]
     df = spark.createDataFrame(rows, "model_version string, model string, metric string, value double")
     lake.replace(df, settings.lake, lake.MODEL_EVALUATION, f"model_version = '{model_version}'")

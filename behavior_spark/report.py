@@ -72,6 +72,7 @@ def render(metadata: dict, scoring_date, profiles: list[dict], histogram: list[i
         _image(_propensity_chart(histogram)),
         "<h2>Model quality on the test split</h2>",
         _metrics_table(metadata["test_metrics"]),
+        _comparison(metadata.get("comparison")),
         _image(_lift_chart(metadata["lift_by_decile"])),
         _image(_calibration_chart(metadata["reliability"])),
         "<h2>Feature drift since training</h2>",
@@ -175,6 +176,18 @@ def _metrics_table(metrics: dict[str, dict]) -> str:
         for model, values in metrics.items()
     )
     return f"<table><tr><th>model</th>{head}</tr>{rows}</table>"
+
+
+def _comparison(comparison: dict | None) -> str:
+    """One sentence: the model against the best baseline, with the 95% bootstrap interval of the difference."""
+    if not comparison:
+        return ""
+    baseline = html.escape(comparison["baseline"].replace("_", " "))
+    return (
+        f"<p>ROC-AUC of the model minus the best baseline ({baseline}): {comparison['roc_auc_difference']:+.3f} "
+        f"(95% bootstrap interval {comparison['low_95']:+.3f} to {comparison['high_95']:+.3f}): "
+        f"<b>{html.escape(comparison['verdict'])}</b>.</p>"
+    )
 
 
 def _number(value) -> str:

@@ -103,7 +103,9 @@ def test_evaluation_beside_the_baselines_is_written_and_importance_saved(spark, 
     )
     models = {r["model"] for r in rows.select("model").distinct().collect()}
     baselines = {"logistic_regression", "gradient_boosted_trees", "recency_frequency", "bg_nbd_purchasers"}
-    assert models == {"model", "model_purchasers", *baselines}
+    comparison = metadata["comparison"]
+    assert models == {"model", "model_purchasers", *baselines, f"model - {comparison['baseline']}"}
+    assert comparison["low_95"] <= comparison["high_95"] and comparison["verdict"] in ("better", "level", "worse")
     model = metadata["test_metrics"]["model"]
     assert 0.5 < model["roc_auc"] <= 1 and model["log_loss"] > 0 and 0 <= model["expected_calibration_error"] < 1
     assert metadata["test_metrics"]["recency_frequency"]["log_loss"] is None  # a ranking, not a probability
@@ -265,3 +267,22 @@ def test_binary_metrics_on_a_hand_built_example(spark):
     assert [b["rows"] for b in bins] == [4] * 5
     labels, scores = np.array(rows).T
     assert evaluate.roc_auc(labels, scores) == pytest.approx(1.0)
+
+
+def test_the_difference_from_a_baseline_has_a_bootstrap_interval_and_a_verdict(spark):
+    rng = np.random.default_rng(5)
+    labels = (rng.random(4000) < 0.3).astype(float)
+    informative, noise = labels + rng.normal(size=4000), rng.random(4000)
+    rows = [
+        (f"c{k}", "2026-01-01", float(y), float(a), float(b))
+        for k, (y, a, b) in enumerate(zip(labels, informative, noise, strict=True))
+    ]
+    table = spark.createDataFrame(rows, "customer_id string, cutoff_date string, label double, a double, b double")
+    first, second = (table.select(*evaluate.KEY, "label", F.col(c).alias("score")) for c in ("a", "b"))
+    exact = evaluate.roc_auc(labels, informative) - evaluate.roc_auc(labels, noise)
+    result = evaluate.auc_difference(first, second, seed=1, replicates=300)
+    assert result["verdict"] == "better" and result["low_95"] < exact < result["high_95"]
+    assert result["roc_auc_difference"] == pytest.approx(exact, abs=0.005)  # 200 score bins: close to exact
+    assert evaluate.auc_difference(second, first, seed=1, replicates=300)["verdict"] == "worse"
+    same = evaluate.auc_difference(first, first, seed=1, replicates=300)
+    assert (same["verdict"], same["low_95"], same["high_95"]) == ("level", 0.0, 0.0)
