@@ -130,15 +130,14 @@ def _binned_auc(bins: np.ndarray, positive: np.ndarray, weights: np.ndarray) -> 
 def bg_nbd_scores(events: DataFrame, train: DataFrame, test: DataFrame, label_days: int) -> DataFrame | None:
     """(customer_id, cutoff_date, label, score) of the test customers with a purchase before their cutoff, scored by
     BG/NBD fitted on the training customers; None where no training customer has a purchase."""
-    key = ["customer_id", "cutoff_date"]
-    counts = btyd.grouped(btyd.purchase_triples(events, train.select(*key)))  # distinct triples, not customers
+    counts = btyd.grouped(btyd.purchase_triples(events, train.select(*KEY)))  # distinct triples, not customers
     if counts.empty:
         return None
     params = btyd.fit(counts)
     log.info("BG/NBD fitted on %d training customers: %s", int(counts["n"].sum()), params)
-    predicted = btyd.predict(params, btyd.purchase_triples(events, test.select(*key)), label_days / btyd.DAYS_PER_UNIT)
-    scored = test.select(*key, "label").join(predicted, on=key, how="inner")
-    return scored.select(*key, "label", F.col("expected_purchases").alias("score"))
+    predicted = btyd.predict(params, btyd.purchase_triples(events, test.select(*KEY)), label_days / btyd.DAYS_PER_UNIT)
+    scored = test.select(*KEY, "label").join(predicted, on=KEY, how="inner")
+    return scored.select(*KEY, "label", F.col("expected_purchases").alias("score"))
 
 
 def recency_frequency() -> Column:
