@@ -1,24 +1,26 @@
 """Featurize: point-in-time features per customer and cutoff, and a label from the window after the cutoff.
 
 Features see only events strictly before the cutoff; the label sees only the label window after it. Several
-cutoffs (`features.cutoffs`, `features.cutoff_step_days` apart) are stacked into one table; they share one
-summary row per customer session (`session_summaries`), from which activity, session statistics and labels come.
-Every aggregation is a groupBy with map-side combining, and the one window (the recent sequence) is cut to its
-last rows per customer before any shuffle, so a customer with millions of events never ships them to one task.
+cutoffs (`features.cutoffs`, `features.cutoff_step_days` apart) are stacked into one table. Everything is read
+from the customer-day summaries ingest keeps (`summaries`), not from the events: cutoffs are midnights, so a
+cutoff never cuts a day. Every aggregation is a groupBy with map-side combining, and the windows (the recent
+sequence) are cut to their last rows per customer before any shuffle, so a customer with millions of events
+never ships them to one task.
 The model's input transform (`model_inputs`) lives here too, so training and scoring prepare rows the same way.
 """
 
 from __future__ import annotations
 
+import contextlib
 import datetime as dt
 import json
 import logging
 from functools import reduce
 
-from pyspark.sql import Column, DataFrame, Row, SparkSession, Window
+from pyspark.sql import Column, DataFrame, Row, SparkSession
 from pyspark.sql import functions as F
 
-from behavior_spark import lake
+from behavior_spark import lake, summaries
 from behavior_spark.config import FeatureSettings, Settings
 from behavior_spark.session import in_utc, materialized
 
@@ -81,9 +83,9 @@ def run(spark: SparkSession, settings: Settings) -> dict:
     events_version = (
         cfg.events_version if cfg.events_version is not None else lake.version(spark, settings.lake, lake.EVENTS)
     )
-    events = lake.read(spark, settings.lake, lake.EVENTS, version=events_version)
-    cutoffs = cutoff_dates(events, cfg)
-    as_of = settings.score.scoring_date or default_scoring_date(events)
+    days, from_table = summaries.for_events(spark, settings, events_version)
+    cutoffs = cutoff_dates(days, cfg)
+    as_of = settings.score.scoring_date or default_scoring_date(days)
     record = {
         "events_version": events_version,
         "cutoffs": [c.isoformat() for c in cutoffs],
@@ -93,14 +95,14 @@ def run(spark: SparkSession, settings: Settings) -> dict:
         "features": numeric_feature_names(),
         "sequence_length": cfg.sequence_length,
     }
-    with materialized(session_summaries(events)) as sessions:  # every snapshot reads it
-        snapshots = [build_features(events, cutoff, cfg, sessions) for cutoff in cutoffs]
-        snapshots.append(build_features(events, as_of, cfg, sessions, scoring=True))
+    with contextlib.nullcontext(days) if from_table else materialized(days) as days:  # every snapshot reads it
+        snapshots = [build_features(days, cutoff, cfg) for cutoff in cutoffs]
+        snapshots.append(build_features(days, as_of, cfg, scoring=True))
         table = reduce(DataFrame.unionByName, snapshots)
         lake.overwrite(
             table, settings.lake, lake.FEATURES, partition_by=["cutoff_date"], userMetadata=json.dumps(record)
         )
-        excluded = sum(customers_without_history(sessions, cutoff, cfg.label_window_days) for cutoff in cutoffs)
+        excluded = sum(customers_without_history(days, cutoff, cfg.label_window_days) for cutoff in cutoffs)
     written = lake.read(spark, settings.lake, lake.FEATURES)
     counts = {r["split"]: r["count"] for r in written.groupBy("split").count().collect()}  # four splits
     return {
@@ -114,9 +116,9 @@ def run(spark: SparkSession, settings: Settings) -> dict:
     }
 
 
-def default_scoring_date(events: DataFrame) -> dt.date:
+def default_scoring_date(days: DataFrame) -> dt.date:
     """The day after the last event day: today's picture, when the events run up to yesterday."""
-    last_day = events.agg(F.max("event_date")).first()[0]
+    last_day = days.agg(F.max("event_date")).first()[0]
     if last_day is None:
         raise ValueError("the events table is empty: ingest some events before featurizing")
     return last_day + dt.timedelta(days=1)
@@ -144,39 +146,37 @@ def recorded_run(spark: SparkSession, settings: Settings, version: int | None = 
     return json.loads(row[0])
 
 
-def cutoff_dates(events: DataFrame, cfg: FeatureSettings) -> list[dt.date]:
+def cutoff_dates(days: DataFrame, cfg: FeatureSettings) -> list[dt.date]:
     """The configured cutoff (or the latest with a full label window after it), and earlier ones a step apart."""
-    latest = cfg.cutoff or default_cutoff(events, cfg.label_window_days)
+    latest = cfg.cutoff or default_cutoff(days, cfg.label_window_days)
     return sorted(latest - dt.timedelta(days=i * cfg.cutoff_step_days) for i in range(cfg.cutoffs))
 
 
-def default_cutoff(events: DataFrame, label_window_days: int) -> dt.date:
+def default_cutoff(days: DataFrame, label_window_days: int) -> dt.date:
     """The latest cutoff that still has a full label window of data after it."""
-    last_day = events.agg(F.max("event_date")).first()[0]
+    last_day = days.agg(F.max("event_date")).first()[0]
     if last_day is None:
         raise ValueError("the events table is empty: ingest some events before featurizing")
     return last_day - dt.timedelta(days=label_window_days - 1)
 
 
-def build_features(
-    events: DataFrame, cutoff: dt.date, cfg: FeatureSettings, sessions: DataFrame | None = None, scoring: bool = False
-) -> DataFrame:
-    """One row per customer active before `cutoff`: aggregates, recent sequence, label and split.
+def build_features(days: DataFrame, cutoff: dt.date, cfg: FeatureSettings, scoring: bool = False) -> DataFrame:
+    """One row per customer active before `cutoff`: aggregates, recent sequence, label and split, from the
+    customer-day summaries `days` (`summaries.customer_days`, keeping at least `sequence_length + 1` events a day).
 
-    `sessions` (`session_summaries` of the same events) may be passed in, so that several cutoffs share it. A
-    scoring snapshot (`scoring`) has split `score` and no label: nothing after its date is known.
+    A scoring snapshot (`scoring`) has split `score` and no label: nothing after its date is known.
     """
-    sessions = session_summaries(events) if sessions is None else sessions
-    history = events.filter(F.col("event_time") < F.lit(dt.datetime.combine(cutoff, dt.time())))
+    history = days.filter(F.col("event_date") < cutoff)
+    recent = summaries.recent_events(history, cfg.sequence_length + 1)
     rows = (
-        activity(sessions.filter(F.col("event_date") < cutoff), cutoff)
+        activity(history, cutoff)
         .join(category_affinity(history), on="customer_id", how="left")
-        .join(recent_sequences(history, cfg.sequence_length, cfg.category_buckets), on="customer_id", how="left")
+        .join(recent_sequences(recent, cfg.sequence_length, cfg.category_buckets), on="customer_id", how="left")
     )
     if scoring:
         split, label = F.lit(SCORE_SPLIT), F.lit(None).cast("int")
     else:
-        rows = rows.join(labels(sessions, cutoff, cfg), on="customer_id", how="left")
+        rows = rows.join(labels(days, cutoff, cfg), on="customer_id", how="left")
         split, label = split_column(F.col("customer_id"), cfg), F.coalesce(F.col("label"), F.lit(0))
     return rows.select(
         "customer_id",
@@ -189,29 +189,9 @@ def build_features(
     )
 
 
-def session_summaries(events: DataFrame) -> DataFrame:
-    """One row per customer session: its day, event counts by type and time of day, first and last event, revenue.
-
-    Ingest ends every session at midnight, so a session lies within one day and a cutoff (a midnight) never cuts
-    one: every cutoff's activity, session statistics and label come from these rows, a fraction of the events.
-    """
-    is_type = {event: F.col("event_type") == event for event in EVENT_TYPE_IDS}
-    hour = F.hour("event_time")
-    return events.groupBy("customer_id", "event_date", "session_id").agg(
-        F.count(F.lit(1)).alias("n"),
-        *(F.count(F.when(is_type[event], 1)).alias(f"n_{event}") for event in EVENT_TYPE_IDS),
-        F.count(F.when(hour.between(17, 22), 1)).alias("n_evening"),
-        F.count(F.when(hour.between(0, 5), 1)).alias("n_night"),
-        F.min("event_time").alias("first"),
-        F.max("event_time").alias("last"),
-        F.max(F.when(is_type["purchase"], F.col("event_time"))).alias("last_purchase"),
-        F.sum(F.when(is_type["purchase"], F.col("price") * F.col("quantity"))).alias("revenue"),
-    )
-
-
-def activity(sessions: DataFrame, cutoff: dt.date) -> DataFrame:
-    """Recency, frequency, monetary, windowed counts, time patterns and session statistics from the sessions
-    before the cutoff: one groupBy. A window of N days holds the events of the N days before the cutoff."""
+def activity(days: DataFrame, cutoff: dt.date) -> DataFrame:
+    """Recency, frequency, monetary, windowed counts, time patterns and session statistics from the customer's
+    days before the cutoff: one groupBy. A window of N days holds the events of the N days before the cutoff."""
     cutoff_seconds = F.lit(dt.datetime.combine(cutoff, dt.time())).cast("long")
 
     def days_before(column: str) -> Column:
@@ -226,7 +206,7 @@ def activity(sessions: DataFrame, cutoff: dt.date) -> DataFrame:
         for days in WINDOW_DAYS
         for event in FUNNEL_EVENTS
     ]
-    grouped = sessions.groupBy("customer_id").agg(
+    grouped = days.groupBy("customer_id").agg(
         F.max("last").alias("_last"),
         F.max("last_purchase").alias("_last_purchase"),
         F.min("first").alias("_first"),
@@ -241,10 +221,9 @@ def activity(sessions: DataFrame, cutoff: dt.date) -> DataFrame:
         total("n", F.dayofweek("event_date").isin(1, 7)).alias("_weekend"),
         total("n_evening").alias("_evening"),
         total("n_night").alias("_night"),
-        F.count(F.lit(1)).alias("sessions"),
-        F.avg("n").alias("events_per_session"),
-        F.avg((F.col("last").cast("long") - F.col("first").cast("long")) / 60.0).alias("avg_session_minutes"),
-        F.avg((F.col("n_purchase") > 0).cast("double")).alias("purchase_session_share"),
+        total("sessions").alias("sessions"),
+        total("session_seconds").alias("_session_seconds"),
+        total("purchase_sessions").alias("_purchase_sessions"),
     )
     return grouped.select(
         "*",
@@ -265,29 +244,34 @@ def activity(sessions: DataFrame, cutoff: dt.date) -> DataFrame:
             / F.greatest(F.col("events") - 1, F.lit(1))
         ).alias("mean_gap_hours"),
         *((F.col(f"_{part}") / F.col("events")).alias(f"{part}_share") for part in ("weekend", "evening", "night")),
+        (F.col("events") / F.col("sessions")).alias("events_per_session"),
+        (F.col("_session_seconds") / 60.0 / F.col("sessions")).alias("avg_session_minutes"),
+        (F.col("_purchase_sessions") / F.col("sessions")).alias("purchase_session_share"),
     ).drop(*(c for c in grouped.columns if c.startswith("_")))
 
 
-def labels(sessions: DataFrame, cutoff: dt.date, cfg: FeatureSettings) -> DataFrame:
+def labels(days: DataFrame, cutoff: dt.date, cfg: FeatureSettings) -> DataFrame:
     """label = 1 for the customers who did `label_event` in the `label_window_days` days from the cutoff."""
     window_end = cutoff + dt.timedelta(days=cfg.label_window_days)
     in_window = (F.col("event_date") >= cutoff) & (F.col("event_date") < window_end)
     return (
-        sessions.filter(in_window & (F.col(f"n_{cfg.label_event}") > 0))
+        days.filter(in_window & (F.col(f"n_{cfg.label_event}") > 0))
         .select("customer_id")
         .distinct()
         .withColumn("label", F.lit(1))
     )
 
 
-def category_affinity(history: DataFrame) -> DataFrame:
+def category_affinity(days: DataFrame) -> DataFrame:
     """How concentrated a customer's activity is: distinct categories, the top one's share, entropy (nats); and
-    distinct brands (approximate: a HyperLogLog sketch per category, merged per customer; a few hundred bytes each).
+    distinct brands (approximate: the days' HyperLogLog sketches per category, merged per customer).
 
-    One aggregation by (customer, category) feeds all of them, so the events are read and shuffled once.
+    One aggregation by (customer, category) of the days' categories feeds all of them.
     """
-    per_category = history.groupBy("customer_id", "category_id").agg(
-        F.count(F.lit(1)).alias("n"), F.hll_sketch_agg("brand").alias("brands")
+    per_category = (
+        days.select("customer_id", F.explode("categories").alias("c"))
+        .groupBy("customer_id", F.col("c.category_id").alias("category_id"))
+        .agg(F.sum("c.n").alias("n"), F.hll_union_agg("c.brands").alias("brands"))
     )
     totals = per_category.groupBy("customer_id").agg(
         F.count(F.lit(1)).alias("distinct_categories"),
@@ -308,17 +292,16 @@ def category_affinity(history: DataFrame) -> DataFrame:
     )
 
 
-def recent_sequences(history: DataFrame, length: int, category_buckets: int) -> DataFrame:
-    """The last `length` events per customer as fixed-length int arrays: left-padded with 0, most recent last.
+def recent_sequences(events: DataFrame, length: int, category_buckets: int) -> DataFrame:
+    """The last `length` of `events` (`summaries.RECENT_FIELDS`) per customer as fixed-length int arrays: left-padded
+    with 0, most recent last.
 
     Skew-safe and one small shuffle: `row_number() <= length + 1` over the customer's events becomes Spark's window
     group limit, which keeps at most that many rows per customer in every input partition before the exchange, so
     even a customer with a million events ships a few hundred rows. The extra row gives the oldest kept event its gap.
     Events at the same instant are ordered by type and product: with the customer and time, that is the event key.
     """
-    latest_first = Window.partitionBy("customer_id").orderBy(
-        F.desc("event_time"), F.desc("event_type"), F.desc_nulls_last("product_id")
-    )
+    latest_first = summaries.latest_first(["customer_id"])
     event_type_id = F.element_at(_lookup(EVENT_TYPE_IDS), F.col("event_type")).cast("int")
     category_hash = F.xxhash64(F.coalesce(F.col("category_id"), F.lit(-1)))
     category_bucket = (1 + F.pmod(category_hash, F.lit(category_buckets - 1))).cast("int")
@@ -327,7 +310,7 @@ def recent_sequences(history: DataFrame, length: int, category_buckets: int) -> 
     for i, bound in enumerate(GAP_BUCKET_SECONDS):
         gap_bucket = gap_bucket.when(gap <= bound, i + 2)
     recent = (
-        history.select("customer_id", "event_time", "event_type", "product_id", "category_id")
+        events.select("customer_id", *summaries.RECENT_FIELDS)
         .withColumn("recency_rank", F.row_number().over(latest_first))
         .filter(F.col("recency_rank") <= length + 1)
         .withColumn("previous_time", F.lead("event_time").over(latest_first))
@@ -357,11 +340,11 @@ def recent_sequences(history: DataFrame, length: int, category_buckets: int) -> 
     )
 
 
-def customers_without_history(sessions: DataFrame, cutoff: dt.date, label_window_days: int) -> int:
+def customers_without_history(days: DataFrame, cutoff: dt.date, label_window_days: int) -> int:
     """Customers seen in the label window but never before the cutoff: they get no feature row."""
     window_end = cutoff + dt.timedelta(days=label_window_days)
-    before = sessions.filter(F.col("event_date") < cutoff).select("customer_id").distinct()
-    after = sessions.filter(F.col("event_date").between(cutoff, window_end - dt.timedelta(days=1)))
+    before = days.filter(F.col("event_date") < cutoff).select("customer_id").distinct()
+    after = days.filter(F.col("event_date").between(cutoff, window_end - dt.timedelta(days=1)))
     return after.select("customer_id").distinct().join(before, on="customer_id", how="left_anti").count()
 
 

@@ -27,7 +27,7 @@ from pyspark.sql import Column, DataFrame, SparkSession, Window
 from pyspark.sql import functions as F
 from pyspark.sql import types as T
 
-from behavior_spark import artifacts, lake, privacy, sources
+from behavior_spark import artifacts, lake, privacy, sources, summaries
 from behavior_spark.config import ConfigError, IngestSettings, Settings
 from behavior_spark.session import in_utc, materialized
 from behavior_spark.sources import EVENT_TYPES, SourceMapping
@@ -232,6 +232,9 @@ def process_batch(
     if problems:
         written.undo(spark)
         raise_failed(spark, settings, batch_id, mapping, tally, counts, problems, audit)
+    with _timed("summaries"):
+        summarised = summaries.update(spark, settings, counts.clean_days, written.events_before)
+    log.info("ingest batch %d: customer-day summaries %s", batch_id, summarised)
     append_audit(spark, settings, audit)
     return audit
 

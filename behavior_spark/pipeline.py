@@ -56,6 +56,7 @@ def summary(results: dict[str, dict], settings: Settings) -> str:
         lake.EVENTS,
         lake.QUARANTINE,
         lake.INGEST_AUDIT,
+        lake.CUSTOMER_DAYS,
         lake.FEATURES,
         lake.SCORES,
         lake.SEGMENTS,

@@ -7,7 +7,7 @@ import pytest
 from pyspark.sql import functions as F
 from pyspark.testing import assertDataFrameEqual
 
-from behavior_spark import features, lake
+from behavior_spark import features, lake, summaries
 from behavior_spark.config import load_settings
 from behavior_spark.ingest import EVENTS_SCHEMA
 
@@ -44,9 +44,14 @@ def events_df(spark, spec):
     return spark.createDataFrame(event_rows(spec), EVENTS_SCHEMA)
 
 
+def days_of(events, cfg):
+    return summaries.customer_days(events, cfg.sequence_length + 1)
+
+
 def build(spark, spec, **overrides):
     cfg = load_settings(None, [f"features.{k}={v}" for k, v in overrides.items()]).features
-    return {r["customer_id"]: r for r in features.build_features(events_df(spark, spec), CUTOFF, cfg).collect()}
+    rows = features.build_features(days_of(events_df(spark, spec), cfg), CUTOFF, cfg).collect()
+    return {r["customer_id"]: r for r in rows}
 
 
 def test_nothing_after_the_cutoff_reaches_the_features(spark):
@@ -71,7 +76,7 @@ def test_nothing_after_the_cutoff_reaches_the_features(spark):
 
 def test_customers_without_history_are_counted(spark):
     df = events_df(spark, [("a", 5, "view", 1, 1.0), ("c", -5, "view", 1, 1.0), ("d", -24, "cart", 1, 1.0)])
-    assert features.customers_without_history(features.session_summaries(df), CUTOFF, 30) == 2
+    assert features.customers_without_history(days_of(df, load_settings(None).features), CUTOFF, 30) == 2
 
 
 def test_windowed_counts_on_a_hand_built_example(spark):
@@ -187,7 +192,7 @@ def test_a_heavy_customer_gets_correct_features(spark):
         )
     )
     cfg = load_settings(None).features
-    got = features.build_features(heavy, CUTOFF, cfg).first()
+    got = features.build_features(days_of(heavy, cfg), CUTOFF, cfg).first()
     assert got["events"] == 200_000
     assert list(got["seq_event_type"]) == [1] * cfg.sequence_length
     assert list(got["seq_gap_bucket"][-3:]) == [2, 2, 2]  # 20 s apart

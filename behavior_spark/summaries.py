@@ -1,0 +1,189 @@
+"""Customer-day summaries: one row per customer and day holding everything featurize reads, kept by ingest.
+
+A customer's day is closed under everything ingest does (sessions end at midnight; duplicates, replays, corrections
+and re-linked sessions stay within their day), so a summary row is a function of that customer's events of that
+day alone. Ingest therefore replaces only the days a batch touched (late events included): a daily run costs what
+the day brought, and featurize reads summaries instead of every event.
+
+A row holds counts by event type and time of day, first, last and last purchase times, revenue, session counts and
+lengths, the categories of the day (events and a HyperLogLog sketch of brands each) and the day's last events (as
+many as a sequence needs, plus one for its first gap).
+
+Each commit records the events version it reflects. Featurize uses the table only when that is exactly the events
+version it builds from; otherwise (a lake made before this table, a kill between the events commit and this one,
+an older events version) the summaries are made from the events, and written when they are the latest.
+"""
+
+from __future__ import annotations
+
+import datetime as dt
+import json
+import logging
+
+from delta.tables import DeltaTable
+from pyspark.sql import DataFrame, SparkSession, Window
+from pyspark.sql import functions as F
+
+from behavior_spark import lake
+from behavior_spark.config import Settings
+from behavior_spark.sources import EVENT_TYPES
+
+log = logging.getLogger(__name__)
+
+KEYS = ["customer_id", "event_date"]
+RECENT_FIELDS = ["event_time", "event_type", "product_id", "category_id"]
+
+
+def recent_per_day(settings: Settings) -> int:
+    """The day's last events a summary keeps: a sequence's length and one more, for the oldest event's gap."""
+    return settings.features.sequence_length + 1
+
+
+def customer_days(events: DataFrame, recent: int) -> DataFrame:
+    """The summaries of `events`: one row per customer and day, keeping the day's last `recent` events.
+
+    The events are shuffled once, by customer and day; the session, category and recent-event aggregations and
+    their joins all run on that partitioning.
+    """
+    by_day = events.repartition(*KEYS)
+    return day_activity(by_day).join(day_categories(by_day), on=KEYS).join(day_recent_events(by_day, recent), on=KEYS)
+
+
+def day_activity(events: DataFrame) -> DataFrame:
+    """Counts by type and time of day, first and last times, revenue, and the day's sessions (count, summed
+    length in seconds, how many had a purchase)."""
+    is_type = {event: F.col("event_type") == event for event in EVENT_TYPES}
+    hour = F.hour("event_time")
+    sessions = events.groupBy(*KEYS, "session_id").agg(
+        F.count(F.lit(1)).alias("n"),
+        *(F.count(F.when(is_type[event], 1)).alias(f"n_{event}") for event in EVENT_TYPES),
+        F.count(F.when(hour.between(17, 22), 1)).alias("n_evening"),
+        F.count(F.when(hour.between(0, 5), 1)).alias("n_night"),
+        F.min("event_time").alias("first"),
+        F.max("event_time").alias("last"),
+        F.max(F.when(is_type["purchase"], F.col("event_time"))).alias("last_purchase"),
+        F.sum(F.when(is_type["purchase"], F.col("price") * F.col("quantity"))).alias("revenue"),
+    )
+    counts = ["n", *(f"n_{event}" for event in EVENT_TYPES), "n_evening", "n_night"]
+    return sessions.groupBy(*KEYS).agg(
+        *(F.sum(c).alias(c) for c in counts),
+        F.min("first").alias("first"),
+        F.max("last").alias("last"),
+        F.max("last_purchase").alias("last_purchase"),
+        F.sum("revenue").alias("revenue"),
+        F.count(F.lit(1)).alias("sessions"),
+        F.sum(F.col("last").cast("long") - F.col("first").cast("long")).alias("session_seconds"),
+        F.count(F.when(F.col("n_purchase") > 0, 1)).alias("purchase_sessions"),
+    )
+
+
+def day_categories(events: DataFrame) -> DataFrame:
+    """The day's categories: events in each and a HyperLogLog sketch of their brands (a few hundred bytes)."""
+    per_category = events.groupBy(*KEYS, "category_id").agg(
+        F.count(F.lit(1)).alias("n"), F.hll_sketch_agg("brand").alias("brands")
+    )
+    return per_category.groupBy(*KEYS).agg(F.collect_list(F.struct("category_id", "n", "brands")).alias("categories"))
+
+
+def day_recent_events(events: DataFrame, recent: int) -> DataFrame:
+    """The day's last `recent` events, in the order sequences rank them (time, then type and product)."""
+    return (
+        events.withColumn("rank", F.row_number().over(latest_first(KEYS)))
+        .filter(F.col("rank") <= recent)
+        .groupBy(*KEYS)
+        .agg(F.collect_list(F.struct(*RECENT_FIELDS)).alias("recent"))
+    )
+
+
+def latest_first(partition: list[str]) -> Window:
+    """Events newest first; events at the same instant by type and product (with the customer and time: the key)."""
+    return Window.partitionBy(*partition).orderBy(
+        F.desc("event_time"), F.desc("event_type"), F.desc_nulls_last("product_id")
+    )
+
+
+def recent_events(days: DataFrame, recent: int) -> DataFrame:
+    """The events of each customer's last `recent` days (rows of RECENT_FIELDS): every day has at least one event,
+    so a customer's last `recent` events are among them. Spark keeps at most `recent` days per customer in each
+    partition before the shuffle, so a customer with years of history ships a few of them."""
+    last_days = Window.partitionBy("customer_id").orderBy(F.desc("event_date"))
+    return (
+        days.select("customer_id", "event_date", "recent")
+        .withColumn("day_rank", F.row_number().over(last_days))
+        .filter(F.col("day_rank") <= recent)
+        .select("customer_id", F.explode("recent").alias("e"))
+        .select("customer_id", *(F.col(f"e.{field}").alias(field) for field in RECENT_FIELDS))
+    )
+
+
+def update(spark: SparkSession, settings: Settings, days: list[dt.date], events_before: int) -> str:
+    """After an ingest batch: replace the summaries of `days` if the table reflected the events as they were before
+    the batch (`events_before`); otherwise rebuild it. Returns what was done: unchanged, replaced or rebuilt."""
+    events_now = lake.version(spark, settings.lake, lake.EVENTS)
+    recorded = recorded_commit(spark, settings)
+    wanted = recent_per_day(settings)
+    if recorded.get("events_version") == events_now and recorded.get("recent_per_day", 0) >= wanted:
+        return "unchanged"
+    if recorded.get("events_version") != events_before or recorded.get("recent_per_day", 0) < wanted or not days:
+        rebuild(spark, settings, events_now)
+        return "rebuilt"
+    events = lake.read(spark, settings.lake, lake.EVENTS, version=events_now).filter(F.col("event_date").isin(days))
+    day_list = ", ".join(f"DATE'{day}'" for day in days)
+    (
+        customer_days(events, wanted)
+        .write.format("delta")
+        .mode("overwrite")
+        .option("replaceWhere", f"event_date IN ({day_list})")
+        .option("userMetadata", _metadata(events_now, wanted))
+        .save(lake.path(settings.lake, lake.CUSTOMER_DAYS))
+    )
+    return "replaced"
+
+
+def rebuild(spark: SparkSession, settings: Settings, events_version: int) -> None:
+    """Summarise every event of `events_version` into the table, in one commit."""
+    events = lake.read(spark, settings.lake, lake.EVENTS, version=events_version)
+    lake.overwrite(
+        customer_days(events, recent_per_day(settings)),
+        settings.lake,
+        lake.CUSTOMER_DAYS,
+        partition_by=["event_date"],
+        userMetadata=_metadata(events_version, recent_per_day(settings)),
+    )
+
+
+def for_events(spark: SparkSession, settings: Settings, events_version: int) -> tuple[DataFrame, bool]:
+    """The summaries of the events at `events_version`, and whether they came from the table.
+
+    The table's latest commit serves when it reflects that version; for the latest events version a stale table is
+    rebuilt first; for an older version the summaries are made from its events (and not written).
+    """
+    wanted = recent_per_day(settings)
+    recorded = recorded_commit(spark, settings)
+    if recorded.get("events_version") == events_version and recorded.get("recent_per_day", 0) >= wanted:
+        return lake.read(spark, settings.lake, lake.CUSTOMER_DAYS, version=recorded["version"]), True
+    if events_version == lake.version(spark, settings.lake, lake.EVENTS):
+        log.warning("customer-day summaries do not reflect events version %d: rebuilding them", events_version)
+        rebuild(spark, settings, events_version)
+        return lake.read(spark, settings.lake, lake.CUSTOMER_DAYS), True
+    log.warning("events version %d is not the latest: summarising its events for this run", events_version)
+    events = lake.read(spark, settings.lake, lake.EVENTS, version=events_version)
+    return customer_days(events, wanted), False
+
+
+def recorded_commit(spark: SparkSession, settings: Settings) -> dict:
+    """The latest commit of the summaries table: its version, and the events version and recent events per day it
+    recorded (empty when there is no table)."""
+    if not lake.exists(spark, settings.lake, lake.CUSTOMER_DAYS):
+        return {}
+    row = (
+        DeltaTable.forPath(spark, lake.path(settings.lake, lake.CUSTOMER_DAYS))
+        .history(1)
+        .select("version", "userMetadata")
+        .first()
+    )
+    return {**json.loads(row["userMetadata"] or "{}"), "version": row["version"]}
+
+
+def _metadata(events_version: int, recent: int) -> str:
+    return json.dumps({"events_version": events_version, "recent_per_day": recent})

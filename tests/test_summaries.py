@@ -1,0 +1,85 @@
+"""Customer-day summaries (issue 18): what ingest keeps day by day equals the summaries of all events, whatever the
+deliveries (late lines, re-sent files, another writer committing to the events table), and featurize over them
+builds the features the events give."""
+
+import datetime as dt
+import random
+
+from delta.tables import DeltaTable
+from pyspark.sql import functions as F
+from pyspark.testing import assertDataFrameEqual
+from test_schedule import land, raw_lines_by_day
+
+from behavior_spark import features, ingest, lake, summaries
+from behavior_spark.config import load_settings
+
+DELIVERIES = 4
+
+
+def comparable(days):
+    """Summaries with their arrays in a fixed order and each brand sketch as its estimate (a sketch's bytes depend
+    on the order it saw the brands in)."""
+    category = "c -> named_struct('category_id', c.category_id, 'n', c.n, 'brands', hll_sketch_estimate(c.brands))"
+    return days.select(
+        *(c for c in days.columns if c not in ("categories", "recent")),
+        F.sort_array(F.expr(f"transform(categories, {category})")).alias("categories"),
+        F.sort_array("recent").alias("recent"),
+    )
+
+
+def test_summaries_kept_by_ingest_equal_the_summaries_of_all_events(spark, tmp_path, pseudonym_key):
+    settings = load_settings(
+        None,
+        [
+            f"lake.root={tmp_path}/lake",
+            f"ingest.input={tmp_path}/raw",
+            "spark.shuffle_partitions=2",
+            "generate.rows=3000",
+            "generate.days=10",
+            "features.label_window_days=3",
+            "features.cutoffs=2",
+            "features.cutoff_step_days=2",
+            "features.sequence_length=4",  # short: days hold more events than a sequence keeps
+        ],
+    )
+    by_day = raw_lines_by_day(spark, settings)
+    days = sorted(by_day)
+    per_delivery = len(days) // DELIVERIES + 1
+    draw = random.Random(18)
+    held_back: list[str] = []
+    outcomes = []
+    for n in range(DELIVERIES):
+        lines = [line for day in days[n * per_delivery : (n + 1) * per_delivery] for line in by_day[day]]
+        draw.shuffle(lines)
+        late = [] if n == DELIVERIES - 1 else lines[: len(lines) // 5]  # a fifth of the lines arrive a delivery late
+        land(tmp_path / "raw" / f"delivery-{n}", "events.csv", lines[len(late) :] + held_back + lines[:3])
+        held_back = late
+        if n == 1:  # a source re-sends an earlier file under another name: its lines are replays
+            land(tmp_path / "raw" / "resent", "events.csv", by_day[days[0]])
+        ingest.run(spark, settings)
+        outcomes.append(summaries.recorded_commit(spark, settings)["events_version"])
+        events = lake.read(spark, settings.lake, lake.EVENTS)
+        kept = lake.read(spark, settings.lake, lake.CUSTOMER_DAYS)
+        assertDataFrameEqual(comparable(kept), comparable(summaries.customer_days(events, 5)))
+        if n == 1:  # another writer (a compaction) commits to the events: the next batch cannot build on the table
+            DeltaTable.forPath(spark, lake.path(settings.lake, lake.EVENTS)).optimize().executeCompaction()
+
+    history = DeltaTable.forPath(spark, lake.path(settings.lake, lake.CUSTOMER_DAYS)).history()
+    replaced = history.filter(F.col("operationParameters")["predicate"].contains("event_date IN")).count()
+    assert replaced >= DELIVERIES - 2  # every batch but the first and the one after the compaction replaced its days
+    assert outcomes == sorted(outcomes)
+
+    result = features.run(spark, settings)
+    events = lake.read(spark, settings.lake, lake.EVENTS)
+    from_events = summaries.customer_days(events, settings.features.sequence_length + 1)
+    cfg = settings.features
+    expected = [features.build_features(from_events, dt.date.fromisoformat(c), cfg) for c in result["cutoffs"]]
+    expected.append(
+        features.build_features(from_events, dt.date.fromisoformat(result["scoring_date"]), cfg, scoring=True)
+    )
+    built = lake.read(spark, settings.lake, lake.FEATURES)
+    union = expected[0]
+    for snapshot in expected[1:]:
+        union = union.unionByName(snapshot)
+    assert built.count() > 0
+    assertDataFrameEqual(built.select(*union.columns), union)
