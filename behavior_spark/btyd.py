@@ -31,10 +31,11 @@ class BgNbd:
     b: float
 
 
-def purchase_triples(events: DataFrame, customers: DataFrame) -> DataFrame:
+def purchase_triples(purchase_days: DataFrame, customers: DataFrame) -> DataFrame:
     """(customer_id, cutoff_date, x, t_x, T) for each row of `customers` (customer_id, cutoff_date) with at least one
-    purchase before its cutoff. Purchase days, not purchases, count: several orders of one day are one transaction."""
-    purchases = events.filter(F.col("event_type") == "purchase").select("customer_id", "event_date").distinct()
+    of its `purchase_days` (customer_id, event_date) before its cutoff. Purchase days, not purchases, count: several
+    orders of one day are one transaction."""
+    purchases = purchase_days.select("customer_id", "event_date").distinct()
     history = purchases.join(customers, on="customer_id", how="inner").filter(
         F.col("event_date") < F.col("cutoff_date")
     )

@@ -27,7 +27,7 @@ from pyspark.ml.functions import array_to_vector, vector_to_array
 from pyspark.sql import Column, DataFrame, SparkSession
 from pyspark.sql import functions as F
 
-from behavior_spark import btyd, features, lake, predict
+from behavior_spark import btyd, features, lake, predict, summaries
 from behavior_spark.config import Settings
 
 log = logging.getLogger(__name__)
@@ -56,8 +56,9 @@ def run(spark: SparkSession, settings: Settings, table: DataFrame, metadata: dic
         "gradient_boosted_trees": (_mllib(GBTClassifier(maxIter=30, maxDepth=5, seed=cfg.seed), train, test), True),
         "recency_frequency": (test.select(*keep, recency_frequency().alias("score")), False),
     }
-    events = lake.read(spark, settings.lake, lake.EVENTS, version=metadata["features_run"]["events_version"])
-    bg_nbd = bg_nbd_scores(events, train, test, settings.features.label_window_days)
+    days = summaries.for_events(spark, settings, metadata["features_run"]["events_version"])
+    purchase_days = days.filter(F.col("n_purchase") > 0).select("customer_id", "event_date")
+    bg_nbd = bg_nbd_scores(purchase_days, train, test, settings.features.label_window_days)
     if bg_nbd is not None:
         scored["bg_nbd_purchasers"] = (bg_nbd, False)
         scored["model_purchasers"] = (model_scores.join(bg_nbd.select(*KEY), on=KEY), True)
@@ -127,15 +128,16 @@ def _binned_auc(bins: np.ndarray, positive: np.ndarray, weights: np.ndarray) -> 
     return float(np.sum(pos * (below + 0.5 * neg)) / (pos.sum() * neg.sum()))
 
 
-def bg_nbd_scores(events: DataFrame, train: DataFrame, test: DataFrame, label_days: int) -> DataFrame | None:
+def bg_nbd_scores(purchase_days: DataFrame, train: DataFrame, test: DataFrame, label_days: int) -> DataFrame | None:
     """(customer_id, cutoff_date, label, score) of the test customers with a purchase before their cutoff, scored by
     BG/NBD fitted on the training customers; None where no training customer has a purchase."""
-    counts = btyd.grouped(btyd.purchase_triples(events, train.select(*KEY)))  # distinct triples, not customers
+    counts = btyd.grouped(btyd.purchase_triples(purchase_days, train.select(*KEY)))  # distinct triples, not customers
     if counts.empty:
         return None
     params = btyd.fit(counts)
     log.info("BG/NBD fitted on %d training customers: %s", int(counts["n"].sum()), params)
-    predicted = btyd.predict(params, btyd.purchase_triples(events, test.select(*KEY)), label_days / btyd.DAYS_PER_UNIT)
+    test_triples = btyd.purchase_triples(purchase_days, test.select(*KEY)).localCheckpoint()  # predict reads it twice
+    predicted = btyd.predict(params, test_triples, label_days / btyd.DAYS_PER_UNIT)
     scored = test.select(*KEY, "label").join(predicted, on=KEY, how="inner")
     return scored.select(*KEY, "label", F.col("expected_purchases").alias("score"))
 

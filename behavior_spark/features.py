@@ -11,7 +11,6 @@ The model's input transform (`model_inputs`) lives here too, so training and sco
 
 from __future__ import annotations
 
-import contextlib
 import datetime as dt
 import json
 import logging
@@ -83,7 +82,7 @@ def run(spark: SparkSession, settings: Settings) -> dict:
     events_version = (
         cfg.events_version if cfg.events_version is not None else lake.version(spark, settings.lake, lake.EVENTS)
     )
-    days, from_table = summaries.for_events(spark, settings, events_version)
+    days = summaries.for_events(spark, settings, events_version)
     cutoffs = cutoff_dates(days, cfg)
     as_of = settings.score.scoring_date or default_scoring_date(days)
     record = {
@@ -95,7 +94,7 @@ def run(spark: SparkSession, settings: Settings) -> dict:
         "features": numeric_feature_names(),
         "sequence_length": cfg.sequence_length,
     }
-    with contextlib.nullcontext(days) if from_table else materialized(days) as days:  # every snapshot reads it
+    with materialized(days) as days:  # every snapshot reads it
         snapshots = [build_features(days, cutoff, cfg) for cutoff in cutoffs]
         snapshots.append(build_features(days, as_of, cfg, scoring=True))
         table = reduce(DataFrame.unionByName, snapshots)
@@ -167,7 +166,7 @@ def build_features(days: DataFrame, cutoff: dt.date, cfg: FeatureSettings, scori
     A scoring snapshot (`scoring`) has split `score` and no label: nothing after its date is known.
     """
     history = days.filter(F.col("event_date") < cutoff)
-    recent = summaries.recent_events(history, cfg.sequence_length + 1)
+    recent = summaries.recent_events(history)
     rows = (
         activity(history, cutoff)
         .join(category_affinity(history), on="customer_id", how="left")
@@ -264,14 +263,20 @@ def labels(days: DataFrame, cutoff: dt.date, cfg: FeatureSettings) -> DataFrame:
 
 def category_affinity(days: DataFrame) -> DataFrame:
     """How concentrated a customer's activity is: distinct categories, the top one's share, entropy (nats); and
-    distinct brands (approximate: the days' HyperLogLog sketches per category, merged per customer).
+    distinct brands.
 
-    One aggregation by (customer, category) of the days' categories feeds all of them.
+    One aggregation by (customer, category) of the days' categories feeds the first three; distinct brands are
+    counted over the days' brands (exact; Spark drops repeated (customer, brand) pairs before the shuffle).
     """
     per_category = (
         days.select("customer_id", F.explode("categories").alias("c"))
         .groupBy("customer_id", F.col("c.category_id").alias("category_id"))
-        .agg(F.sum("c.n").alias("n"), F.hll_union_agg("c.brands").alias("brands"))
+        .agg(F.sum("c.n").alias("n"))
+    )
+    brands = (
+        days.select("customer_id", F.explode("brands").alias("brand"))
+        .groupBy("customer_id")
+        .agg(F.count_distinct("brand").alias("distinct_brands"))
     )
     totals = per_category.groupBy("customer_id").agg(
         F.count(F.lit(1)).alias("distinct_categories"),
@@ -279,16 +284,18 @@ def category_affinity(days: DataFrame) -> DataFrame:
         F.max("n").alias("_top"),
         F.sum(F.col("n") * F.log(F.col("n"))).alias("_n_log_n"),
         F.max(F.struct("n", "category_id"))["category_id"].alias("top_category_id"),  # ties: the higher id
-        F.hll_union_agg("brands").alias("_brands"),
     )
     # entropy = log(N) - sum(n log n) / N, with N the customer's events
-    return totals.select(
-        "customer_id",
-        "distinct_categories",
-        (F.col("_top") / F.col("_total")).alias("top_category_share"),
-        (F.log(F.col("_total")) - F.col("_n_log_n") / F.col("_total")).alias("category_entropy"),
-        "top_category_id",
-        F.hll_sketch_estimate("_brands").alias("distinct_brands"),
+    return (
+        totals.select(
+            "customer_id",
+            "distinct_categories",
+            (F.col("_top") / F.col("_total")).alias("top_category_share"),
+            (F.log(F.col("_total")) - F.col("_n_log_n") / F.col("_total")).alias("category_entropy"),
+            "top_category_id",
+        )
+        .join(brands, on="customer_id", how="left")
+        .fillna(0, subset=["distinct_brands"])
     )
 
 

@@ -6,8 +6,8 @@ day alone. Ingest therefore replaces only the days a batch touched (late events 
 the day brought, and featurize reads summaries instead of every event.
 
 A row holds counts by event type and time of day, first, last and last purchase times, revenue, session counts and
-lengths, the categories of the day (events and a HyperLogLog sketch of brands each) and the day's last events (as
-many as a sequence needs, plus one for its first gap).
+lengths, the day's categories (events in each) and brands (distinct), and the day's last events (as many as a
+sequence needs, plus one for its first gap).
 
 Each commit records the events version it reflects. Featurize uses the table only when that is exactly the events
 version it builds from; otherwise (a lake made before this table, a kill between the events commit and this one,
@@ -78,11 +78,14 @@ def day_activity(events: DataFrame) -> DataFrame:
 
 
 def day_categories(events: DataFrame) -> DataFrame:
-    """The day's categories: events in each and a HyperLogLog sketch of their brands (a few hundred bytes)."""
+    """The day's categories with their events, and its distinct brands (sorted: the same day gives the same row)."""
     per_category = events.groupBy(*KEYS, "category_id").agg(
-        F.count(F.lit(1)).alias("n"), F.hll_sketch_agg("brand").alias("brands")
+        F.count(F.lit(1)).alias("n"), F.collect_set("brand").alias("brands")
     )
-    return per_category.groupBy(*KEYS).agg(F.collect_list(F.struct("category_id", "n", "brands")).alias("categories"))
+    return per_category.groupBy(*KEYS).agg(
+        F.collect_list(F.struct("category_id", "n")).alias("categories"),
+        F.array_sort(F.array_distinct(F.flatten(F.collect_list("brands")))).alias("brands"),
+    )
 
 
 def day_recent_events(events: DataFrame, recent: int) -> DataFrame:
@@ -102,17 +105,11 @@ def latest_first(partition: list[str]) -> Window:
     )
 
 
-def recent_events(days: DataFrame, recent: int) -> DataFrame:
-    """The events of each customer's last `recent` days (rows of RECENT_FIELDS): every day has at least one event,
-    so a customer's last `recent` events are among them. Spark keeps at most `recent` days per customer in each
-    partition before the shuffle, so a customer with years of history ships a few of them."""
-    last_days = Window.partitionBy("customer_id").orderBy(F.desc("event_date"))
-    return (
-        days.select("customer_id", "event_date", "recent")
-        .withColumn("day_rank", F.row_number().over(last_days))
-        .filter(F.col("day_rank") <= recent)
-        .select("customer_id", F.explode("recent").alias("e"))
-        .select("customer_id", *(F.col(f"e.{field}").alias(field) for field in RECENT_FIELDS))
+def recent_events(days: DataFrame) -> DataFrame:
+    """The days' kept last events, as rows (customer_id and RECENT_FIELDS): a customer's last events are among them,
+    whatever the sequence length up to the one the days were kept for."""
+    return days.select("customer_id", F.explode("recent").alias("e")).select(
+        "customer_id", *(F.col(f"e.{field}").alias(field) for field in RECENT_FIELDS)
     )
 
 
@@ -130,7 +127,7 @@ def update(spark: SparkSession, settings: Settings, days: list[dt.date], events_
     events = lake.read(spark, settings.lake, lake.EVENTS, version=events_now).filter(F.col("event_date").isin(days))
     day_list = ", ".join(f"DATE'{day}'" for day in days)
     (
-        customer_days(events, wanted)
+        one_file_per_day(customer_days(events, wanted))
         .write.format("delta")
         .mode("overwrite")
         .option("replaceWhere", f"event_date IN ({day_list})")
@@ -144,7 +141,7 @@ def rebuild(spark: SparkSession, settings: Settings, events_version: int) -> Non
     """Summarise every event of `events_version` into the table, in one commit."""
     events = lake.read(spark, settings.lake, lake.EVENTS, version=events_version)
     lake.overwrite(
-        customer_days(events, recent_per_day(settings)),
+        one_file_per_day(customer_days(events, recent_per_day(settings))),
         settings.lake,
         lake.CUSTOMER_DAYS,
         partition_by=["event_date"],
@@ -152,8 +149,14 @@ def rebuild(spark: SparkSession, settings: Settings, events_version: int) -> Non
     )
 
 
-def for_events(spark: SparkSession, settings: Settings, events_version: int) -> tuple[DataFrame, bool]:
-    """The summaries of the events at `events_version`, and whether they came from the table.
+def one_file_per_day(days: DataFrame) -> DataFrame:
+    """Summaries as they are written: one file per day (a day's summaries are a fraction of its events). Written as
+    computed, every task would write a file into every day, and every read would open hundreds of small files."""
+    return days.repartition("event_date")
+
+
+def for_events(spark: SparkSession, settings: Settings, events_version: int) -> DataFrame:
+    """The summaries of the events at `events_version`.
 
     The table's latest commit serves when it reflects that version; for the latest events version a stale table is
     rebuilt first; for an older version the summaries are made from its events (and not written).
@@ -161,14 +164,14 @@ def for_events(spark: SparkSession, settings: Settings, events_version: int) -> 
     wanted = recent_per_day(settings)
     recorded = recorded_commit(spark, settings)
     if recorded.get("events_version") == events_version and recorded.get("recent_per_day", 0) >= wanted:
-        return lake.read(spark, settings.lake, lake.CUSTOMER_DAYS, version=recorded["version"]), True
+        return lake.read(spark, settings.lake, lake.CUSTOMER_DAYS, version=recorded["version"])
     if events_version == lake.version(spark, settings.lake, lake.EVENTS):
         log.warning("customer-day summaries do not reflect events version %d: rebuilding them", events_version)
         rebuild(spark, settings, events_version)
-        return lake.read(spark, settings.lake, lake.CUSTOMER_DAYS), True
+        return lake.read(spark, settings.lake, lake.CUSTOMER_DAYS)
     log.warning("events version %d is not the latest: summarising its events for this run", events_version)
     events = lake.read(spark, settings.lake, lake.EVENTS, version=events_version)
-    return customer_days(events, wanted), False
+    return customer_days(events, wanted)
 
 
 def recorded_commit(spark: SparkSession, settings: Settings) -> dict:

@@ -6,7 +6,7 @@ import argparse
 import os
 from pathlib import Path
 
-from bench import feed, models, pseudonym, score, stages
+from bench import feed, incremental, models, pseudonym, score, stages
 
 BENCHES = {
     "stages": stages.main,
@@ -14,6 +14,7 @@ BENCHES = {
     "score": score.main,
     "pseudonym": pseudonym.main,
     "models": models.main,
+    "incremental": incremental.main,
 }
 
 

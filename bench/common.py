@@ -7,7 +7,7 @@ from pathlib import Path
 from behavior_spark.config import Settings, load_settings
 
 
-def bench_settings(folder: Path, raw_rows: int) -> Settings:
+def bench_settings(folder: Path, raw_rows: int, *extra: str) -> Settings:
     return load_settings(
         None,
         [
@@ -18,6 +18,7 @@ def bench_settings(folder: Path, raw_rows: int) -> Settings:
             f"ingest.input={folder / 'raw'}",
             "spark.shuffle_partitions=16",
             "spark.driver_memory=12g",
+            *extra,
         ],
     )
 

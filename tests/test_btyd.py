@@ -6,6 +6,7 @@ from pathlib import Path
 import numpy as np
 import pandas as pd
 import pytest
+from pyspark.sql import functions as F
 
 from behavior_spark import btyd
 
@@ -42,7 +43,8 @@ def test_purchase_triples_count_purchase_days_before_the_cutoff(spark):
         "customer_id string, event_type string, event_date date",
     )
     customers = spark.createDataFrame([("c1", day + dt.timedelta(days=35)), ("c2", day + dt.timedelta(days=35))])
-    triples = btyd.purchase_triples(events, customers.toDF("customer_id", "cutoff_date")).collect()
+    purchase_days = events.filter(F.col("event_type") == "purchase")
+    triples = btyd.purchase_triples(purchase_days, customers.toDF("customer_id", "cutoff_date")).collect()
     assert [(r["customer_id"], r["x"], r["t_x"], r["T"]) for r in triples] == [("c1", 2.0, 4.0, 5.0)]
 
 

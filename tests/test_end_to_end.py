@@ -257,11 +257,18 @@ def read_warehouse(spark, postgres, table):
     return spark.read.jdbc(postgres.url, table, properties=properties)
 
 
-# Last: it re-runs score and segment (another KMeans seed), after the tests of what the run wrote.
-def test_rescoring_and_resegmenting_the_same_date_changes_nothing(spark, finished_run, monkeypatch):
+def test_rescoring_and_resegmenting_the_same_date_changes_nothing(spark, finished_run, tmp_path):
+    """On a copy of the run's lakehouse, so the other tests see the run as it wrote it, in any order."""
     from behavior_spark import score, segment
 
-    settings, _ = finished_run
+    run_settings, _ = finished_run
+    copy = tmp_path / "lakehouse"
+    shutil.copytree(run_settings.lake.root, copy)
+    settings = dataclasses.replace(
+        run_settings,
+        lake=dataclasses.replace(run_settings.lake, root=str(copy)),
+        train=dataclasses.replace(run_settings.train, model_dir=str(copy / "models" / "propensity")),
+    )
     before_scores = lake.read(spark, settings.lake, lake.SCORES).drop("embedding").toPandas()
     before_segments = lake.read(spark, settings.lake, lake.SEGMENTS).select("customer_id", "segment_id").toPandas()
     score.run(spark, settings)
