@@ -105,8 +105,11 @@ def auc_difference(first: DataFrame, second: DataFrame, seed: int, replicates: i
     counts = cells["count"].to_numpy()
     draws = np.random.default_rng(seed).poisson(counts, size=(replicates, len(counts)))
     differences = np.array([_binned_auc(i, positive, w) - _binned_auc(j, positive, w) for w in draws])
-    low, high = (float(v) for v in np.percentile(differences, [2.5, 97.5]))
+    defined = differences[~np.isnan(differences)]  # a draw of a small test split may hold one class only
     point = _binned_auc(i, positive, counts) - _binned_auc(j, positive, counts)
+    if np.isnan(point) or len(defined) == 0:
+        return {"roc_auc_difference": None, "low_95": None, "high_95": None, "verdict": "undefined: one class"}
+    low, high = (float(v) for v in np.percentile(defined, [2.5, 97.5]))
     verdict = "better" if low > 0 else "worse" if high < 0 else "level"
     return {"roc_auc_difference": float(point), "low_95": low, "high_95": high, "verdict": verdict}
 

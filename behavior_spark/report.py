@@ -183,6 +183,8 @@ def _comparison(comparison: dict | None) -> str:
     if not comparison:
         return ""
     baseline = html.escape(comparison["baseline"].replace("_", " "))
+    if comparison["roc_auc_difference"] is None:
+        return f"<p>The model against the best baseline ({baseline}): undefined, the test split holds one class.</p>"
     return (
         f"<p>ROC-AUC of the model minus the best baseline ({baseline}): {comparison['roc_auc_difference']:+.3f} "
         f"(95% bootstrap interval {comparison['low_95']:+.3f} to {comparison['high_95']:+.3f}): "
