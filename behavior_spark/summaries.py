@@ -119,9 +119,9 @@ def update(spark: SparkSession, settings: Settings, days: list[dt.date], events_
     events_now = lake.version(spark, settings.lake, lake.EVENTS)
     recorded = recorded_commit(spark, settings)
     wanted = recent_per_day(settings)
-    if recorded.get("events_version") == events_now and recorded.get("recent_per_day", 0) >= wanted:
+    if reflects(recorded, events_now, wanted):
         return "unchanged"
-    if recorded.get("events_version") != events_before or recorded.get("recent_per_day", 0) < wanted or not days:
+    if not days or not reflects(recorded, events_before, wanted):
         rebuild(spark, settings, events_now)
         return "rebuilt"
     events = lake.read(spark, settings.lake, lake.EVENTS, version=events_now).filter(F.col("event_date").isin(days))
@@ -163,7 +163,7 @@ def for_events(spark: SparkSession, settings: Settings, events_version: int) -> 
     """
     wanted = recent_per_day(settings)
     recorded = recorded_commit(spark, settings)
-    if recorded.get("events_version") == events_version and recorded.get("recent_per_day", 0) >= wanted:
+    if reflects(recorded, events_version, wanted):
         return lake.read(spark, settings.lake, lake.CUSTOMER_DAYS, version=recorded["version"])
     if events_version == lake.version(spark, settings.lake, lake.EVENTS):
         log.warning("customer-day summaries do not reflect events version %d: rebuilding them", events_version)
@@ -186,6 +186,11 @@ def recorded_commit(spark: SparkSession, settings: Settings) -> dict:
         .first()
     )
     return {**json.loads(row["userMetadata"] or "{}"), "version": row["version"]}
+
+
+def reflects(recorded: dict, events_version: int, recent: int) -> bool:
+    """Whether a summaries commit (`recorded_commit`) summarises `events_version`, keeping `recent` events a day."""
+    return recorded.get("events_version") == events_version and recorded.get("recent_per_day", 0) >= recent
 
 
 def _metadata(events_version: int, recent: int) -> str:
