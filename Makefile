@@ -8,8 +8,9 @@ setup:
 demo: setup
 	@scripts/demo.sh $(ARGS)
 
+# Two workers, a test file per worker at a time (tests/conftest.py says which go first); PYTEST_ARGS adds to it.
 test: setup
-	.venv/bin/python -m pytest $(PYTEST_ARGS)
+	.venv/bin/python -m pytest -n 2 --dist loadfile $(PYTEST_ARGS)
 
 lint: setup
 	.venv/bin/ruff check behavior_spark jobs tests scripts bench
