@@ -29,6 +29,7 @@ from pyspark.sql import functions as F
 
 from behavior_spark import btyd, features, lake, predict, summaries
 from behavior_spark.config import Settings
+from behavior_spark.model_artifact import ModelMetadata
 
 log = logging.getLogger(__name__)
 
@@ -40,11 +41,12 @@ AUC_BINS = 200  # score bins per model for the bootstrap of the ROC-AUC differen
 REPLICATES = 1000
 
 
-def run(spark: SparkSession, settings: Settings, table: DataFrame, metadata: dict) -> dict:
+def run(spark: SparkSession, settings: Settings, table: DataFrame, metadata: ModelMetadata) -> dict:
     """Metrics of the model and the baselines on the test split, written to Delta; importance on validation."""
     cfg = settings.train
-    stats = {name: tuple(value) for name, value in metadata["normalisation"].items()}
-    inputs = table.transform(features.model_inputs, stats).withColumn("label", F.col("label").cast("double"))
+    inputs = table.transform(features.model_inputs, metadata.normalisation).withColumn(
+        "label", F.col("label").cast("double")
+    )
     train, validation, test = (inputs.filter(F.col("split") == name) for name in ("train", "validation", "test"))
     keep = [*KEY, "label"]
     model_scores = predict.predictions(test, metadata, cfg.model_dir, settings.score.batch_size, keep=keep).select(
@@ -56,7 +58,7 @@ def run(spark: SparkSession, settings: Settings, table: DataFrame, metadata: dic
         "gradient_boosted_trees": (_mllib(GBTClassifier(maxIter=30, maxDepth=5, seed=cfg.seed), train, test), True),
         "recency_frequency": (test.select(*keep, recency_frequency().alias("score")), False),
     }
-    days = summaries.for_events(spark, settings, metadata["features_run"]["events_version"])
+    days = summaries.for_events(spark, settings, metadata.events_version)
     purchase_days = days.filter(F.col("n_purchase") > 0).select("customer_id", "event_date")
     bg_nbd = bg_nbd_scores(purchase_days, train, test, settings.features.label_window_days)
     if bg_nbd is not None:
@@ -71,8 +73,8 @@ def run(spark: SparkSession, settings: Settings, table: DataFrame, metadata: dic
     comparison = {"baseline": best, **auc_difference(scored["model"][0], scored[best][0], cfg.seed)}
     for df, _ in scored.values():
         df.unpersist()
-    _write(spark, settings, metadata["model_version"], metrics, comparison)
-    log.info("test-split metrics (%s):\n%s", metadata["model_version"], format_table(metrics))
+    _write(spark, settings, metadata.model_version, metrics, comparison)
+    log.info("test-split metrics (%s):\n%s", metadata.model_version, format_table(metrics))
     log.info("model against %s: %s", best, comparison)
     importance = permutation_importance(validation, metadata, cfg.model_dir, cfg.importance_rows, cfg.seed)
     return {
@@ -208,7 +210,9 @@ def format_table(metrics: dict[str, dict]) -> str:
     return "\n".join(lines)
 
 
-def permutation_importance(validation: DataFrame, metadata: dict, model_dir: str, rows: int, seed: int) -> dict:
+def permutation_importance(
+    validation: DataFrame, metadata: ModelMetadata, model_dir: str, rows: int, seed: int
+) -> dict[str, float]:
     """ROC-AUC lost when one input is shuffled across a random sample of `rows` validation rows (the sequence as
     one input)."""
     from behavior_spark.model import load_model, scoring_inputs
@@ -229,7 +233,7 @@ def permutation_importance(validation: DataFrame, metadata: dict, model_dir: str
 
     baseline = auc_with(columns)
     importance = {}
-    for index, name in enumerate(metadata["feature_names"]):
+    for index, name in enumerate(metadata.feature_names):
         shuffled = columns["numeric"].copy()
         shuffled[:, index] = rng.permutation(shuffled[:, index])
         importance[name] = baseline - auc_with({**columns, "numeric": shuffled})

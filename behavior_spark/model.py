@@ -12,6 +12,7 @@ import numpy as np
 import tensorflow as tf
 
 from behavior_spark import artifacts
+from behavior_spark.model_artifact import ModelMetadata
 
 EMBEDDING_LAYER = "customer_embedding"
 PROPENSITY_LAYER = "propensity"
@@ -68,13 +69,13 @@ def prior_shift(class_weight: dict | None) -> float:
     return math.log(weights[0] / weights[1])
 
 
-def load_model(model_dir: str, metadata: dict) -> tf.keras.Model:
+def load_model(model_dir: str, metadata: ModelMetadata) -> tf.keras.Model:
     """The saved model as a calibrated scoring model (propensity, embedding)."""
     with tempfile.NamedTemporaryFile(suffix=".h5") as saved:
-        saved.write(artifacts.read_bytes(artifacts.join(model_dir, metadata.get("model_file", "model.h5"))))
+        saved.write(artifacts.read_bytes(artifacts.join(model_dir, metadata.model_file)))
         saved.flush()
         model = tf.keras.models.load_model(saved.name, compile=False)
-    return scoring_model(model, prior_shift(metadata["training"]["class_weight"]))
+    return scoring_model(model, prior_shift(metadata.training["class_weight"]))
 
 
 def scoring_inputs(columns: dict[str, np.ndarray]) -> list[np.ndarray]:

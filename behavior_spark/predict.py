@@ -9,6 +9,7 @@ from pyspark.sql import DataFrame
 from pyspark.sql import types as T
 
 from behavior_spark import features
+from behavior_spark.model_artifact import ModelMetadata
 
 EMBEDDING_DIM = 64
 PREDICTION_TYPE = T.StructType(
@@ -19,7 +20,9 @@ PREDICTION_TYPE = T.StructType(
 )
 
 
-def predictions(table: DataFrame, metadata: dict, model_dir: str, batch_size: int, keep: list[str]) -> DataFrame:
+def predictions(
+    table: DataFrame, metadata: ModelMetadata, model_dir: str, batch_size: int, keep: list[str]
+) -> DataFrame:
     """`keep` columns of a features DataFrame with `propensity` and `embedding`, batch by batch on the executors.
 
     An Arrow-batch UDF (`mapInArrow`): each Arrow batch's array columns become model inputs with one zero-copy
@@ -27,8 +30,7 @@ def predictions(table: DataFrame, metadata: dict, model_dir: str, batch_size: in
     and rebuilds the embedding as a list per row (`bench score` measures both against the model in one process).
     The model is loaded once per Python worker, with TensorFlow's threads sized to the task's cores.
     """
-    stats = {name: tuple(value) for name, value in metadata["normalisation"].items()}
-    inputs = table.transform(features.model_inputs, stats).select(*keep, *features.MODEL_INPUT_COLUMNS)
+    inputs = table.transform(features.model_inputs, metadata.normalisation).select(*keep, *features.MODEL_INPUT_COLUMNS)
     schema = T.StructType([*(inputs.schema[c] for c in keep), *PREDICTION_TYPE.fields])
     return inputs.mapInArrow(_predict_batches(model_dir, metadata, batch_size, keep), schema)
 
@@ -36,9 +38,9 @@ def predictions(table: DataFrame, metadata: dict, model_dir: str, batch_size: in
 _MODELS: dict[tuple[str, str], object] = {}  # per Python worker: (model dir, version) -> loaded scoring model
 
 
-def _worker_model(model_dir: str, metadata: dict):
+def _worker_model(model_dir: str, metadata: ModelMetadata):
     """The scoring model, loaded on the first batch a Python worker sees and kept for the next ones."""
-    key = (model_dir, metadata["model_version"])
+    key = (model_dir, metadata.model_version)
     if key not in _MODELS:
         import tensorflow as tf
         from pyspark import TaskContext
@@ -52,7 +54,7 @@ def _worker_model(model_dir: str, metadata: dict):
     return _MODELS[key]
 
 
-def _predict_batches(model_dir: str, metadata: dict, batch_size: int, keep: list[str]):
+def _predict_batches(model_dir: str, metadata: ModelMetadata, batch_size: int, keep: list[str]):
     def predict(batches):
         import numpy as np
         import pyarrow as pa

@@ -20,6 +20,7 @@ from pyspark.sql import functions as F
 from behavior_spark import artifacts, features, lake, model_artifact
 from behavior_spark.config import Settings
 from behavior_spark.drift import WARN_PSI
+from behavior_spark.model_artifact import ModelMetadata
 
 log = logging.getLogger(__name__)
 
@@ -58,12 +59,12 @@ def propensity_histogram(scores) -> list[int]:
     return [counts.get(b, 0) for b in range(HISTOGRAM_BINS)]
 
 
-def render(metadata: dict, scoring_date, profiles: list[dict], histogram: list[int], drift: dict) -> str:
+def render(metadata: ModelMetadata, scoring_date, profiles: list[dict], histogram: list[int], drift: dict) -> str:
     """The page, from aggregates only."""
     sections = [
         f"<h1>behavior-spark report, scoring date {html.escape(str(scoring_date))}</h1>",
-        f"<p>Model {html.escape(metadata['model_version'])}, trained on features version "
-        f"{metadata['features_version']}; {sum(histogram):,} customers scored; generated "
+        f"<p>Model {html.escape(metadata.model_version)}, trained on features version "
+        f"{metadata.features_version}; {sum(histogram):,} customers scored; generated "
         f"{dt.datetime.now(dt.UTC):%Y-%m-%d %H:%M} UTC.</p>",
         "<h2>Segments</h2>",
         _image(_segment_sizes(profiles)),
@@ -71,10 +72,10 @@ def render(metadata: dict, scoring_date, profiles: list[dict], histogram: list[i
         "<h2>Propensity</h2>",
         _image(_propensity_chart(histogram)),
         "<h2>Model quality on the test split</h2>",
-        _metrics_table(metadata["test_metrics"]),
-        _comparison(metadata.get("comparison")),
-        _image(_lift_chart(metadata["lift_by_decile"])),
-        _image(_calibration_chart(metadata["reliability"])),
+        _metrics_table(metadata.test_metrics),
+        _comparison(metadata.comparison),
+        _image(_lift_chart(metadata.lift_by_decile)),
+        _image(_calibration_chart(metadata.reliability)),
         "<h2>Feature drift since training</h2>",
         _image(_drift_chart(drift)),
     ]

@@ -10,6 +10,7 @@ from pyspark.sql import functions as F
 
 from behavior_spark import drift, features, lake, model_artifact, predict
 from behavior_spark.config import Settings
+from behavior_spark.model_artifact import ModelMetadata
 
 log = logging.getLogger(__name__)
 
@@ -19,10 +20,10 @@ def run(spark: SparkSession, settings: Settings) -> dict:
     date's scores in one commit."""
     metadata = model_artifact.load_metadata(settings.train.model_dir)
     expected = features.numeric_feature_names()
-    if metadata["feature_names"] != expected:
+    if metadata.feature_names != expected:
         raise ValueError(
             f"the model at {settings.train.model_dir} was trained on other features than this code "
-            f"builds ({len(metadata['feature_names'])} against {len(expected)}): retrain it"
+            f"builds ({len(metadata.feature_names)} against {len(expected)}): retrain it"
         )
     scoring_date = features.scoring_date(spark, settings)
     table = scoring_snapshot(spark, settings, scoring_date)
@@ -34,14 +35,14 @@ def run(spark: SparkSession, settings: Settings) -> dict:
         "cutoff_date",
         "propensity",
         "embedding",
-        F.lit(metadata["model_version"]).alias("model_version"),
+        F.lit(metadata.model_version).alias("model_version"),
         F.lit(scoring_date).alias("scoring_date"),
     )
     lake.replace(scores, settings.lake, lake.SCORES, f"scoring_date = '{scoring_date}'", partition_by=["scoring_date"])
     written = lake.read(spark, settings.lake, lake.SCORES).filter(F.col("scoring_date") == F.lit(scoring_date))
     return {
         "scoring_date": scoring_date.isoformat(),
-        "model_version": metadata["model_version"],
+        "model_version": metadata.model_version,
         "drifted_features": drifted,
         "customers_scored": written.count(),
     }
@@ -65,16 +66,16 @@ class DriftError(RuntimeError):
 
 
 def check_drift(
-    spark: SparkSession, settings: Settings, metadata: dict, table: DataFrame, scoring_date: dt.date
+    spark: SparkSession, settings: Settings, metadata: ModelMetadata, table: DataFrame, scoring_date: dt.date
 ) -> dict[str, float]:
     """PSI of every model input, training split (the model's features version) against the rows to score.
 
     Written to the feature-drift table before any score; returns the drifted features (PSI above 0.2).
     """
-    training = lake.read(spark, settings.lake, lake.FEATURES, version=metadata["features_version"])
-    values = drift.feature_psi(training.filter(F.col("split") == "train"), table, metadata["feature_names"])
+    training = lake.read(spark, settings.lake, lake.FEATURES, version=metadata.features_version)
+    values = drift.feature_psi(training.filter(F.col("split") == "train"), table, metadata.feature_names)
     rows = [
-        (scoring_date, metadata["model_version"], name, value, value > drift.WARN_PSI) for name, value in values.items()
+        (scoring_date, metadata.model_version, name, value, value > drift.WARN_PSI) for name, value in values.items()
     ]
     schema = "scoring_date date, model_version string, feature string, psi double, drifted boolean"
     lake.replace(

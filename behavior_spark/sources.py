@@ -14,14 +14,17 @@ import fnmatch
 import io
 from functools import reduce
 from pathlib import Path
+from typing import Annotated, Literal
 
+import pydantic
 import yaml
+from pydantic import BaseModel, BeforeValidator, ConfigDict, Field, model_validator
 from pyspark.sql import Column, DataFrame, SparkSession
 from pyspark.sql import functions as F
 from pyspark.sql import types as T
 
 from behavior_spark import artifacts
-from behavior_spark.config import ConfigError
+from behavior_spark.config import ConfigError, explain
 
 EVENT_TYPES = ["view", "cart", "remove_from_cart", "purchase", "wishlist"]
 REQUIRED_FIELDS = ["event_time", "user_id"]
@@ -55,23 +58,44 @@ SAME_KEY_POLICIES = ("keep_both", "keep_latest")  # keep_latest: the later line 
 EPOCH_LIMITS = {"epoch_s": 253_402_300_799, "epoch_ms": 253_402_300_799_999}
 
 
-@dataclasses.dataclass(frozen=True)
-class SourceMapping:
+def _no_null(value):
+    return () if value is None else value
+
+
+def _as_text(value):
+    return () if value is None else tuple(str(token) for token in value)
+
+
+Columns = Annotated[tuple[str, ...], Field(strict=False), BeforeValidator(_no_null)]  # a YAML list, or nothing
+
+
+class SourceMapping(BaseModel):
+    """A log layout (conf/sources/*.yaml), checked when read: types, choices, and that its parts fit together."""
+
+    model_config = ConfigDict(extra="forbid", frozen=True, strict=True)
+
     name: str
-    format: str  # csv | json | parquet
+    format: Literal["csv", "json", "parquet"]
     fields: dict[str, str]  # canonical field -> raw column
     timestamp_format: str  # epoch_s | epoch_ms | a Spark datetime pattern
     header: bool = True
     delimiter: str = ","  # one character, or "whitespace" for runs of spaces and tabs
-    columns: tuple[str, ...] = ()  # raw column names in file order, for files without a header
+    columns: Columns = ()  # raw column names in file order, for files without a header
     encoding: str = "UTF-8"
-    event_types: dict[str, str] = dataclasses.field(default_factory=dict)  # raw value -> canonical type
+    event_types: dict[str, str] = {}  # raw value -> canonical type
     event_type_constant: str | None = None
-    personal: tuple[str, ...] = ()  # raw columns never kept, not even in the quarantine
-    null_tokens: tuple[str, ...] = ("null", "NULL", "None", "NaN", "nan", "-")  # values meaning "missing" (as empty)
+    personal: Columns = ()  # raw columns never kept, not even in the quarantine
+    null_tokens: Annotated[tuple[str, ...], Field(strict=False), BeforeValidator(_as_text)] = (
+        *("null", "NULL", "None", "NaN", "nan", "-"),
+    )  # values meaning "missing" (as empty)
     quoted: bool | None = None  # RFC 4180 quoting (delimiters, quotes, line breaks in fields); None: when header
-    identity: str = "content"  # one of IDENTITIES
-    same_key: str = "keep_both"  # one of SAME_KEY_POLICIES: lines sharing customer, type, item, time and event id
+    identity: Literal[IDENTITIES] = "content"
+    same_key: Literal[SAME_KEY_POLICIES] = "keep_both"  # lines sharing customer, type, item, time and event id
+
+    @model_validator(mode="after")
+    def _parts_fit(self) -> SourceMapping:
+        _check_mapping(self)
+        return self
 
     @property
     def is_quoted(self) -> bool:
@@ -90,58 +114,44 @@ def load_mapping(path: str | Path) -> SourceMapping:
     if not path.is_file():
         raise ConfigError(f"setting 'ingest.source': no source mapping at {path}")
     raw = yaml.safe_load(path.read_text()) or {}
-    known = {f.name for f in dataclasses.fields(SourceMapping)}
-    unknown = sorted(set(raw) - known)
-    if unknown:
-        raise ConfigError(f"source mapping {path}: unknown key '{unknown[0]}' (known: {', '.join(sorted(known))})")
-    for key in ("name", "format", "fields", "timestamp_format"):
-        if key not in raw:
-            raise ConfigError(f"source mapping {path}: '{key}' is required")
-    raw["columns"] = tuple(raw.get("columns") or ())
-    raw["personal"] = tuple(raw.get("personal") or ())
-    if "null_tokens" in raw:
-        raw["null_tokens"] = tuple(str(token) for token in raw["null_tokens"] or ())
-    mapping = SourceMapping(**raw)
-    _check_mapping(mapping, path)
-    return mapping
+    try:
+        return SourceMapping.model_validate(raw)
+    except pydantic.ValidationError as error:
+        raise ConfigError(f"source mapping {path}: {explain(error.errors()[0], SourceMapping, 'key')}") from None
 
 
-def _check_mapping(m: SourceMapping, path: Path) -> None:
-    def bad(message: str) -> ConfigError:
-        return ConfigError(f"source mapping {path}: {message}")
-
-    if m.format not in ("csv", "json", "parquet"):
-        raise bad(f"'format' must be csv, json or parquet, got {m.format!r}")
+def _check_mapping(m: SourceMapping) -> None:
+    """The checks across keys (types and choices are the fields' own); a ValueError says what does not fit."""
     unknown = sorted(set(m.fields) - set(REQUIRED_FIELDS) - set(OPTIONAL_FIELDS))
     if unknown:
-        raise bad(f"'fields.{unknown[0]}' is not a canonical field ({', '.join(REQUIRED_FIELDS + OPTIONAL_FIELDS)})")
+        raise ValueError(
+            f"'fields.{unknown[0]}' is not a canonical field ({', '.join(REQUIRED_FIELDS + OPTIONAL_FIELDS)})"
+        )
     for field in REQUIRED_FIELDS:
         if field not in m.fields:
-            raise bad(f"'fields.{field}' is required")
+            raise ValueError(f"'fields.{field}' is required")
     if ("event_type" in m.fields) == (m.event_type_constant is not None):
-        raise bad("give exactly one of 'fields.event_type' (with 'event_types') and 'event_type_constant'")
+        raise ValueError("give exactly one of 'fields.event_type' (with 'event_types') and 'event_type_constant'")
     targets = set(m.event_types.values()) | ({m.event_type_constant} if m.event_type_constant else set())
     if targets - set(EVENT_TYPES):
-        raise bad(f"event types must map onto {EVENT_TYPES}, got {sorted(targets - set(EVENT_TYPES))}")
+        raise ValueError(f"event types must map onto {EVENT_TYPES}, got {sorted(targets - set(EVENT_TYPES))}")
     if "event_type" in m.fields and not m.event_types:
-        raise bad("'event_types' must map the raw event values onto canonical ones")
+        raise ValueError("'event_types' must map the raw event values onto canonical ones")
     if m.format == "csv" and not m.header and not m.columns:
-        raise bad("a CSV source without a header needs 'columns' (the raw column names in file order)")
-    if m.identity not in IDENTITIES:
-        raise bad(f"'identity' must be one of {', '.join(IDENTITIES)}, got {m.identity!r}")
-    if m.same_key not in SAME_KEY_POLICIES:
-        raise bad(f"'same_key' must be one of {', '.join(SAME_KEY_POLICIES)}, got {m.same_key!r}")
+        raise ValueError("a CSV source without a header needs 'columns' (the raw column names in file order)")
     if m.identity == "line" and m.same_key != "keep_both":
-        raise bad("'identity: line' makes every line an event: no line corrects another, so 'same_key' is keep_both")
+        raise ValueError(
+            "'identity: line' makes every line an event: no line corrects another, so 'same_key' is keep_both"
+        )
     if m.delimiter != WHITESPACE and len(m.delimiter) != 1:
-        raise bad(f"'delimiter' must be one character or 'whitespace', got {m.delimiter!r}")
+        raise ValueError(f"'delimiter' must be one character or 'whitespace', got {m.delimiter!r}")
     if m.columns:
         missing = sorted(set(m.fields.values()) - set(m.columns))
         if missing:
-            raise bad(f"'fields' names column '{missing[0]}', which is not in 'columns'")
+            raise ValueError(f"'fields' names column '{missing[0]}', which is not in 'columns'")
     personal_fields = sorted(k for k, v in m.fields.items() if v in m.personal)
     if personal_fields:
-        raise bad(f"'fields.{personal_fields[0]}' reads a column listed as personal")
+        raise ValueError(f"'fields.{personal_fields[0]}' reads a column listed as personal")
 
 
 def find_files(location: str) -> list[tuple[str, int, int]]:

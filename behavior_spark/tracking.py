@@ -15,6 +15,7 @@ import tempfile
 
 from behavior_spark import artifacts
 from behavior_spark.config import ConfigError, Settings
+from behavior_spark.model_artifact import ModelMetadata
 
 log = logging.getLogger(__name__)
 
@@ -39,7 +40,7 @@ def tracking_uri(settings: Settings) -> str | None:
     return "file:" + os.path.abspath(os.path.join(root, "mlruns"))
 
 
-def log_training(settings: Settings, metadata: dict, files: dict[str, bytes]) -> str | None:
+def log_training(settings: Settings, metadata: ModelMetadata, files: dict[str, bytes]) -> str | None:
     """Record one training run in MLflow, with the model artifact's `files`; its run id, or None when off."""
     uri = tracking_uri(settings)
     if uri is None:
@@ -51,12 +52,12 @@ def log_training(settings: Settings, metadata: dict, files: dict[str, bytes]) ->
     try:
         mlflow.set_tracking_uri(uri)
         mlflow.set_experiment(settings.train.mlflow_experiment)
-        with mlflow.start_run(run_name=f"propensity-{metadata['model_version']}") as run:
+        with mlflow.start_run(run_name=f"propensity-{metadata.model_version}") as run:
             mlflow.set_tags(run_tags(metadata))
             mlflow.log_params(run_params(metadata))
-            first_epoch = metadata["resumed_after_epoch"]
-            for epoch, values in enumerate(zip(*metadata["history"].values(), strict=True), start=first_epoch):
-                mlflow.log_metrics(dict(zip(metadata["history"], values, strict=True)), step=epoch)
+            first_epoch = metadata.resumed_after_epoch
+            for epoch, values in enumerate(zip(*metadata.history.values(), strict=True), start=first_epoch):
+                mlflow.log_metrics(dict(zip(metadata.history, values, strict=True)), step=epoch)
             mlflow.log_metrics(evaluation_metrics(metadata))
             with tempfile.TemporaryDirectory() as folder:
                 for name, data in files.items():
@@ -69,37 +70,37 @@ def log_training(settings: Settings, metadata: dict, files: dict[str, bytes]) ->
     return run.info.run_id
 
 
-def run_tags(metadata: dict) -> dict[str, str]:
+def run_tags(metadata: ModelMetadata) -> dict[str, str]:
     return {
-        "model_version": metadata["model_version"],
-        "features_version": str(metadata["features_version"]),
-        "events_version": str(metadata["features_run"]["events_version"]),
+        "model_version": metadata.model_version,
+        "features_version": str(metadata.features_version),
+        "events_version": str(metadata.events_version),
     }
 
 
-def run_params(metadata: dict) -> dict[str, str | int | float]:
+def run_params(metadata: ModelMetadata) -> dict[str, str | int | float]:
     """What a run can be reproduced from: the training spec and the features it read (label, cutoffs, versions)."""
-    training = {k: v for k, v in metadata["training"].items() if k not in ("checkpoint_dir", "class_weight")}
-    data = metadata["features_run"]
+    training = {k: v for k, v in metadata.training.items() if k not in ("checkpoint_dir", "class_weight")}
+    data = metadata.features_run
     return {
         **{f"train.{k}": v for k, v in training.items()},
-        "train.class_weight": json.dumps(metadata["training"]["class_weight"]),
-        "train.num_proc": metadata["num_proc"],
+        "train.class_weight": json.dumps(metadata.training["class_weight"]),
+        "train.num_proc": metadata.num_proc,
         "features.cutoffs": ",".join(data["cutoffs"]),
         "features.label_event": data["label_event"],
         "features.label_window_days": data["label_window_days"],
         "features.numeric": len(data["features"]),
         "features.sequence_length": data["sequence_length"],
-        "features_version": metadata["features_version"],
+        "features_version": metadata.features_version,
         "events_version": data["events_version"],
     }
 
 
-def evaluation_metrics(metadata: dict) -> dict[str, float]:
+def evaluation_metrics(metadata: ModelMetadata) -> dict[str, float]:
     """`test.<model>.<metric>` for the model and every baseline (metrics a ranking cannot have are left out)."""
     return {
         f"test.{model}.{name}": float(value)
-        for model, values in metadata.get("test_metrics", {}).items()
+        for model, values in metadata.test_metrics.items()
         for name, value in values.items()
         if value is not None
     }

@@ -88,22 +88,22 @@ def run(spark: SparkSession, settings: Settings) -> dict:
     metadata = model_metadata(spark, settings, spec, results, stats, features_version)
     model_artifact.save_model(cfg.model_dir, chief["model_bytes"], metadata)
     evaluation = evaluate.run(spark, settings, table, metadata)
-    metadata.update(evaluation)
+    metadata = metadata.model_copy(update=evaluation)
+    run_id = None
     try:
-        metadata["mlflow_run_id"] = tracking.log_training(
-            settings, metadata, model_artifact.model_files(chief["model_bytes"], metadata)
-        )
-    finally:
-        model_artifact.save_model(cfg.model_dir, chief["model_bytes"], metadata)  # complete even if MLflow refused
+        run_id = tracking.log_training(settings, metadata, model_artifact.model_files(chief["model_bytes"], metadata))
+    finally:  # published complete even if MLflow refused
+        metadata = metadata.model_copy(update={"mlflow_run_id": run_id})
+        model_artifact.save_model(cfg.model_dir, chief["model_bytes"], metadata)
     artifacts.delete_folder(spec.checkpoint_dir)  # the run is finished: a later --resume starts afresh
     return {
         "model_dir": cfg.model_dir,
-        "model_version": metadata["model_version"],
+        "model_version": metadata.model_version,
         "train_rows": spec.train_rows,
         "validation_rows": spec.validation_rows,
         "processes": len(results),
         "epochs_run": chief["epochs_run"],
-        "mlflow_run_id": metadata["mlflow_run_id"],
+        "mlflow_run_id": metadata.mlflow_run_id,
         "final_metrics": {k: round(v[-1], 4) for k, v in chief["history"].items()},
         "test_metrics": {
             k: round(v, 4) for k, v in evaluation["test_metrics"]["model"].items() if isinstance(v, float)
@@ -118,31 +118,31 @@ def model_metadata(
     results: list[dict],
     stats: dict[str, tuple[float, float]],
     features_version: int,
-) -> dict:
-    """What scoring and a person need to know of a trained model (`metadata.json`)."""
+) -> model_artifact.ModelMetadata:
+    """What scoring and a person need to know of a trained model (`metadata.json`), before its evaluation."""
     chief = results[0]
     model_version = dt.datetime.now(dt.UTC).strftime("%Y%m%dT%H%M%SZ")
-    return {
-        "model_version": model_version,
-        "model_file": f"model-{model_version}.h5",
-        "trained_at": dt.datetime.now(dt.UTC).isoformat(timespec="seconds"),
-        "feature_names": features.numeric_feature_names(),
-        "normalisation": stats,
-        "sequence_length": spec.sequence_length,
-        "category_buckets": spec.category_buckets,
-        "event_type_ids": features.EVENT_TYPE_IDS,
-        "gap_bucket_seconds": features.GAP_BUCKET_SECONDS,
-        "features_version": features_version,
-        "features_run": features.recorded_run(spark, settings, features_version),
-        "num_proc": settings.train.num_proc,
-        "steps_per_rank": [r["steps"] for r in results],
-        "weights_sha256_per_rank": [r["weights_sha256"] for r in results],
-        "epochs_run": chief["epochs_run"],
-        "fit_seconds": chief["fit_seconds"],
-        "resumed_after_epoch": spec.initial_epoch,
-        "history": chief["history"],
-        "training": {k: v for k, v in dataclasses.asdict(spec).items() if k != "initial_model"},
-    }
+    return model_artifact.ModelMetadata(
+        model_version=model_version,
+        model_file=f"model-{model_version}.h5",
+        trained_at=dt.datetime.now(dt.UTC).isoformat(timespec="seconds"),
+        feature_names=features.numeric_feature_names(),
+        normalisation=stats,
+        sequence_length=spec.sequence_length,
+        category_buckets=spec.category_buckets,
+        event_type_ids=features.EVENT_TYPE_IDS,
+        gap_bucket_seconds=features.GAP_BUCKET_SECONDS,
+        features_version=features_version,
+        features_run=features.recorded_run(spark, settings, features_version),
+        num_proc=settings.train.num_proc,
+        steps_per_rank=[r["steps"] for r in results],
+        weights_sha256_per_rank=[r["weights_sha256"] for r in results],
+        epochs_run=chief["epochs_run"],
+        fit_seconds=chief["fit_seconds"],
+        resumed_after_epoch=spec.initial_epoch,
+        history=chief["history"],
+        training={k: v for k, v in dataclasses.asdict(spec).items() if k != "initial_model"},
+    )
 
 
 def training_spec(settings: Settings, counts: dict[tuple[str, int], int], threads: int) -> TrainingSpec:

@@ -55,7 +55,7 @@ def main(sizes: list[int], workdir: Path) -> str:
     )
     spark = local_session(settings.spark)
     results = {stage: pipeline.run_stage(stage, spark, settings) for stage in ("ingest", "featurize", "train")}
-    metrics = model_artifact.load_metadata(settings.train.model_dir)["test_metrics"]
+    metrics = model_artifact.load_metadata(settings.train.model_dir).test_metrics
     lines = [
         f"CDNOW master log: {results['ingest']['rows_read']:,} lines, test split of one 273-day label window",
         "",

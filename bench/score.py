@@ -8,7 +8,6 @@ Both Spark paths produce propensity and the 64-dimension embedding and write not
 
 from __future__ import annotations
 
-import json
 import os
 import shutil
 import time
@@ -20,6 +19,7 @@ from pyspark.sql import DataFrame, SparkSession
 from pyspark.sql import functions as F
 
 from behavior_spark import features, model_artifact, predict
+from behavior_spark.model_artifact import ModelMetadata
 from behavior_spark.session import local_session
 from bench.common import bench_settings
 
@@ -56,7 +56,7 @@ def main(sizes: list[int], workdir: Path) -> str:
     return "\n".join(lines)
 
 
-def save_untrained_model(model_dir: str) -> dict:
+def save_untrained_model(model_dir: str) -> ModelMetadata:
     """The real architecture with its initial weights: scoring speed does not depend on what it learned."""
     import tensorflow as tf
 
@@ -65,15 +65,9 @@ def save_untrained_model(model_dir: str) -> dict:
     names = features.numeric_feature_names()
     model = build_model(len(names), 50, len(features.EVENT_TYPE_IDS) + 1, 64, features.GAP_BUCKETS)
     Path(model_dir).mkdir(parents=True, exist_ok=True)
-    model.save(str(Path(model_dir, model_artifact.MODEL_FILE)))
-    metadata = {
-        "feature_names": names,
-        "normalisation": {n: [0.0, 1.0] for n in names},
-        "sequence_length": 50,
-        "model_version": "bench",
-        "training": {"class_weight": None},
-    }
-    Path(model_dir, model_artifact.METADATA_FILE).write_text(json.dumps(metadata))
+    metadata = model_artifact.untrained_metadata("bench", names)
+    model.save(str(Path(model_dir, metadata.model_file)))
+    Path(model_dir, model_artifact.METADATA_FILE).write_bytes(metadata.model_dump_json().encode())
     tf.keras.backend.clear_session()
     return metadata
 
@@ -94,12 +88,11 @@ def feature_rows(spark: SparkSession, rows: int) -> DataFrame:
     )
 
 
-def in_process_rate(rows: DataFrame, metadata: dict, model_dir: str) -> float:
+def in_process_rate(rows: DataFrame, metadata: ModelMetadata, model_dir: str) -> float:
     from behavior_spark.model import load_model, scoring_inputs
 
-    stats = {n: tuple(v) for n, v in metadata["normalisation"].items()}
     frame = (
-        rows.transform(features.model_inputs, stats).select(*features.MODEL_INPUT_COLUMNS).toPandas()
+        rows.transform(features.model_inputs, metadata.normalisation).select(*features.MODEL_INPUT_COLUMNS).toPandas()
     )  # bench rows only
     columns = {name: np.stack(frame[name].to_numpy()) for name in features.MODEL_INPUT_COLUMNS}
     model = load_model(model_dir, metadata)
@@ -110,7 +103,7 @@ def in_process_rate(rows: DataFrame, metadata: dict, model_dir: str) -> float:
     return len(frame) / (time.monotonic() - started)
 
 
-def stock_udf(rows: DataFrame, metadata: dict, model_dir: str) -> DataFrame:
+def stock_udf(rows: DataFrame, metadata: ModelMetadata, model_dir: str) -> DataFrame:
     """predict_batch_udf as its documentation shows it: one argument per (array) input column."""
 
     def make_predict_fn():
@@ -132,11 +125,10 @@ def stock_udf(rows: DataFrame, metadata: dict, model_dir: str) -> DataFrame:
         make_predict_fn,
         return_type=predict.PREDICTION_TYPE,
         batch_size=BATCH,
-        input_tensor_shapes=[[len(metadata["feature_names"])], [50], [50], [50]],
+        input_tensor_shapes=[[len(metadata.feature_names)], [50], [50], [50]],
     )
-    stats = {n: tuple(v) for n, v in metadata["normalisation"].items()}
     return (
-        rows.transform(features.model_inputs, stats)
+        rows.transform(features.model_inputs, metadata.normalisation)
         .withColumn("prediction", udf(*features.MODEL_INPUT_COLUMNS))
         .select("customer_id", "prediction.propensity", "prediction.embedding")
     )

@@ -3,7 +3,6 @@
 Real Spark, real Delta tables, two real Horovod processes reading through Petastorm, real predict_batch_udf.
 """
 
-import dataclasses
 import json
 import os
 import re
@@ -116,9 +115,9 @@ def test_one_feature_row_per_customer_and_snapshot_labelled_for_training_not_for
 def test_two_horovod_processes_ran_the_same_steps(finished_run):
     settings, _ = finished_run
     metadata = json.loads(Path(settings.train.model_dir, METADATA_FILE).read_text())
-    steps = metadata["steps_per_rank"]
+    steps = metadata.steps_per_rank
     assert len(steps) == 2 and steps[0] == steps[1] > 0
-    assert len(metadata["feature_names"]) == len(metadata["normalisation"])
+    assert len(metadata.feature_names) == len(metadata.normalisation)
 
 
 def test_every_customer_scored_once_in_0_1(spark, finished_run):
@@ -147,8 +146,7 @@ def test_scores_equal_the_models_own_predictions(spark, finished_run):
 
     settings, _ = finished_run
     metadata = model_artifact.load_metadata(settings.train.model_dir)
-    stats = {name: tuple(value) for name, value in metadata["normalisation"].items()}
-    table = lake.read(spark, settings.lake, lake.FEATURES).transform(features.model_inputs, stats)
+    table = lake.read(spark, settings.lake, lake.FEATURES).transform(features.model_inputs, metadata.normalisation)
     scores = lake.read(spark, settings.lake, lake.SCORES).select("customer_id", "cutoff_date", "propensity")
     sample = table.join(scores, on=["customer_id", "cutoff_date"]).limit(300).toPandas()
     columns = {name: np.stack(sample[name].to_numpy()) for name in features.MODEL_INPUT_COLUMNS}
@@ -185,9 +183,8 @@ def test_wrong_credentials_or_an_unreachable_warehouse_fail_clearly(spark, finis
     monkeypatch.setenv("BEHAVIOR_SPARK_WAREHOUSE_PASSWORD", "not-the-password")
     with pytest.raises(warehouse.WarehouseError, match="password authentication failed"):
         warehouse.run(spark, settings)
-    unreachable = dataclasses.replace(
-        settings, warehouse=dataclasses.replace(settings.warehouse, url="jdbc:postgresql://127.0.0.1:1/postgres")
-    )
+    elsewhere = settings.warehouse.model_copy(update={"url": "jdbc:postgresql://127.0.0.1:1/postgres"})
+    unreachable = settings.model_copy(update={"warehouse": elsewhere})
     with pytest.raises(
         warehouse.WarehouseError, match="cannot connect to the warehouse at jdbc:postgresql://127.0.0.1:1"
     ):
@@ -264,10 +261,11 @@ def test_rescoring_and_resegmenting_the_same_date_changes_nothing(spark, finishe
     run_settings, _ = finished_run
     copy = tmp_path / "lakehouse"
     shutil.copytree(run_settings.lake.root, copy)
-    settings = dataclasses.replace(
-        run_settings,
-        lake=dataclasses.replace(run_settings.lake, root=str(copy)),
-        train=dataclasses.replace(run_settings.train, model_dir=str(copy / "models" / "propensity")),
+    settings = run_settings.model_copy(
+        update={
+            "lake": run_settings.lake.model_copy(update={"root": str(copy)}),
+            "train": run_settings.train.model_copy(update={"model_dir": str(copy / "models" / "propensity")}),
+        }
     )
     before_scores = lake.read(spark, settings.lake, lake.SCORES).drop("embedding").toPandas()
     before_segments = lake.read(spark, settings.lake, lake.SEGMENTS).select("customer_id", "segment_id").toPandas()

@@ -191,9 +191,9 @@ def test_ten_scheduled_days(spark, tmp_path, postgres, monkeypatch):
 
         if trains:
             metadata = model_artifact.load_metadata(settings.train.model_dir)
-            epochs = results["train"]["epochs_run"] + metadata["resumed_after_epoch"]
+            epochs = results["train"]["epochs_run"] + metadata.resumed_after_epoch
             resumed_own_run = KILLED.get(number) == "train"  # the retry of the killed run continues it, nothing else
-            assert epochs >= 1 and (metadata["resumed_after_epoch"] == 0 or resumed_own_run), f"day {number}"
+            assert epochs >= 1 and (metadata.resumed_after_epoch == 0 or resumed_own_run), f"day {number}"
 
         audits = lake.read(spark, settings.lake, lake.INGEST_AUDIT).filter(F.col("status") == "ok")
         books = audits.agg(F.sum("rows_read"), F.sum("raw_lines"), F.sum("clean"), F.sum("quarantined")).first()

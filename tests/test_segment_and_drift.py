@@ -1,6 +1,5 @@
 """Segment ids matched across runs, k-anonymity in profiles, and the population stability index."""
 
-import dataclasses
 import math
 import random
 
@@ -34,7 +33,7 @@ def test_a_rerun_keeps_the_previous_centroids_unless_a_new_fit_is_clearly_better
     first = segment.fit_clusters(customers, 3, settings)
     centroids = segment.cluster_centroids(first)
 
-    again = segment.fit_clusters(customers, 3, dataclasses.replace(settings, seed=99), centroids)
+    again = segment.fit_clusters(customers, 3, settings.model_copy(update={"seed": 99}), centroids)
     assert segment.cluster_centroids(again).keys() == centroids.keys()
     for cluster, centroid in segment.cluster_centroids(again).items():
         assert math.dist(centroid, centroids[cluster]) < 1e-9  # the same customers in the same clusters

@@ -5,7 +5,6 @@ failing rank that must fail the job with its own message, and the evaluation bes
 """
 
 import contextlib
-import dataclasses
 import json
 import math
 import os
@@ -80,37 +79,37 @@ def trained(spark, features_lake):
 def test_both_ranks_ran_the_same_steps_and_ended_with_the_same_weights(trained):
     _, result, metadata = trained
     assert result["processes"] == 2
-    steps = metadata["steps_per_rank"]
+    steps = metadata.steps_per_rank
     assert steps[0] == steps[1] > 0
-    digests = metadata["weights_sha256_per_rank"]
+    digests = metadata.weights_sha256_per_rank
     assert digests[0] == digests[1]
 
 
 def test_the_artifact_records_its_inputs_and_a_finished_run_leaves_no_checkpoints(trained):
     settings, result, metadata = trained
     assert artifacts.list_names(f"{settings.train.model_dir}/checkpoints") == []  # nothing a later --resume continues
-    assert metadata["model_file"] in artifacts.list_names(settings.train.model_dir)
-    assert metadata["feature_names"] == features.numeric_feature_names()
-    assert set(metadata["normalisation"]) == set(metadata["feature_names"])
-    assert metadata["features_version"] >= 0 and metadata["features_run"]["events_version"] >= 0
-    assert metadata["training"]["class_weight"]["1"] > metadata["training"]["class_weight"]["0"]  # rare positives
+    assert metadata.model_file in artifacts.list_names(settings.train.model_dir)
+    assert metadata.feature_names == features.numeric_feature_names()
+    assert set(metadata.normalisation) == set(metadata.feature_names)
+    assert metadata.features_version >= 0 and metadata.events_version >= 0
+    assert metadata.training["class_weight"]["1"] > metadata.training["class_weight"]["0"]  # rare positives
 
 
 def test_evaluation_beside_the_baselines_is_written_and_importance_saved(spark, trained):
     settings, _, metadata = trained
     rows = lake.read(spark, settings.lake, lake.MODEL_EVALUATION).filter(
-        F.col("model_version") == metadata["model_version"]
+        F.col("model_version") == metadata.model_version
     )
     models = {r["model"] for r in rows.select("model").distinct().collect()}
     baselines = {"logistic_regression", "gradient_boosted_trees", "recency_frequency", "bg_nbd_purchasers"}
-    comparison = metadata["comparison"]
+    comparison = metadata.comparison
     assert models == {"model", "model_purchasers", *baselines, f"model - {comparison['baseline']}"}
     assert comparison["low_95"] <= comparison["high_95"] and comparison["verdict"] in ("better", "level", "worse")
-    model = metadata["test_metrics"]["model"]
+    model = metadata.test_metrics["model"]
     assert 0.5 < model["roc_auc"] <= 1  # log loss and calibration are checked exactly in the hand-built example
-    assert metadata["test_metrics"]["recency_frequency"]["log_loss"] is None  # a ranking, not a probability
-    importance = metadata["permutation_importance"]
-    assert set(importance) == {*metadata["feature_names"], "recent_sequence"}
+    assert metadata.test_metrics["recency_frequency"]["log_loss"] is None  # a ranking, not a probability
+    importance = metadata.permutation_importance
+    assert set(importance) == {*metadata.feature_names, "recent_sequence"}
 
 
 def test_the_run_is_recorded_in_mlflow_with_its_data_versions_metrics_and_model(trained):
@@ -119,14 +118,14 @@ def test_the_run_is_recorded_in_mlflow_with_its_data_versions_metrics_and_model(
     settings, _, metadata = trained
     os.environ.setdefault("MLFLOW_ALLOW_FILE_STORE", "true")
     client = mlflow.tracking.MlflowClient(tracking_uri=f"file:{settings.lake.root}/mlruns")
-    run = client.get_run(metadata["mlflow_run_id"])
+    run = client.get_run(metadata.mlflow_run_id)
     assert run.info.status == "FINISHED"
-    assert run.data.tags["model_version"] == metadata["model_version"]
-    assert run.data.params["features_version"] == str(metadata["features_version"])
+    assert run.data.tags["model_version"] == metadata.model_version
+    assert run.data.params["features_version"] == str(metadata.features_version)
     assert run.data.params["train.seed"] == str(settings.train.seed)
-    assert run.data.metrics["test.model.roc_auc"] == pytest.approx(metadata["test_metrics"]["model"]["roc_auc"])
+    assert run.data.metrics["test.model.roc_auc"] == pytest.approx(metadata.test_metrics["model"]["roc_auc"])
     assert "test.recency_frequency.roc_auc" in run.data.metrics
-    assert len(client.get_metric_history(run.info.run_id, "val_loss")) == metadata["epochs_run"]
+    assert len(client.get_metric_history(run.info.run_id, "val_loss")) == metadata.epochs_run
     assert {a.path for a in client.list_artifacts(run.info.run_id, "model")} == {
         "model/model.h5",
         "model/metadata.json",
@@ -158,7 +157,7 @@ def test_on_a_known_signal_the_model_beats_the_recency_frequency_heuristic(spark
     lake.overwrite(table, settings.lake, lake.FEATURES, partition_by=["cutoff_date"], userMetadata=record)
     with deadline(600):
         train.run(spark, settings)
-    metrics = model_artifact.load_metadata(settings.train.model_dir)["test_metrics"]
+    metrics = model_artifact.load_metadata(settings.train.model_dir).test_metrics
     assert metrics["model"]["roc_auc"] > 0.9
     assert metrics["model"]["roc_auc"] > metrics["recency_frequency"]["roc_auc"] + 0.05  # measured: 0.999 vs 0.855
 
@@ -167,45 +166,45 @@ def test_drift_beyond_the_threshold_fails_before_anything_is_scored(spark, train
     from behavior_spark import score
 
     settings, _, metadata = trained
-    strict = dataclasses.replace(settings, score=dataclasses.replace(settings.score, drift_fail_psi=0.0))
+    strict = settings.model_copy(update={"score": settings.score.model_copy(update={"drift_fail_psi": 0.0})})
     with pytest.raises(score.DriftError, match="drifted with PSI"):
         score.run(spark, strict)
     assert not lake.exists(spark, settings.lake, lake.SCORES)
-    assert lake.read(spark, settings.lake, lake.FEATURE_DRIFT).count() == len(metadata["feature_names"])
+    assert lake.read(spark, settings.lake, lake.FEATURE_DRIFT).count() == len(metadata.feature_names)
 
 
 def test_only_a_retry_of_an_unfinished_run_resumes_and_a_finished_run_trains_afresh(spark, trained):
     settings, first, first_metadata = trained
     epochs = first["epochs_run"] + 1
     killed = train.run_checkpoints(settings.train.model_dir, "job-run-41")  # a run killed after its first epochs
-    model_bytes = artifacts.read_bytes(f"{settings.train.model_dir}/{first_metadata['model_file']}")
+    model_bytes = artifacts.read_bytes(f"{settings.train.model_dir}/{first_metadata.model_file}")
     artifacts.write_bytes(f"{killed}/{train.checkpoint_name(first['epochs_run'])}", model_bytes)
 
     retry = tiny_settings(settings.lake.root, "train.resume=true", "train.run_id=job-run-41", f"train.epochs={epochs}")
     with deadline(600):
         result = train.run(spark, retry)
     metadata = model_artifact.load_metadata(retry.train.model_dir)
-    assert metadata["resumed_after_epoch"] == first["epochs_run"] and result["epochs_run"] == 1  # the epoch left
+    assert metadata.resumed_after_epoch == first["epochs_run"] and result["epochs_run"] == 1  # the epoch left
     assert artifacts.list_names(killed) == []  # finished now
 
     scheduled = tiny_settings(settings.lake.root, "train.resume=true", "train.run_id=job-run-41", "train.epochs=1")
     with deadline(600):
         result = train.run(spark, scheduled)  # the same id again, finished: nothing to continue
     assert (
-        model_artifact.load_metadata(scheduled.train.model_dir)["resumed_after_epoch"] == 0
-        and result["epochs_run"] == 1
+        model_artifact.load_metadata(scheduled.train.model_dir).resumed_after_epoch == 0 and result["epochs_run"] == 1
     )
 
 
 def test_a_model_is_published_whole_by_its_metadata(tmp_path):
-    old = {"model_version": "v1", "model_file": "model-v1.h5"}
-    model_artifact.save_model(str(tmp_path), b"old weights", old)
-    new = {"model_version": "v2", "model_file": "model-v2.h5"}
-    model_artifact.save_model(str(tmp_path), b"new weights", new)
-    assert model_artifact.load_metadata(str(tmp_path))["model_file"] == "model-v2.h5"
+    def version(name: str) -> model_artifact.ModelMetadata:
+        return model_artifact.untrained_metadata(name, ["events"])
+
+    model_artifact.save_model(str(tmp_path), b"old weights", version("v1"))
+    model_artifact.save_model(str(tmp_path), b"new weights", version("v2"))
+    assert model_artifact.load_metadata(str(tmp_path)).model_file == "model-v2.h5"
     assert (tmp_path / "model-v2.h5").read_bytes() == b"new weights"
     assert (tmp_path / "model-v1.h5").exists()  # the one before stays for readers that hold it
-    model_artifact.save_model(str(tmp_path), b"newer weights", {"model_version": "v3", "model_file": "model-v3.h5"})
+    model_artifact.save_model(str(tmp_path), b"newer weights", version("v3"))
     assert not (tmp_path / "model-v1.h5").exists()
     assert not [p for p in tmp_path.iterdir() if ".partial" in p.name]
 
