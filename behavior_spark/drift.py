@@ -38,7 +38,7 @@ def decile_edges(training: DataFrame, names: list[str]) -> dict[str, list[float]
 
 def bin_shares(df: DataFrame, edges: dict[str, list[float]]) -> dict[str, list[float]]:
     """Share of rows in each bin of each feature: each row's bins as (feature, bin) pairs, counted in one groupBy
-    (features x bins small counts; one aggregate of that many conditional counts made the drift check 2.5x slower).
+    (features x bins small counts; one aggregate of that many conditional counts was slower).
     Every row gives one pair per feature, so the first feature's counts add up to the rows: no second pass."""
     names = list(edges)
     pairs = F.inline(
