@@ -3,7 +3,6 @@
 Real Spark, real Delta tables, two real Horovod processes reading through Petastorm, real predict_batch_udf.
 """
 
-import json
 import os
 import re
 import shutil
@@ -17,9 +16,8 @@ import pytest
 import yaml
 from pyspark.sql import functions as F
 
-from behavior_spark import lake
+from behavior_spark import lake, model_artifact
 from behavior_spark.config import as_dict
-from behavior_spark.model_artifact import METADATA_FILE
 
 ROOT = Path(__file__).resolve().parents[1]
 
@@ -114,7 +112,7 @@ def test_one_feature_row_per_customer_and_snapshot_labelled_for_training_not_for
 
 def test_two_horovod_processes_ran_the_same_steps(finished_run):
     settings, _ = finished_run
-    metadata = json.loads(Path(settings.train.model_dir, METADATA_FILE).read_text())
+    metadata = model_artifact.load_metadata(settings.train.model_dir)
     steps = metadata.steps_per_rank
     assert len(steps) == 2 and steps[0] == steps[1] > 0
     assert len(metadata.feature_names) == len(metadata.normalisation)
@@ -142,7 +140,7 @@ def test_every_customer_in_exactly_one_segment(spark, finished_run):
 
 
 def test_scores_equal_the_models_own_predictions(spark, finished_run):
-    from behavior_spark import features, model, model_artifact
+    from behavior_spark import features, model
 
     settings, _ = finished_run
     metadata = model_artifact.load_metadata(settings.train.model_dir)
