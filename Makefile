@@ -1,6 +1,6 @@
 # The two commands: `make demo` (the whole pipeline on generated data) and `make test` (the test suite).
 # Both run set-up first; set-up skips whatever is already in place.
-.PHONY: setup demo test lint bench lock clean
+.PHONY: setup demo test cluster-test lint bench gpu-check lock clean
 
 setup:
 	@scripts/setup.sh
@@ -12,12 +12,20 @@ demo: setup
 test: setup
 	.venv/bin/python -m pytest -n 2 --dist loadfile $(PYTEST_ARGS)
 
+# The pipeline on a Spark standalone cluster (a master, two 1-core workers, on loopback); part of `make test` too.
+cluster-test: setup
+	.venv/bin/python -m pytest tests/test_cluster.py $(PYTEST_ARGS)
+
 lint: setup
 	.venv/bin/ruff check behavior_spark jobs tests scripts bench
 
 BENCH_ARGS ?= stages --sizes 1000000,4000000,16000000
 bench: setup
 	.venv/bin/python -m bench $(or $(ARGS),$(BENCH_ARGS))
+
+# Samples/s of the feed alone, the model alone and the two together (on the CPU where there is no GPU).
+gpu-check: setup
+	.venv/bin/python -m bench gpu-check --sizes $(or $(ROWS),400000)
 
 # Re-resolve requirements/lock.txt from requirements/base.txt in a scratch environment.
 lock:

@@ -6,7 +6,7 @@ import argparse
 import os
 from pathlib import Path
 
-from bench import feed, incremental, models, pseudonym, score, stages
+from bench import feed, gpu_check, incremental, models, pseudonym, score, stages
 
 BENCHES = {
     "stages": stages.main,
@@ -15,6 +15,7 @@ BENCHES = {
     "pseudonym": pseudonym.main,
     "models": models.main,
     "incremental": incremental.main,
+    "gpu-check": gpu_check.main,
 }
 
 
