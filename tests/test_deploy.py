@@ -72,6 +72,17 @@ def test_the_job_chains_the_stages_in_order_training_on_the_gpu_cluster():
     assert tasks["train"]["job_cluster_key"] == "gpu"
 
 
+def test_production_runs_as_a_service_principal_and_every_task_retries_within_a_time_limit():
+    main, *_ = bundle_documents()
+    assert set(main["targets"]["prod"]["run_as"]) == {"service_principal_name"}
+    assert all(main["variables"][name]["default"].startswith("/Volumes/") for name in ("lake_root", "model_dir"))
+    (job,) = bundle_jobs().values()
+    assert 0 < max(task["timeout_seconds"] for task in job["tasks"]) <= job["timeout_seconds"]
+    for task in job["tasks"]:
+        assert task["max_retries"] >= 1 and task["retry_on_timeout"], task["task_key"]
+    assert "--resume" in next(t for t in job["tasks"] if t["task_key"] == "train")["python_wheel_task"]["parameters"]
+
+
 SECRETS_BY_STAGE = {
     "ingest": {"BEHAVIOR_SPARK_PSEUDONYM_KEY"},
     "export": {"BEHAVIOR_SPARK_WAREHOUSE_USER", "BEHAVIOR_SPARK_WAREHOUSE_PASSWORD"},
@@ -143,7 +154,7 @@ def test_cloud_locations_map_to_what_each_library_can_open():
     assert artifacts.join("dbfs:/models/", "model.h5") == "dbfs:/models/model.h5"
 
 
-@pytest.mark.parametrize("name, scheme", [("databricks.yaml", "dbfs:/"), ("emr.yaml", "s3://")])
+@pytest.mark.parametrize("name, scheme", [("databricks.yaml", "/Volumes/"), ("emr.yaml", "s3://")])
 def test_cluster_settings_load_and_use_cloud_storage(name, scheme):
     settings = load_settings(ROOT / "conf" / name)
     for location in (settings.lake.root, settings.ingest.input, settings.train.model_dir):
