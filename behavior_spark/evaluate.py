@@ -10,12 +10,15 @@ the label window (`bg_nbd_purchasers`, beside the model on the same customers, `
 Spark aggregation (BG/NBD's four parameters are fitted on the driver over the distinct purchase triples); only the
 permutation importance works on a bounded sample in the driver. The model's ROC-AUC is compared with the best
 baseline's on the same rows, with a 95% bootstrap interval of the difference and a verdict (`auc_difference`).
-Results go to the `model_evaluation` Delta table and the model's metadata.
+Customer value (`customer_value`): the model's expected purchase days and revenue against what the test customers
+did, beside BG/NBD + Gamma-Gamma on the customers who bought before (Spearman, mean absolute error, and the error of
+the summed forecast). Results go to the `model_evaluation` Delta table and the model's metadata.
 """
 
 from __future__ import annotations
 
 import logging
+import math
 from functools import reduce
 
 import numpy as np
@@ -23,6 +26,7 @@ import pandas as pd
 from pyspark import StorageLevel
 from pyspark.ml.classification import GBTClassifier, LogisticRegression
 from pyspark.ml.evaluation import BinaryClassificationEvaluator
+from pyspark.ml.feature import Bucketizer
 from pyspark.ml.functions import array_to_vector, vector_to_array
 from pyspark.sql import Column, DataFrame, SparkSession
 from pyspark.sql import functions as F
@@ -39,6 +43,8 @@ KEY = ["customer_id", "cutoff_date"]  # a test row: the rows every model scores,
 FULL_TEST_BASELINES = ["logistic_regression", "gradient_boosted_trees", "recency_frequency"]
 AUC_BINS = 200  # score bins per model for the bootstrap of the ROC-AUC difference
 REPLICATES = 1000
+RANK_BUCKETS = 1000  # approximate-quantile buckets a continuous column is ranked by (Spearman)
+SPEND_SAMPLE = 200_000  # training customers Gamma-Gamma is fitted on
 
 
 def run(spark: SparkSession, settings: Settings, table: DataFrame, metadata: ModelMetadata) -> dict:
@@ -48,42 +54,115 @@ def run(spark: SparkSession, settings: Settings, table: DataFrame, metadata: Mod
         "label", F.col("label").cast("double")
     )
     train, validation, test = (inputs.filter(F.col("split") == name) for name in ("train", "validation", "test"))
+    keep = [*KEY, "label", *features.VALUE_LABELS]
+    predicted = predict.predictions(test, metadata, cfg.model_dir, settings.score.batch_size, keep=keep)
+    predicted = predicted.persist(StorageLevel.MEMORY_AND_DISK)  # scored once: propensity and value read it
+    days = summaries.for_events(spark, settings, metadata.events_version)
+    purchase_days = days.filter(F.col("n_purchase") > 0).select("customer_id", "event_date", "revenue")
+    forecasts = btyd_forecasts(purchase_days, train, test, settings.features.label_window_days, cfg.seed)
+    metrics, reliability, comparison = propensity_metrics(predicted, train, test, forecasts, cfg)
+    value = customer_value(predicted, forecasts)
+    lift = lift_by_decile(predicted.select(*KEY, "label", F.col("propensity").cast("double").alias("score")))
+    for df in (predicted, forecasts):
+        if df is not None:
+            df.unpersist()
+    _write(spark, settings, metadata.model_version, {**metrics, **_prefixed(value)}, comparison)
+    log.info("test-split metrics (%s):\n%s", metadata.model_version, format_table(metrics))
+    log.info("customer value on the test split:\n%s", format_table(value))
+    log.info("model against %s: %s", comparison["baseline"], comparison)
+    importance = permutation_importance(validation, metadata, cfg.model_dir, cfg.importance_rows, cfg.seed)
+    return {
+        "test_metrics": metrics,
+        "value_metrics": value,
+        "comparison": comparison,
+        "reliability": reliability["model"],
+        "lift_by_decile": lift,
+        "permutation_importance": importance,
+    }
+
+
+def propensity_metrics(
+    predicted: DataFrame, train: DataFrame, test: DataFrame, forecasts: DataFrame | None, cfg
+) -> tuple[dict, dict, dict]:
+    """(metrics by model, reliability bins by model, the model's ROC-AUC against the best full-test baseline)."""
     keep = [*KEY, "label"]
-    model_scores = predict.predictions(test, metadata, cfg.model_dir, settings.score.batch_size, keep=keep).select(
-        *keep, F.col("propensity").cast("double").alias("score")
-    )
+    model_scores = predicted.select(*keep, F.col("propensity").cast("double").alias("score"))
     scored = {
         "model": (model_scores, True),
         "logistic_regression": (_mllib(LogisticRegression(maxIter=50, regParam=0.01), train, test), True),
         "gradient_boosted_trees": (_mllib(GBTClassifier(maxIter=30, maxDepth=5, seed=cfg.seed), train, test), True),
         "recency_frequency": (test.select(*keep, recency_frequency().alias("score")), False),
     }
-    days = summaries.for_events(spark, settings, metadata.events_version)
-    purchase_days = days.filter(F.col("n_purchase") > 0).select("customer_id", "event_date")
-    bg_nbd = bg_nbd_scores(purchase_days, train, test, settings.features.label_window_days)
-    if bg_nbd is not None:
-        scored["bg_nbd_purchasers"] = (bg_nbd, False)
-        scored["model_purchasers"] = (model_scores.join(bg_nbd.select(*KEY), on=KEY), True)
+    if forecasts is not None:
+        scored["bg_nbd_purchasers"] = (forecasts.select(*keep, F.col("expected_purchases").alias("score")), False)
+        scored["model_purchasers"] = (model_scores.join(forecasts.select(*KEY), on=KEY), True)
     metrics, reliability = {}, {}
     for name, (df, probabilities) in scored.items():
         df.persist(StorageLevel.MEMORY_AND_DISK)  # key, label, score: each metric reads it, nothing re-scores
         metrics[name], reliability[name] = binary_metrics(df, cfg.threshold, probabilities)
-    lift = lift_by_decile(scored["model"][0])
     best = max(FULL_TEST_BASELINES, key=lambda name: metrics[name]["roc_auc"])
     comparison = {"baseline": best, **auc_difference(scored["model"][0], scored[best][0], cfg.seed)}
     for df, _ in scored.values():
         df.unpersist()
-    _write(spark, settings, metadata.model_version, metrics, comparison)
-    log.info("test-split metrics (%s):\n%s", metadata.model_version, format_table(metrics))
-    log.info("model against %s: %s", best, comparison)
-    importance = permutation_importance(validation, metadata, cfg.model_dir, cfg.importance_rows, cfg.seed)
+    return metrics, reliability, comparison
+
+
+def customer_value(predicted: DataFrame, forecasts: DataFrame | None) -> dict[str, dict]:
+    """The expected purchase days and revenue against what the test customers did in the label window: the model on
+    every test customer, and, where there are purchases, the model and BG/NBD + Gamma-Gamma on the same customers
+    (those who bought before their cutoff)."""
+    models = {"model": predicted}
+    if forecasts is not None:
+        models["model_purchasers"] = predicted.join(forecasts.select(*KEY), on=KEY)
+        models["bg_nbd_gamma_gamma_purchasers"] = forecasts
     return {
-        "test_metrics": metrics,
-        "comparison": comparison,
-        "reliability": reliability["model"],
-        "lift_by_decile": lift,
-        "permutation_importance": importance,
+        name: {
+            **forecast_errors(df, "expected_purchases", "label_purchases", "purchases"),
+            **forecast_errors(df, "expected_revenue", "label_revenue", "revenue"),
+        }
+        for name, df in models.items()
     }
+
+
+def forecast_errors(df: DataFrame, forecast: str, actual: str, name: str) -> dict[str, float | None]:
+    """Spearman's rank correlation and the mean absolute error per customer, and the relative error of the summed
+    forecast over all customers (the number BTYD models are known for)."""
+    row = df.agg(
+        F.avg(F.abs(F.col(forecast) - F.col(actual))).alias("mae"),
+        F.sum(forecast).alias("forecast"),
+        F.sum(actual).alias("actual"),
+    ).first()
+    total = row["actual"]
+    return {
+        f"{name}_spearman": spearman(df.select(forecast, actual), forecast, actual),
+        f"{name}_mae": row["mae"],
+        f"{name}_total_error": (row["forecast"] - total) / total if total else None,
+    }
+
+
+def spearman(df: DataFrame, first: str, second: str) -> float | None:
+    """Spearman's rank correlation: Pearson's over mid-ranks (ties share their mean rank). Ranks come from counts per
+    approximate-quantile bucket (at most RANK_BUCKETS), so no global sort; a continuous column's values in one
+    bucket share its mid-rank."""
+    ranked = _mid_ranks(_mid_ranks(df, first), second)
+    value = ranked.agg(F.corr(f"{first}_rank", f"{second}_rank")).first()[0]
+    return None if value is None or np.isnan(value) else float(value)
+
+
+def _mid_ranks(df: DataFrame, column: str) -> DataFrame:
+    values = df.withColumn(column, F.col(column).cast("double"))
+    edges = sorted(set(values.approxQuantile(column, [k / RANK_BUCKETS for k in range(1, RANK_BUCKETS)], 0.0005)))
+    bucketizer = Bucketizer(splits=[-math.inf, *edges, math.inf], inputCol=column, outputCol="_bucket")
+    bucketed = bucketizer.setHandleInvalid("keep").transform(values)
+    counts = bucketed.groupBy("_bucket").count().toPandas().sort_values("_bucket")  # at most RANK_BUCKETS + 1 rows
+    counts[f"{column}_rank"] = counts["count"].cumsum() - counts["count"] + (counts["count"] + 1) / 2
+    ranks = df.sparkSession.createDataFrame(counts[["_bucket", f"{column}_rank"]])
+    return bucketed.join(F.broadcast(ranks), on="_bucket").drop("_bucket")
+
+
+def _prefixed(value: dict[str, dict]) -> dict[str, dict]:
+    """Value metrics under model names of their own in the evaluation table ("model (value)")."""
+    return {f"{name} (value)": metrics for name, metrics in value.items()}
 
 
 def auc_difference(first: DataFrame, second: DataFrame, seed: int, replicates: int = REPLICATES) -> dict:
@@ -133,18 +212,40 @@ def _binned_auc(bins: np.ndarray, positive: np.ndarray, weights: np.ndarray) -> 
     return float(np.sum(pos * (below + 0.5 * neg)) / (pos.sum() * neg.sum()))
 
 
-def bg_nbd_scores(purchase_days: DataFrame, train: DataFrame, test: DataFrame, label_days: int) -> DataFrame | None:
-    """(customer_id, cutoff_date, label, score) of the test customers with a purchase before their cutoff, scored by
-    BG/NBD fitted on the training customers; None where no training customer has a purchase."""
+def btyd_forecasts(
+    purchase_days: DataFrame, train: DataFrame, test: DataFrame, label_days: int, seed: int
+) -> DataFrame | None:
+    """The classic forecasts for the test customers with a purchase before their cutoff: BG/NBD's expected purchase
+    days in the label window, times Gamma-Gamma's expected spend per purchase day, both fitted on the training
+    customers (Gamma-Gamma on a sample of at most SPEND_SAMPLE). Key, labels, `expected_purchases`,
+    `expected_revenue`; None where no training customer has a purchase. `purchase_days`: customer_id, event_date,
+    revenue."""
     counts = btyd.grouped(btyd.purchase_triples(purchase_days, train.select(*KEY)))  # distinct triples, not customers
     if counts.empty:
         return None
-    params = btyd.fit(counts)
-    log.info("BG/NBD fitted on %d training customers: %s", int(counts["n"].sum()), params)
+    bg_nbd = btyd.fit(counts)
+    spenders = btyd.spend(purchase_days, train.select(*KEY))
+    sample = spenders.sample(fraction=min(1.0, SPEND_SAMPLE / max(spenders.count(), 1)), seed=seed)
+    spend_rows = sample.select("x", "m").toPandas()  # at most about SPEND_SAMPLE rows
+    gamma_gamma = btyd.fit_gamma_gamma(spend_rows) if len(spend_rows) else None
+    log.info("BG/NBD on %d training customers: %s; Gamma-Gamma: %s", int(counts["n"].sum()), bg_nbd, gamma_gamma)
     test_triples = btyd.purchase_triples(purchase_days, test.select(*KEY)).localCheckpoint()  # predict reads it twice
-    predicted = btyd.predict(params, test_triples, label_days / btyd.DAYS_PER_UNIT)
-    scored = test.select(*KEY, "label").join(predicted, on=KEY, how="inner")
-    return scored.select(*KEY, "label", F.col("expected_purchases").alias("score"))
+    predicted = btyd.predict(bg_nbd, test_triples, label_days / btyd.DAYS_PER_UNIT)
+    spend = btyd.spend(purchase_days, test.select(*KEY))
+    spend = spend.select(*KEY, (btyd.expected_spend(gamma_gamma) if gamma_gamma else F.col("m")).alias("_spend"))
+    return (
+        test.select(*KEY, "label", *features.VALUE_LABELS)
+        .join(predicted, on=KEY, how="inner")
+        .join(spend, on=KEY, how="left")
+        .select(
+            *KEY,
+            "label",
+            *features.VALUE_LABELS,
+            "expected_purchases",
+            (F.col("expected_purchases") * F.coalesce(F.col("_spend"), F.lit(0.0))).alias("expected_revenue"),
+        )
+        .persist(StorageLevel.MEMORY_AND_DISK)
+    )
 
 
 def recency_frequency() -> Column:
@@ -203,10 +304,10 @@ def lift_by_decile(scored: DataFrame) -> list[dict]:
 
 def format_table(metrics: dict[str, dict]) -> str:
     names = list(next(iter(metrics.values())))
-    lines = [f"{'model':<24}" + "".join(f"{n[:14]:>16}" for n in names)]
+    lines = [f"{'model':<32}" + "".join(f"{n[:14]:>16}" for n in names)]
     for model, values in metrics.items():
         cells = "".join(f"{'-' if values[n] is None else f'{values[n]:.4f}':>16}" for n in names)
-        lines.append(f"{model:<24}{cells}")
+        lines.append(f"{model:<32}{cells}")
     return "\n".join(lines)
 
 

@@ -33,6 +33,7 @@ WINDOW_DAYS = [7, 30, 90]
 NO_PURCHASE_DAYS = 365.0  # days since last purchase for customers who never bought
 SEQUENCE_COLUMNS = ["seq_event_type", "seq_category", "seq_gap_bucket"]
 MODEL_INPUT_COLUMNS = ["numeric", *SEQUENCE_COLUMNS]  # what the model consumes: `model_inputs` makes `numeric`
+VALUE_LABELS = ["label_purchases", "label_revenue"]  # what a training row's customer bought in the label window
 SCORE_SPLIT = "score"  # the scoring snapshot's rows: every customer as of the scoring date, no label
 SHARE_FEATURES = {
     "view_to_cart",
@@ -173,15 +174,19 @@ def build_features(days: DataFrame, cutoff: dt.date, cfg: FeatureSettings, scori
         .join(recent_sequences(recent, cfg.sequence_length, cfg.category_buckets), on="customer_id", how="left")
     )
     if scoring:
-        split, label = F.lit(SCORE_SPLIT), F.lit(None).cast("int")
+        split = F.lit(SCORE_SPLIT)
+        label, purchases, revenue = (F.lit(None).cast(kind) for kind in ("int", "int", "double"))
     else:
         rows = rows.join(labels(days, cutoff, cfg), on="customer_id", how="left")
-        split, label = split_column(F.col("customer_id"), cfg), F.coalesce(F.col("label"), F.lit(0))
+        split = split_column(F.col("customer_id"), cfg)
+        label, purchases, revenue = (F.coalesce(F.col(c), F.lit(0)) for c in ("label", *VALUE_LABELS))
     return rows.select(
         "customer_id",
         F.lit(cutoff).alias("cutoff_date"),
         split.alias("split"),
         label.alias("label"),
+        purchases.cast("int").alias("label_purchases"),
+        revenue.cast("double").alias("label_revenue"),
         *(F.col(name).cast("double").alias(name) for name in numeric_feature_names()),
         *SEQUENCE_COLUMNS,
         "top_category_id",  # descriptive, for segment profiles; not a model input
@@ -250,14 +255,18 @@ def activity(days: DataFrame, cutoff: dt.date) -> DataFrame:
 
 
 def labels(days: DataFrame, cutoff: dt.date, cfg: FeatureSettings) -> DataFrame:
-    """label = 1 for the customers who did `label_event` in the `label_window_days` days from the cutoff."""
+    """What each customer active in the `label_window_days` days from the cutoff did there: `label` = 1 if they did
+    `label_event`, `label_purchases` = their days with a purchase (orders, as BG/NBD counts them), `label_revenue`."""
     window_end = cutoff + dt.timedelta(days=cfg.label_window_days)
     in_window = (F.col("event_date") >= cutoff) & (F.col("event_date") < window_end)
     return (
-        days.filter(in_window & (F.col(f"n_{cfg.label_event}") > 0))
-        .select("customer_id")
-        .distinct()
-        .withColumn("label", F.lit(1))
+        days.filter(in_window)
+        .groupBy("customer_id")
+        .agg(
+            F.max(F.when(F.col(f"n_{cfg.label_event}") > 0, 1)).alias("label"),
+            F.count(F.when(F.col("n_purchase") > 0, 1)).alias("label_purchases"),
+            F.sum("revenue").alias("label_revenue"),
+        )
     )
 
 

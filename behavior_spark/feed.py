@@ -50,8 +50,8 @@ def close(reader) -> None:
     reader.join()
 
 
-def batches(reader, widths: dict[str, int], label: str, batch_size: int):
-    """A tf.data.Dataset of ({name: matrix}, label) batches of exactly `batch_size` rows."""
+def batches(reader, widths: dict[str, int], labels: list[str], batch_size: int):
+    """A tf.data.Dataset of ({name: matrix}, {label: vector}) batches of exactly `batch_size` rows."""
     import tensorflow as tf
     from petastorm.tf_utils import make_petastorm_dataset
 
@@ -61,7 +61,7 @@ def batches(reader, widths: dict[str, int], label: str, batch_size: int):
             name: tf.stack([getattr(group, element(name, i)) for i in range(width)], axis=1)
             for name, width in widths.items()
         }
-        return inputs, getattr(group, label)
+        return inputs, {label: getattr(group, label) for label in labels}
 
     return (
         make_petastorm_dataset(reader)

@@ -1,4 +1,9 @@
-"""The propensity model: a dense tower over numeric features and a 1D-CNN over the recent-event sequence.
+"""The customer model: a dense tower over numeric features and a 1D-CNN over the recent-event sequence, joined into
+a customer embedding with three heads on it, trained together:
+- the purchase propensity (sigmoid; binary cross-entropy);
+- the expected number of purchase days in the label window (softplus rate; Poisson loss);
+- the revenue in the label window (zero-inflated lognormal, Wang, Liu and Miao 2019: the logit of buying at all,
+  and the mean and scale of the log amount; its expected value is P(buy) * exp(mu + sigma^2 / 2)).
 
 Imported only where TensorFlow runs (training workers, scoring workers), never by the data-preparation code.
 """
@@ -16,12 +21,17 @@ from behavior_spark.model_artifact import ModelMetadata
 
 EMBEDDING_LAYER = "customer_embedding"
 PROPENSITY_LAYER = "propensity"
+PURCHASES_LAYER = "expected_purchases"
+REVENUE_LAYER = "revenue"
+# The label column each head learns, and how much its loss counts beside the propensity's.
+TARGETS = {PROPENSITY_LAYER: "label", PURCHASES_LAYER: "label_purchases", REVENUE_LAYER: "label_revenue"}
+LOSS_WEIGHTS = {PROPENSITY_LAYER: 1.0, PURCHASES_LAYER: 0.5, REVENUE_LAYER: 0.25}
 
 
 def build_model(
     numeric_dim: int, sequence_length: int, event_types: int, category_buckets: int, gap_buckets: int
 ) -> tf.keras.Model:
-    """numeric -> 128 -> 64; sequence embeddings -> 2 x Conv1D(64, 3) -> max pool; concat -> 64 -> sigmoid."""
+    """numeric -> 128 -> 64; sequence embeddings -> 2 x Conv1D(64, 3) -> max pool; concat -> 64 -> the three heads."""
     layers = tf.keras.layers
     numeric = layers.Input((numeric_dim,), name="numeric", dtype="float32")
     seq_inputs = {
@@ -42,15 +52,44 @@ def build_model(
     tower = layers.Dense(64, activation="relu", name="dense_64")(tower)
     joined = layers.Concatenate(name="joined")([tower, sequence])
     embedding = layers.Dense(64, activation="relu", name=EMBEDDING_LAYER)(joined)
-    propensity = layers.Dense(1, activation="sigmoid", name=PROPENSITY_LAYER)(embedding)
-    return tf.keras.Model(inputs=[numeric, *seq_inputs.values()], outputs=propensity, name="purchase_propensity")
+    heads = [
+        layers.Dense(1, activation="sigmoid", name=PROPENSITY_LAYER)(embedding),
+        layers.Dense(1, activation="softplus", name=PURCHASES_LAYER)(embedding),
+        layers.Dense(3, name=REVENUE_LAYER)(embedding),  # logit of buying, mu, raw sigma of the log amount
+    ]
+    return tf.keras.Model(inputs=[numeric, *seq_inputs.values()], outputs=heads, name="customer_model")
 
 
-def scoring_model(model: tf.keras.Model, prior_shift: float = 0.0) -> tf.keras.Model:
-    """The same weights, answering the propensity and the 64-dimension customer embedding.
+def ziln_loss(labels: tf.Tensor, outputs: tf.Tensor) -> tf.Tensor:
+    """Negative log-likelihood of the amounts under the zero-inflated lognormal: whether the customer buys (a
+    logistic term) plus, for those who do, the lognormal density of what they spend."""
+    amount = tf.reshape(tf.cast(labels, tf.float32), [-1])
+    bought = tf.cast(amount > 0, tf.float32)
+    logit, mu, sigma = outputs[:, 0], outputs[:, 1], _sigma(outputs[:, 2])
+    buys = tf.nn.sigmoid_cross_entropy_with_logits(labels=bought, logits=logit)
+    log_amount = tf.math.log(tf.where(amount > 0, amount, tf.ones_like(amount)))
+    spends = log_amount + tf.math.log(sigma) + 0.5 * math.log(2 * math.pi)
+    spends += tf.square(log_amount - mu) / (2 * tf.square(sigma))
+    return buys + bought * spends
+
+
+def expected_amount(outputs: tf.Tensor) -> tf.Tensor:
+    """E[amount] under the zero-inflated lognormal: P(buy) * exp(mu + sigma^2 / 2), one column."""
+    logit, mu, sigma = outputs[:, 0:1], outputs[:, 1:2], _sigma(outputs[:, 2:3])
+    return tf.sigmoid(logit) * tf.exp(mu + 0.5 * tf.square(sigma))
+
+
+def _sigma(raw: tf.Tensor) -> tf.Tensor:
+    return tf.nn.softplus(raw) + 0.01  # kept away from 0, where the density is infinite
+
+
+def scoring_model(model: tf.keras.Model, prior_shift: float = 0.0, revenue_scale: float = 1.0) -> tf.keras.Model:
+    """The same weights, answering the propensity, the 64-dimension customer embedding, the expected purchase days
+    and the expected revenue in the label window.
 
     `prior_shift` undoes class weighting: a model trained with weights w0, w1 learns odds w1/w0 times the true
-    ones, so adding log(w0/w1) to its logit gives back a calibrated probability.
+    ones, so adding log(w0/w1) to its logit gives back a calibrated probability. `revenue_scale` undoes the scaling
+    of the revenue label in training (amounts in units of the training split's mean positive revenue).
     """
     head = model.get_layer(PROPENSITY_LAYER)
     embedding = model.get_layer(EMBEDDING_LAYER).output
@@ -58,7 +97,11 @@ def scoring_model(model: tf.keras.Model, prior_shift: float = 0.0) -> tf.keras.M
     propensity = calibrated(embedding)
     kernel, bias = head.get_weights()
     calibrated.set_weights([kernel, bias + prior_shift])
-    return tf.keras.Model(inputs=model.inputs, outputs=[propensity, embedding])
+    purchases = model.get_layer(PURCHASES_LAYER).output
+    revenue = tf.keras.layers.Lambda(lambda outputs: expected_amount(outputs) * revenue_scale, name="expected_revenue")(
+        model.get_layer(REVENUE_LAYER).output
+    )
+    return tf.keras.Model(inputs=model.inputs, outputs=[propensity, embedding, purchases, revenue])
 
 
 def prior_shift(class_weight: dict | None) -> float:
@@ -75,7 +118,7 @@ def load_model(model_dir: str, metadata: ModelMetadata) -> tf.keras.Model:
         saved.write(artifacts.read_bytes(artifacts.join(model_dir, metadata.model_file)))
         saved.flush()
         model = tf.keras.models.load_model(saved.name, compile=False)
-    return scoring_model(model, prior_shift(metadata.training["class_weight"]))
+    return scoring_model(model, prior_shift(metadata.training["class_weight"]), metadata.revenue_scale)
 
 
 def scoring_inputs(columns: dict[str, np.ndarray]) -> list[np.ndarray]:

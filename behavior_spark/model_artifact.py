@@ -45,8 +45,10 @@ class ModelMetadata(BaseModel):
     resumed_after_epoch: int
     history: dict[str, list[float | None]]  # per-epoch metrics (loss, val_loss, ...); None where not a number
     training: dict[str, Any]  # the worker's settings (`train.TrainingSpec`), class weights included
+    revenue_scale: float = 1.0  # the revenue head learns amounts in this unit (the training split's mean positive)
     # Added by evaluation (`evaluate.run`) before the model is published a second time; MLflow's id after that.
     test_metrics: dict[str, dict[str, float | None]] = {}  # model or baseline -> metric -> value
+    value_metrics: dict[str, dict[str, float | None]] = {}  # expected purchases and revenue against the test split
     comparison: dict[str, Any] | None = None  # the model's ROC-AUC against the best baseline's, with its interval
     reliability: list[dict[str, Any]] = []
     lift_by_decile: list[dict[str, Any]] = []

@@ -16,6 +16,8 @@ PREDICTION_TYPE = T.StructType(
     [
         T.StructField("propensity", T.FloatType(), True),
         T.StructField("embedding", T.ArrayType(T.FloatType()), True),
+        T.StructField("expected_purchases", T.FloatType(), True),  # purchase days in the next label window
+        T.StructField("expected_revenue", T.FloatType(), True),  # revenue in the next label window
     ]
 )
 
@@ -23,7 +25,8 @@ PREDICTION_TYPE = T.StructType(
 def predictions(
     table: DataFrame, metadata: ModelMetadata, model_dir: str, batch_size: int, keep: list[str]
 ) -> DataFrame:
-    """`keep` columns of a features DataFrame with `propensity` and `embedding`, batch by batch on the executors.
+    """`keep` columns of a features DataFrame with the model's answers (`PREDICTION_TYPE`: propensity, embedding,
+    expected purchases and revenue), batch by batch on the executors.
 
     An Arrow-batch UDF (`mapInArrow`): each Arrow batch's array columns become model inputs with one zero-copy
     reshape, and the outputs go back as Arrow arrays, where `predict_batch_udf` stacks arrays row by row in Python
@@ -67,18 +70,28 @@ def _predict_batches(model_dir: str, metadata: ModelMetadata, batch_size: int, k
                 part = batch.slice(start, batch_size)
                 rows = part.num_rows
                 columns = {name: _matrix(part.column(name), rows) for name in features.MODEL_INPUT_COLUMNS}
-                propensity, embedding = model(scoring_inputs(columns), training=False)
+                propensity, embedding, purchases, revenue = model(scoring_inputs(columns), training=False)
                 flat = pa.array(np.ascontiguousarray(embedding.numpy(), dtype=np.float32).ravel())
                 yield pa.RecordBatch.from_arrays(
                     [
                         *(part.column(name) for name in keep),
-                        pa.array(propensity.numpy()[:, 0].astype(np.float32)),
+                        _column(propensity),
                         pa.ListArray.from_arrays(pa.array(np.arange(rows + 1, dtype=np.int32) * EMBEDDING_DIM), flat),
+                        _column(purchases),
+                        _column(revenue),
                     ],
-                    names=[*keep, "propensity", "embedding"],
+                    names=[*keep, *PREDICTION_TYPE.names],
                 )
 
     return predict
+
+
+def _column(output):
+    """A model output of one value per row as an Arrow float array."""
+    import numpy as np
+    import pyarrow as pa
+
+    return pa.array(output.numpy()[:, 0].astype(np.float32))
 
 
 def _matrix(column, rows: int):

@@ -74,6 +74,11 @@ def render(metadata: ModelMetadata, scoring_date, profiles: list[dict], histogra
         "<h2>Model quality on the test split</h2>",
         _metrics_table(metadata.test_metrics),
         _comparison(metadata.comparison),
+        "<h2>Customer value on the test split</h2>",
+        "<p>Expected purchase days and revenue in the label window against what the customers did: Spearman's rank "
+        "correlation, mean absolute error per customer, and the relative error of the summed forecast. "
+        "BG/NBD + Gamma-Gamma forecasts only the customers who bought before.</p>",
+        _metrics_table(metadata.value_metrics) if metadata.value_metrics else "<p>Not evaluated.</p>",
         _image(_lift_chart(metadata.lift_by_decile)),
         _image(_calibration_chart(metadata.reliability)),
         "<h2>Feature drift since training</h2>",
@@ -157,7 +162,16 @@ def _drift_chart(drift: dict[str, float]):
 
 
 def _profile_table(profiles: list[dict]) -> str:
-    columns = ["customers", "mean_propensity", "mean_days_since_last_event", "mean_purchases", "mean_revenue"]
+    columns = [
+        "customers",
+        "mean_propensity",
+        "mean_days_since_last_event",
+        "mean_purchases",
+        "mean_revenue",
+        "mean_expected_revenue",
+        "expected_revenue",
+        "revenue_at_risk",
+    ]
     head = "".join(f"<th>{html.escape(c.removeprefix('mean_').replace('_', ' '))}</th>" for c in columns)
     rows = []
     for p in profiles:

@@ -1,4 +1,5 @@
-"""Score: every customer's purchase propensity and embedding, through an Arrow-batch UDF (`mapInArrow`), into Delta."""
+"""Score: every customer's purchase propensity, expected purchases and revenue, and embedding, through an Arrow-batch
+UDF (`mapInArrow`), into Delta."""
 
 from __future__ import annotations
 
@@ -35,6 +36,8 @@ def run(spark: SparkSession, settings: Settings) -> dict:
         "cutoff_date",
         "propensity",
         "embedding",
+        "expected_purchases",
+        "expected_revenue",
         F.lit(metadata.model_version).alias("model_version"),
         F.lit(scoring_date).alias("scoring_date"),
     )

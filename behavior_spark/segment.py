@@ -35,7 +35,10 @@ from behavior_spark.config import SegmentSettings, Settings
 
 log = logging.getLogger(__name__)
 
-PROFILE_COLUMNS = ["propensity", "days_since_last_event", "purchases", "revenue", "events"]
+SCORE_COLUMNS = ["propensity", "expected_purchases", "expected_revenue"]  # the model's answers
+HISTORY_COLUMNS = ["days_since_last_event", "purchases", "revenue", "events"]  # from the scoring snapshot's features
+PROFILE_COLUMNS = [*SCORE_COLUMNS, *HISTORY_COLUMNS]  # averaged per segment
+VALUE_DECILES = 10
 TOP_CATEGORIES = 3
 SUPPRESSED = "suppressed (too few customers)"
 
@@ -49,11 +52,12 @@ def run(spark: SparkSession, settings: Settings) -> dict:
         .join(
             lake.read(spark, settings.lake, lake.FEATURES)
             .filter(F.col("split") == features.SCORE_SPLIT)
-            .select("customer_id", "cutoff_date", *PROFILE_COLUMNS[1:], "top_category_id"),
+            .select("customer_id", "cutoff_date", *HISTORY_COLUMNS, "tenure_days", "top_category_id"),
             on=["customer_id", "cutoff_date"],
             how="inner",
         )
         .transform(with_segment_features)
+        .transform(with_value_decile)
         .cache()
     )
     previous = previous_centroids(spark, settings, scoring_date)  # k rows of the run before, or none
@@ -63,7 +67,7 @@ def run(spark: SparkSession, settings: Settings) -> dict:
     ids = match_segments(centroids, previous)
     assigned = clustered.withColumn("segment_id", _lookup(ids)[F.col("cluster")]).drop("cluster")
     profiles = (
-        profile(assigned, cfg.min_segment_size)
+        profile(assigned, cfg.min_segment_size, settings.features.label_window_days)
         .transform(with_category_labels, lake.read(spark, settings.lake, lake.EVENTS))
         .withColumn("scoring_date", F.lit(scoring_date))
     )
@@ -71,7 +75,7 @@ def run(spark: SparkSession, settings: Settings) -> dict:
     moved = moves(spark, settings, named, scoring_date)
     where = f"scoring_date = '{scoring_date}'"
     lake.replace(
-        named.select("customer_id", "segment_id", "segment_name", "propensity", "scoring_date"),
+        named.select("customer_id", "segment_id", "segment_name", *SCORE_COLUMNS, "value_decile", "scoring_date"),
         settings.lake,
         lake.SEGMENTS,
         where,
@@ -101,6 +105,15 @@ def with_segment_features(customers: DataFrame) -> DataFrame:
     return customers.withColumn(
         "segment_features", array_to_vector(F.concat(F.col("embedding").cast("array<double>"), extra))
     )
+
+
+def with_value_decile(customers: DataFrame) -> DataFrame:
+    """`value_decile`: 1 for the tenth of customers with the highest expected revenue, .. 10 for the lowest; cut at
+    approximate quantiles (one pass), so no global sort or single-partition window is needed."""
+    shares = [i / VALUE_DECILES for i in range(1, VALUE_DECILES)]
+    edges = customers.approxQuantile("expected_revenue", shares, 0.001)
+    above = sum((F.col("expected_revenue") > F.lit(edge)).cast("int") for edge in edges)
+    return customers.withColumn("value_decile", (F.lit(VALUE_DECILES) - above).cast("int"))
 
 
 def fit_clusters(
@@ -234,10 +247,18 @@ def with_category_labels(profiles: DataFrame, events: DataFrame) -> DataFrame:
     return profiles.withColumn("top_category_labels", F.transform("top_categories", label))
 
 
-def profile(assigned: DataFrame, min_segment_size: int) -> DataFrame:
-    """Size, mean profile, top categories and a plain-words name per segment; small segments suppressed."""
+def profile(assigned: DataFrame, min_segment_size: int, window_days: int) -> DataFrame:
+    """Size, mean profile, expected revenue and revenue at risk, top categories and a plain-words name per segment;
+    small segments suppressed.
+
+    Revenue at risk: what the segment's customers spent per `window_days` so far (their revenue over their tenure,
+    at least one window) beyond what the model expects them to spend in the next window, summed."""
+    spent_per_window = F.col("revenue") / F.greatest(F.col("tenure_days"), F.lit(float(window_days))) * window_days
     stats = assigned.groupBy("segment_id").agg(
-        F.count(F.lit(1)).alias("customers"), *(F.avg(c).alias(f"mean_{c}") for c in PROFILE_COLUMNS)
+        F.count(F.lit(1)).alias("customers"),
+        *(F.avg(c).alias(f"mean_{c}") for c in PROFILE_COLUMNS),
+        F.sum("expected_revenue").alias("expected_revenue"),
+        F.sum(F.greatest(spent_per_window - F.col("expected_revenue"), F.lit(0.0))).alias("revenue_at_risk"),
     )
     ranked = Window.partitionBy("segment_id").orderBy(F.desc("n"), "top_category_id")
     top = (
@@ -251,7 +272,7 @@ def profile(assigned: DataFrame, min_segment_size: int) -> DataFrame:
     )
     small = F.col("customers") < min_segment_size
     profiles = stats.join(top, on="segment_id", how="left").withColumn("suppressed", small)
-    hidden = [f"mean_{c}" for c in PROFILE_COLUMNS] + ["top_categories"]
+    hidden = [f"mean_{c}" for c in PROFILE_COLUMNS] + ["expected_revenue", "revenue_at_risk", "top_categories"]
     return profiles.select(
         "segment_id",
         F.when(small, F.concat(F.lit(f"{SUPPRESSED} #"), F.col("segment_id").cast("string")))

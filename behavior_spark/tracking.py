@@ -97,10 +97,12 @@ def run_params(metadata: ModelMetadata) -> dict[str, str | int | float]:
 
 
 def evaluation_metrics(metadata: ModelMetadata) -> dict[str, float]:
-    """`test.<model>.<metric>` for the model and every baseline (metrics a ranking cannot have are left out)."""
+    """`test.<model>.<metric>` for the model and every baseline, propensity and customer value (metrics a ranking
+    cannot have are left out)."""
     return {
         f"test.{model}.{name}": float(value)
-        for model, values in metadata.test_metrics.items()
+        for by_model in (metadata.test_metrics, metadata.value_metrics)
+        for model, values in by_model.items()
         for name, value in values.items()
         if value is not None
     }

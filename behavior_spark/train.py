@@ -30,6 +30,8 @@ from behavior_spark.config import Settings
 log = logging.getLogger(__name__)
 
 CHECKPOINTS = "checkpoints"
+TARGET_COLUMNS = ["label", *features.VALUE_LABELS]  # the label columns the feed delivers beside the inputs
+EARLY_STOPPING = "val_propensity_loss"  # the propensity decides when training stops; the value heads follow it
 _CHECKPOINT_NAME = re.compile(r"^epoch-(\d+)\.h5$")
 
 
@@ -69,8 +71,13 @@ def run(spark: SparkSession, settings: Settings) -> dict:
     features_version = lake.version(spark, settings.lake, lake.FEATURES)
     stats = features.read_stats(spark, settings, features_version)
     table = lake.read(spark, settings.lake, lake.FEATURES, version=features_version)
+    revenue_scale = mean_positive_revenue(table.filter(F.col("split") == "train"))
     inputs = table.transform(features.model_inputs, stats).select(
-        *features.MODEL_INPUT_COLUMNS, F.col("label").cast("float").alias("label"), "split"
+        *features.MODEL_INPUT_COLUMNS,
+        F.col("label").cast("float").alias("label"),
+        F.col("label_purchases").cast("float").alias("label_purchases"),
+        (F.col("label_revenue") / revenue_scale).cast("float").alias("label_revenue"),
+        "split",
     )
     counts = {(r["split"], r["label"]): r["count"] for r in table.groupBy("split", "label").count().collect()}  # 6
     spec = training_spec(settings, counts, reader_threads(spark, cfg.reader_threads))
@@ -85,7 +92,9 @@ def run(spark: SparkSession, settings: Settings) -> dict:
     train, validation = (_split(inputs, name, cfg.num_proc) for name in ("train", "validation"))
     results = fit(spark, settings, spec, train, validation)
     chief = results[0]
-    metadata = model_metadata(spark, settings, spec, results, stats, features_version)
+    metadata = model_metadata(spark, settings, spec, results, stats, features_version).model_copy(
+        update={"revenue_scale": revenue_scale}
+    )
     model_artifact.save_model(cfg.model_dir, chief["model_bytes"], metadata)
     evaluation = evaluate.run(spark, settings, table, metadata)
     metadata = metadata.model_copy(update=evaluation)
@@ -109,6 +118,13 @@ def run(spark: SparkSession, settings: Settings) -> dict:
             k: round(v, 4) for k, v in evaluation["test_metrics"]["model"].items() if isinstance(v, float)
         },
     }
+
+
+def mean_positive_revenue(train: DataFrame) -> float:
+    """The training split's mean revenue over the customers who spent: the unit the revenue head learns in (1 when
+    nobody spent), so that its log amounts start near 0 whatever the currency."""
+    mean = train.filter(F.col("label_revenue") > 0).agg(F.avg("label_revenue")).first()[0]
+    return float(mean) if mean else 1.0
 
 
 def model_metadata(
@@ -293,13 +309,14 @@ def make_train_fn(spec: TrainingSpec, train_urls: list[str], validation_urls: li
         started = time.monotonic()
         try:
             history = model.fit(
-                feed.batches(train_reader, spec.widths, "label", spec.batch_size),
+                weighted(feed.batches(train_reader, spec.widths, TARGET_COLUMNS, spec.batch_size), spec, tf),
                 steps_per_epoch=steps,
                 initial_epoch=spec.initial_epoch,
                 epochs=spec.epochs,
-                validation_data=feed.batches(validation_reader, spec.widths, "label", spec.batch_size),
+                validation_data=weighted(
+                    feed.batches(validation_reader, spec.widths, TARGET_COLUMNS, spec.batch_size), spec, tf
+                ),
                 validation_steps=validation_steps,
-                class_weight=spec.class_weight,
                 callbacks=callbacks,
                 verbose=0,
             )
@@ -322,12 +339,31 @@ def make_train_fn(spec: TrainingSpec, train_urls: list[str], validation_urls: li
     return train_fn
 
 
-def compiled_model(spec: TrainingSpec, hvd, tf):
-    """The model on a worker, from the run's checkpoint when it resumes, with Horovod's optimizer."""
-    from behavior_spark.features import EVENT_TYPE_IDS, GAP_BUCKETS
-    from behavior_spark.model import build_model
+def weighted(batches, spec: TrainingSpec, tf):
+    """(inputs, labels) batches as (inputs, a target per head, a sample weight per head): the propensity's rows
+    weighted by their class (`spec.class_weight`), the value heads' rows equally."""
+    from behavior_spark.model import PROPENSITY_LAYER, TARGETS
 
-    model = build_model(
+    weights = spec.class_weight or {0: 1.0, 1: 1.0}
+    by_class = tf.constant([weights[0], weights[1]], dtype=tf.float32)
+
+    def split(inputs, labels):
+        targets = {head: labels[column] for head, column in TARGETS.items()}
+        ones = tf.ones_like(labels["label"])
+        sample_weights = {head: ones for head in TARGETS}
+        sample_weights[PROPENSITY_LAYER] = tf.gather(by_class, tf.cast(labels["label"], tf.int32))
+        return inputs, targets, sample_weights
+
+    return batches.map(split, num_parallel_calls=tf.data.AUTOTUNE)
+
+
+def compiled_model(spec: TrainingSpec, hvd, tf):
+    """The model on a worker, from the run's checkpoint when it resumes, with Horovod's optimizer: one loss per head
+    (`model.LOSS_WEIGHTS` say how much each counts), the propensity's ROC-AUC as its metric."""
+    from behavior_spark import model as heads
+    from behavior_spark.features import EVENT_TYPE_IDS, GAP_BUCKETS
+
+    model = heads.build_model(
         spec.numeric_dim, spec.sequence_length, len(EVENT_TYPE_IDS) + 1, spec.category_buckets, GAP_BUCKETS
     )
     if spec.initial_model is not None:
@@ -337,8 +373,13 @@ def compiled_model(spec: TrainingSpec, hvd, tf):
             model.load_weights(saved.name)
     model.compile(
         optimizer=hvd.DistributedOptimizer(tf.keras.optimizers.Adam(spec.learning_rate * hvd.size())),
-        loss="binary_crossentropy",
-        metrics=[tf.keras.metrics.AUC(name="auc")],
+        loss={
+            heads.PROPENSITY_LAYER: "binary_crossentropy",
+            heads.PURCHASES_LAYER: "poisson",
+            heads.REVENUE_LAYER: heads.ziln_loss,
+        },
+        loss_weights=heads.LOSS_WEIGHTS,
+        metrics={heads.PROPENSITY_LAYER: [tf.keras.metrics.AUC(name="auc")]},
     )
     return model
 
@@ -364,7 +405,7 @@ def worker_callbacks(spec: TrainingSpec, hvd, tf, steps: int) -> tuple:
         hvd.callbacks.BroadcastGlobalVariablesCallback(0),
         hvd.callbacks.MetricAverageCallback(),  # before early stopping: every rank sees the same val_loss
         hvd.callbacks.LearningRateWarmupCallback(initial_lr=scaled_lr, warmup_epochs=1, steps_per_epoch=steps),
-        tf.keras.callbacks.EarlyStopping(monitor="val_loss", patience=spec.patience, restore_best_weights=True),
+        tf.keras.callbacks.EarlyStopping(monitor=EARLY_STOPPING, patience=spec.patience, restore_best_weights=True),
         counter,
     ]
     if hvd.rank() == 0:

@@ -57,12 +57,21 @@ def credentials(cfg: WarehouseSettings) -> tuple[str, str]:
 
 
 def export_rows(spark: SparkSession, settings: Settings, scoring_date: dt.date) -> DataFrame:
-    """One row per customer: pseudonymous id, segment, propensity, model version, scoring date."""
+    """One row per customer: pseudonymous id, segment, propensity, expected purchases and revenue, value decile,
+    model version, scoring date."""
     on_date = F.col("scoring_date") == F.lit(scoring_date)
     segments = lake.read(spark, settings.lake, lake.SEGMENTS).filter(on_date)
     scores = lake.read(spark, settings.lake, lake.SCORES).filter(on_date).select("customer_id", "model_version")
     return segments.join(scores, on="customer_id", how="inner").select(
-        "customer_id", "segment_id", "segment_name", "propensity", "model_version", "scoring_date"
+        "customer_id",
+        "segment_id",
+        "segment_name",
+        "propensity",
+        "expected_purchases",
+        "expected_revenue",
+        "value_decile",
+        "model_version",
+        "scoring_date",
     )
 
 

@@ -70,7 +70,9 @@ def model_input_rows(spark: SparkSession, rows: int) -> DataFrame:
         ints("seq_event_type", 6),
         ints("seq_category", 64),
         ints("seq_gap_bucket", 8),
-        (F.rand() < 0.1).cast("float").alias("label"),
+        (F.rand(1) < 0.1).cast("float").alias("label"),
+        F.floor(F.rand(2) * 1.3).cast("float").alias("label_purchases"),
+        (F.rand(3) * 100).cast("float").alias("label_revenue"),
     )
 
 
@@ -89,7 +91,7 @@ def measure_feeds(data: DataFrame, rows: int) -> tuple[float, float, float]:
         stock_rate = _drain(iter(stock), steps)
     reader = feed.open_reader(wide_converter.file_urls, 0, 1, CORES, seed=1)
     try:
-        ours_rate = _drain(iter(feed.batches(reader, widths, "label", BATCH)), steps)
+        ours_rate = _drain(iter(feed.batches(reader, widths, ["label"], BATCH)), steps)
     finally:
         feed.close(reader)
     arrays = data.toPandas()  # the benchmark's own rows, to put them in memory

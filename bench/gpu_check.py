@@ -83,10 +83,11 @@ def measure(folder: Path, rows: int) -> tuple[float, float, float]:
     model = single_process_model(spec, tf)
     reader = feed.open_reader(converter.file_urls, 0, 1, CORES, seed=1)
     try:
-        fed = feed.batches(reader, spec.widths, "label", BATCH)
+        fed = train.weighted(feed.batches(reader, spec.widths, train.TARGET_COLUMNS, BATCH), spec, tf)
         feed_rate = drain(iter(fed))
-        sliced = tf.data.Dataset.from_tensor_slices((in_memory, arrays["label"].to_numpy())).batch(BATCH).repeat()
-        model_rate = fit_rate(model, sliced.prefetch(tf.data.AUTOTUNE))
+        labels = {name: arrays[name].to_numpy() for name in train.TARGET_COLUMNS}
+        sliced = tf.data.Dataset.from_tensor_slices((in_memory, labels)).batch(BATCH).repeat()
+        model_rate = fit_rate(model, train.weighted(sliced, spec, tf).prefetch(tf.data.AUTOTUNE))
         together = fit_rate(model, fed)
     finally:
         feed.close(reader)

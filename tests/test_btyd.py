@@ -1,4 +1,5 @@
-"""BG/NBD, the classic baseline: purchase triples built in Spark, the fit checked against the published CDNOW one."""
+"""BG/NBD and Gamma-Gamma, the classic baselines: purchase triples and spend built in Spark, the fits checked against
+the published CDNOW ones."""
 
 import datetime as dt
 from pathlib import Path
@@ -13,6 +14,7 @@ from behavior_spark import btyd
 # The CDNOW sample of Fader, Hardie and Lee (2005): 2,357 customers, 39 weeks (the copy shipped with the MIT-licensed
 # `lifetimes` package, whose column names it keeps: frequency = x, recency = t_x, T).
 CDNOW = Path(__file__).parent / "data" / "cdnow_customers_summary.csv"
+CDNOW_SPEND = Path(__file__).parent / "data" / "cdnow_customers_summary_with_transactions.csv"
 
 
 def test_the_fit_over_spark_grouped_triples_finds_the_published_cdnow_parameters(spark):
@@ -57,3 +59,26 @@ def test_predictions_are_made_per_distinct_triple_and_joined_back(spark):
     assert rows["c1"]["expected_purchases"] == rows["c2"]["expected_purchases"] == pytest.approx(1.226, abs=0.002)
     assert rows["c3"]["p_alive"] == 1.0  # no repeat purchase: BG/NBD cannot have seen a dropout
     assert 0 < rows["c1"]["p_alive"] < 1
+
+
+def test_the_gamma_gamma_fit_finds_the_published_cdnow_parameters_and_the_expected_spend_is_spark(spark):
+    repeat = pd.read_csv(CDNOW_SPEND).query("x > 0").rename(columns={"zbar": "m"})
+    params = btyd.fit_gamma_gamma(repeat)
+    published = btyd.GammaGamma(p=6.25, q=3.74, gamma=15.44)  # Fader and Hardie (2013)
+    for name in ("p", "q", "gamma"):
+        assert getattr(params, name) == pytest.approx(getattr(published, name), rel=0.005), name
+    # Customer 1 (x = 2, mean $22.35): shrunk towards the population mean, (gamma + m x) p / (p x + q - 1).
+    customer = spark.createDataFrame([(2.0, 22.35)], "x double, m double")
+    expected = customer.select(btyd.expected_spend(params).alias("spend")).first()["spend"]
+    assert expected == pytest.approx((15.44 + 22.35 * 2) * 6.25 / (6.25 * 2 + 3.74 - 1), rel=0.005)
+
+
+def test_spend_is_the_mean_revenue_of_the_purchase_days_before_the_cutoff(spark):
+    day = dt.date(2026, 1, 1)
+    purchase_days = spark.createDataFrame(
+        [("c1", day, 10.0), ("c1", day + dt.timedelta(days=3), 30.0), ("c1", day + dt.timedelta(days=9), 99.0)],
+        "customer_id string, event_date date, revenue double",
+    )
+    customers = spark.createDataFrame([("c1", day + dt.timedelta(days=9))], "customer_id string, cutoff_date date")
+    (row,) = btyd.spend(purchase_days, customers).collect()
+    assert (row["x"], row["m"]) == (2.0, 20.0)

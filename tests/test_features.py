@@ -69,6 +69,8 @@ def test_nothing_after_the_cutoff_reaches_the_features(spark):
     assert set(got) == {"a", "b"}
     a, b = got["a"], got["b"]
     assert (a["events"], a["purchases"], a["revenue"], a["label"]) == (1, 0, 0.0, 1)
+    assert (a["label_purchases"], a["label_revenue"]) == (2, 999.0 + 50.0)  # two days with a purchase
+    assert (b["label_purchases"], b["label_revenue"]) == (0, 0.0)
     assert a["days_since_last_event"] == pytest.approx(2.0)
     assert (b["purchases"], b["revenue"], b["label"]) == (1, 20.0, 0)
     assert list(a["seq_event_type"][-2:]) == [0, 1]

@@ -287,3 +287,19 @@ def test_the_difference_from_a_baseline_has_a_bootstrap_interval_and_a_verdict(s
     assert evaluate.auc_difference(second, first, seed=1, replicates=300)["verdict"] == "worse"
     same = evaluate.auc_difference(first, first, seed=1, replicates=300)
     assert (same["verdict"], same["low_95"], same["high_95"]) == ("level", 0.0, 0.0)
+
+
+def test_the_revenue_head_is_a_zero_inflated_lognormal():
+    import tensorflow as tf
+
+    from behavior_spark.model import expected_amount, ziln_loss
+
+    outputs = tf.constant([[1.0, 0.5, 0.0], [1.0, 0.5, 0.0]])  # logit of buying, mu, raw sigma
+    p, mu, sigma = 1 / (1 + math.exp(-1.0)), 0.5, math.log(2.0) + 0.01
+    assert float(expected_amount(outputs)[0, 0]) == pytest.approx(p * math.exp(mu + sigma**2 / 2), rel=1e-5)
+    nothing, two = ziln_loss(tf.constant([0.0, 2.0]), outputs).numpy()
+    assert nothing == pytest.approx(-math.log(1 - p), rel=1e-5)
+    lognormal = (
+        math.log(2.0) + math.log(sigma) + 0.5 * math.log(2 * math.pi) + (math.log(2.0) - mu) ** 2 / (2 * sigma**2)
+    )
+    assert two == pytest.approx(-math.log(p) + lognormal, rel=1e-5)
