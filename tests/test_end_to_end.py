@@ -128,6 +128,10 @@ def test_every_customer_scored_once_in_0_1(spark, finished_run):
         settings.score.scoring_date
     }
     assert scores.filter(~F.col("propensity").between(0, 1) | F.col("propensity").isNull()).count() == 0
+    value = (F.col("expected_purchases") >= 0) & (F.col("expected_revenue") >= 0)
+    assert (
+        scores.filter(~value | F.col("expected_purchases").isNull() | F.col("expected_revenue").isNull()).count() == 0
+    )
     assert scores.filter(F.size("embedding") != 64).count() == 0
 
 
@@ -145,11 +149,13 @@ def test_scores_equal_the_models_own_predictions(spark, finished_run):
     settings, _ = finished_run
     metadata = model_artifact.load_metadata(settings.train.model_dir)
     table = lake.read(spark, settings.lake, lake.FEATURES).transform(features.model_inputs, metadata.normalisation)
-    scores = lake.read(spark, settings.lake, lake.SCORES).select("customer_id", "cutoff_date", "propensity")
+    answers = ["propensity", "expected_purchases", "expected_revenue"]
+    scores = lake.read(spark, settings.lake, lake.SCORES).select("customer_id", "cutoff_date", *answers)
     sample = table.join(scores, on=["customer_id", "cutoff_date"]).limit(300).toPandas()
     columns = {name: np.stack(sample[name].to_numpy()) for name in features.MODEL_INPUT_COLUMNS}
     predicted = model.load_model(settings.train.model_dir, metadata).predict(model.scoring_inputs(columns), verbose=0)
-    np.testing.assert_allclose(sample["propensity"].to_numpy(), predicted[0][:, 0], rtol=1e-4, atol=1e-6)
+    for name, output in zip(answers, (predicted[0], predicted[2], predicted[3]), strict=True):
+        np.testing.assert_allclose(sample[name].to_numpy(), output[:, 0], rtol=1e-4, atol=1e-6, err_msg=name)
 
 
 def test_the_warehouse_table_equals_the_delta_table(spark, finished_run, postgres):
@@ -158,6 +164,8 @@ def test_the_warehouse_table_equals_the_delta_table(spark, finished_run, postgre
     delta = lake.read(spark, settings.lake, lake.SEGMENTS).select("customer_id", "segment_id", "segment_name")
     assert warehouse.count() == delta.count() > 0
     assert warehouse.select("customer_id", "segment_id", "segment_name").exceptAll(delta).count() == 0
+    deciles = {r["value_decile"] for r in warehouse.select("value_decile").distinct().collect()}
+    assert deciles <= set(range(1, 11)) and len(deciles) > 5  # the value deciles reach the warehouse
 
 
 def test_exporting_the_same_date_again_changes_nothing(spark, finished_run, postgres, monkeypatch):

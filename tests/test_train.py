@@ -103,13 +103,18 @@ def test_evaluation_beside_the_baselines_is_written_and_importance_saved(spark, 
     models = {r["model"] for r in rows.select("model").distinct().collect()}
     baselines = {"logistic_regression", "gradient_boosted_trees", "recency_frequency", "bg_nbd_purchasers"}
     comparison = metadata.comparison
-    assert models == {"model", "model_purchasers", *baselines, f"model - {comparison['baseline']}"}
+    value = {f"{name} (value)" for name in ("model", "model_purchasers", "bg_nbd_gamma_gamma_purchasers")}
+    assert models == {"model", "model_purchasers", *baselines, *value, f"model - {comparison['baseline']}"}
     assert comparison["low_95"] <= comparison["high_95"] and comparison["verdict"] in ("better", "level", "worse")
     model = metadata.test_metrics["model"]
     assert 0.5 < model["roc_auc"] <= 1  # log loss and calibration are checked exactly in the hand-built example
     assert metadata.test_metrics["recency_frequency"]["log_loss"] is None  # a ranking, not a probability
     importance = metadata.permutation_importance
     assert set(importance) == {*metadata.feature_names, "recent_sequence"}
+    for name, errors in metadata.value_metrics.items():  # expected purchases and revenue against what happened
+        assert -1 <= errors["purchases_spearman"] <= 1 and errors["purchases_mae"] >= 0, name
+        assert errors["revenue_total_error"] >= -1 and errors["revenue_mae"] >= 0, name
+    assert metadata.revenue_scale > 1  # the revenue head learns in units of the mean positive revenue
 
 
 def test_the_run_is_recorded_in_mlflow_with_its_data_versions_metrics_and_model(trained):
