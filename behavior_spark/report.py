@@ -69,6 +69,8 @@ def render(metadata: ModelMetadata, scoring_date, profiles: list[dict], histogra
         "<h2>Segments</h2>",
         _image(_segment_sizes(profiles)),
         _profile_table(profiles),
+        "<p>Expected revenue: what the model expects the segment's customers to spend in the next label window. "
+        "Revenue at risk: what they spent per window so far beyond that, summed over the segment.</p>",
         "<h2>Propensity</h2>",
         _image(_propensity_chart(histogram)),
         "<h2>Model quality on the test split</h2>",
