@@ -199,9 +199,9 @@ def as_dict(settings: Settings) -> dict[str, Any]:
 
 
 def describe() -> list[tuple[str, str, str]]:
-    """(key, type, default) for every setting: the configuration reference."""
+    """(key, type and bounds, default) for every setting: the configuration reference."""
     return [
-        (f"{name}.{key}", _type_name(field.annotation), repr(field.default))
+        (f"{name}.{key}", _type_name(field.annotation) + _bounds(field), repr(field.default))
         for name, section in Settings.model_fields.items()
         for key, field in section.annotation.model_fields.items()
     ]
@@ -271,6 +271,17 @@ def _inside(path: str, folder: str) -> bool:
         path, folder = os.path.abspath(path), os.path.abspath(folder)
     path, folder = path.rstrip("/") + "/", folder.rstrip("/") + "/"
     return path.startswith(folder)
+
+
+def _bounds(field: pydantic.fields.FieldInfo) -> str:
+    """A field's bounds in words ("> 0, < 1"), from its own constraints or those of its non-null type."""
+    constraints = list(field.metadata)
+    for member in typing.get_args(field.annotation):
+        if typing.get_origin(member) is Annotated:
+            constraints += [c for info in typing.get_args(member)[1:] for c in getattr(info, "metadata", [info])]
+    signs = {"gt": ">", "ge": ">=", "lt": "<", "le": "<="}
+    words = [f"{sign} {getattr(c, name)}" for c in constraints for name, sign in signs.items() if hasattr(c, name)]
+    return f" ({', '.join(words)})" if words else ""
 
 
 def _type_name(kind: Any) -> str:
