@@ -74,7 +74,7 @@ class IngestSettings(Section):
 
 
 class FeatureSettings(Section):
-    cutoff: Date | None = None  # the latest cutoff; None: the last event date minus the label window
+    cutoff: Date | None = None  # the latest cutoff; None: the Monday before the last full label window
     cutoffs: Positive = 1  # snapshots stacked into the table, `cutoff_step_days` apart, ending at `cutoff`
     cutoff_step_days: Positive = 30
     events_version: Annotated[int, Field(ge=0)] | None = None  # the events version to read; None: the latest

@@ -33,6 +33,7 @@ WINDOW_DAYS = [7, 30, 90]
 NO_PURCHASE_DAYS = 365.0  # days since last purchase for customers who never bought
 SEQUENCE_COLUMNS = ["seq_event_type", "seq_category", "seq_gap_bucket"]
 MODEL_INPUT_COLUMNS = ["numeric", *SEQUENCE_COLUMNS]  # what the model consumes: `model_inputs` makes `numeric`
+FEATURE_TABLE_VERSION = 2  # the table's columns: 2 added the value labels; a snapshot of another is never kept
 VALUE_LABELS = ["label_purchases", "label_revenue"]  # what a training row's customer bought in the label window
 SCORE_SPLIT = "score"  # the scoring snapshot's rows: every customer as of the scoring date, no label
 SHARE_FEATURES = {
@@ -77,7 +78,8 @@ def numeric_feature_names() -> list[str]:
 
 def run(spark: SparkSession, settings: Settings) -> dict:
     """Build, in one commit, the training snapshots (the configured cutoffs, labelled) and the scoring snapshot (as
-    of the scoring date, split `score`, no label)."""
+    of the scoring date, split `score`, no label). A training snapshot of the previous version whose inputs did not
+    change since (`reusable_cutoffs`) is kept as it is, not rebuilt."""
     cfg = settings.features
     in_utc(spark)  # cutoff dates and day windows as ingest made them
     events_version = (
@@ -90,23 +92,20 @@ def run(spark: SparkSession, settings: Settings) -> dict:
         "events_version": events_version,
         "cutoffs": [c.isoformat() for c in cutoffs],
         "scoring_date": as_of.isoformat(),
-        "label_event": cfg.label_event,
-        "label_window_days": cfg.label_window_days,
-        "features": numeric_feature_names(),
-        "sequence_length": cfg.sequence_length,
+        **definition(cfg),
     }
+    kept = reusable_cutoffs(spark, settings, record)
+    built = [cutoff for cutoff in cutoffs if cutoff not in kept]
     with materialized(days) as days:  # every snapshot reads it
-        snapshots = [build_features(days, cutoff, cfg) for cutoff in cutoffs]
+        snapshots = [build_features(days, cutoff, cfg) for cutoff in built]
         snapshots.append(build_features(days, as_of, cfg, scoring=True))
-        table = reduce(DataFrame.unionByName, snapshots)
-        lake.overwrite(
-            table, settings.lake, lake.FEATURES, partition_by=["cutoff_date"], userMetadata=json.dumps(record)
-        )
-        excluded = sum(customers_without_history(days, cutoff, cfg.label_window_days) for cutoff in cutoffs)
+        write(reduce(DataFrame.unionByName, snapshots), settings, {**record, "kept": [c.isoformat() for c in kept]})
+        excluded = sum(customers_without_history(days, cutoff, cfg.label_window_days) for cutoff in built)
     written = lake.read(spark, settings.lake, lake.FEATURES)
     counts = {r["split"]: r["count"] for r in written.groupBy("split").count().collect()}  # four splits
     return {
         "cutoffs": record["cutoffs"],
+        "kept_cutoffs": [c.isoformat() for c in kept],
         "scoring_date": record["scoring_date"],
         "events_version": events_version,
         "rows": sum(counts.values()),
@@ -114,6 +113,53 @@ def run(spark: SparkSession, settings: Settings) -> dict:
         "customers_without_history": excluded,
         "features_version": lake.version(spark, settings.lake, lake.FEATURES),
     }
+
+
+def definition(cfg: FeatureSettings) -> dict:
+    """What a snapshot's rows depend on besides the events and its cutoff: a kept snapshot must share all of it."""
+    return {
+        "label_event": cfg.label_event,
+        "label_window_days": cfg.label_window_days,
+        "features": numeric_feature_names(),
+        "sequence_length": cfg.sequence_length,
+        "category_buckets": cfg.category_buckets,
+        "splits": [cfg.split_train, cfg.split_validation],
+        "columns": FEATURE_TABLE_VERSION,
+    }
+
+
+def reusable_cutoffs(spark: SparkSession, settings: Settings, record: dict) -> list[dt.date]:
+    """The training snapshots of the table's latest version this run can keep as they are: built with the same
+    definition for a cutoff this run wants, from summaries that changed since (`summaries.changed_days`) only on or
+    after the end of that cutoff's label window. A snapshot reads nothing later, so its rows would come out equal."""
+    if not lake.exists(spark, settings.lake, lake.FEATURES):
+        return []
+    previous = recorded_run(spark, settings)
+    if any(previous.get(key) != value for key, value in definition(settings.features).items()):
+        return []
+    changed = summaries.changed_days(spark, settings, previous["events_version"], record["events_version"])
+    if changed is None:
+        return []
+    window = dt.timedelta(days=settings.features.label_window_days)
+    had = {dt.date.fromisoformat(c) for c in previous["cutoffs"]}
+    wanted = [dt.date.fromisoformat(c) for c in record["cutoffs"]]
+    return [c for c in wanted if c in had and all(day >= c + window for day in changed)]
+
+
+def write(table: DataFrame, settings: Settings, record: dict) -> None:
+    """One commit: the snapshots built, every other snapshot removed except the kept ones (`record["kept"]`)."""
+    metadata = json.dumps(record)
+    if not record["kept"]:
+        lake.overwrite(table, settings.lake, lake.FEATURES, partition_by=["cutoff_date"], userMetadata=metadata)
+        return
+    kept = ", ".join(f"DATE'{c}'" for c in record["kept"])
+    (
+        table.write.format("delta")
+        .mode("overwrite")
+        .option("replaceWhere", f"cutoff_date NOT IN ({kept})")
+        .option("userMetadata", metadata)
+        .save(lake.path(settings.lake, lake.FEATURES))
+    )
 
 
 def default_scoring_date(days: DataFrame) -> dt.date:
@@ -153,11 +199,13 @@ def cutoff_dates(days: DataFrame, cfg: FeatureSettings) -> list[dt.date]:
 
 
 def default_cutoff(days: DataFrame, label_window_days: int) -> dt.date:
-    """The latest cutoff that still has a full label window of data after it."""
+    """The latest cutoff that still has a full label window of data after it, moved back to its Monday: the training
+    snapshots then stay the same for a week, and the daily runs of that week keep them instead of rebuilding."""
     last_day = days.agg(F.max("event_date")).first()[0]
     if last_day is None:
         raise ValueError("the events table is empty: ingest some events before featurizing")
-    return last_day - dt.timedelta(days=label_window_days - 1)
+    latest = last_day - dt.timedelta(days=label_window_days - 1)
+    return latest - dt.timedelta(days=latest.weekday())
 
 
 def build_features(days: DataFrame, cutoff: dt.date, cfg: FeatureSettings, scoring: bool = False) -> DataFrame:

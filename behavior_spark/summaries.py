@@ -131,7 +131,7 @@ def update(spark: SparkSession, settings: Settings, days: list[dt.date], events_
         .write.format("delta")
         .mode("overwrite")
         .option("replaceWhere", f"event_date IN ({day_list})")
-        .option("userMetadata", _metadata(events_now, wanted))
+        .option("userMetadata", _metadata(events_now, wanted, days))
         .save(lake.path(settings.lake, lake.CUSTOMER_DAYS))
     )
     return "replaced"
@@ -188,10 +188,31 @@ def recorded_commit(spark: SparkSession, settings: Settings) -> dict:
     return {**json.loads(row["userMetadata"] or "{}"), "version": row["version"]}
 
 
+def changed_days(spark: SparkSession, settings: Settings, since: int, until: int) -> list[dt.date] | None:
+    """The days whose summaries changed between the events versions `since` and `until`, from the commits that
+    brought the table from one to the other; None when that is not known (a rebuild in between, no commit that
+    reflects `until`, history cleaned up past `since`, or `since` later than `until`): then every day may have
+    changed."""
+    if since == until:
+        return []
+    if since > until or not lake.exists(spark, settings.lake, lake.CUSTOMER_DAYS):
+        return None
+    history = DeltaTable.forPath(spark, lake.path(settings.lake, lake.CUSTOMER_DAYS)).history()
+    commits = [json.loads(r["userMetadata"] or "{}") for r in history.select("userMetadata").collect()]  # one a batch
+    between = [c for c in commits if since < c.get("events_version", -1) <= until]
+    complete = any(0 <= c.get("events_version", -1) <= since for c in commits)  # history reaches back to `since`
+    if not complete or not any(c["events_version"] == until for c in between) or any("days" not in c for c in between):
+        return None
+    return sorted({dt.date.fromisoformat(day) for c in between for day in c["days"]})
+
+
 def reflects(recorded: dict, events_version: int, recent: int) -> bool:
     """Whether a summaries commit (`recorded_commit`) summarises `events_version`, keeping `recent` events a day."""
     return recorded.get("events_version") == events_version and recorded.get("recent_per_day", 0) >= recent
 
 
-def _metadata(events_version: int, recent: int) -> str:
-    return json.dumps({"events_version": events_version, "recent_per_day": recent})
+def _metadata(events_version: int, recent: int, days: list[dt.date] | None = None) -> str:
+    """What a commit records: the events version it reflects, the recent events a day, and the days it replaced
+    (none recorded: a rebuild, every day)."""
+    recorded = {"events_version": events_version, "recent_per_day": recent}
+    return json.dumps(recorded if days is None else {**recorded, "days": [day.isoformat() for day in days]})

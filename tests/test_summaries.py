@@ -1,6 +1,7 @@
 """Customer-day summaries (issue 18): what ingest keeps day by day equals the summaries of all events, whatever the
-deliveries (late lines, re-sent files, another writer committing to the events table), and featurize over them
-builds the features the events give."""
+deliveries (late lines, re-sent files, another writer committing to the events table), and featurize over them,
+keeping the training snapshots whose inputs did not change, builds the features the events give after every
+delivery."""
 
 import datetime as dt
 import random
@@ -45,7 +46,7 @@ def test_summaries_kept_by_ingest_equal_the_summaries_of_all_events(spark, tmp_p
     per_delivery = len(days) // DELIVERIES + 1
     draw = random.Random(18)
     held_back: list[str] = []
-    outcomes = []
+    outcomes, kept_with_rows = [], []
     for n in range(DELIVERIES):
         lines = [line for day in days[n * per_delivery : (n + 1) * per_delivery] for line in by_day[day]]
         draw.shuffle(lines)
@@ -59,6 +60,10 @@ def test_summaries_kept_by_ingest_equal_the_summaries_of_all_events(spark, tmp_p
         events = lake.read(spark, settings.lake, lake.EVENTS)
         kept = lake.read(spark, settings.lake, lake.CUSTOMER_DAYS)
         assertDataFrameEqual(comparable(kept), comparable(summaries.customer_days(events, 5)))
+        result = features.run(spark, settings)
+        with_rows = {r[0].isoformat() for r in training_cutoffs(spark, settings)}
+        kept_with_rows += [c for c in result["kept_cutoffs"] if c in with_rows]
+        assert_features_equal_a_fresh_build(spark, settings, result)
         if n == 1:  # another writer (a compaction) commits to the events: the next batch cannot build on the table
             DeltaTable.forPath(spark, lake.path(settings.lake, lake.EVENTS)).optimize().executeCompaction()
 
@@ -66,8 +71,18 @@ def test_summaries_kept_by_ingest_equal_the_summaries_of_all_events(spark, tmp_p
     replaced = history.filter(F.col("operationParameters")["predicate"].contains("event_date IN")).count()
     assert replaced >= DELIVERIES - 2  # every batch but the first and the one after the compaction replaced its days
     assert outcomes == sorted(outcomes)
+    assert kept_with_rows, "no delivery kept a training snapshot with rows: the incremental path did not run"
+    assert result["kept_cutoffs"] != result["cutoffs"]  # the last delivery's late lines reach one label window
 
-    result = features.run(spark, settings)
+
+def training_cutoffs(spark, settings):
+    """The cutoffs of the training snapshots that have rows."""
+    table = lake.read(spark, settings.lake, lake.FEATURES).filter(F.col("split") != features.SCORE_SPLIT)
+    return table.select("cutoff_date").distinct().collect()
+
+
+def assert_features_equal_a_fresh_build(spark, settings, result):
+    """The features table equals every snapshot built anew from the summaries of all events."""
     events = lake.read(spark, settings.lake, lake.EVENTS)
     from_events = summaries.customer_days(events, settings.features.sequence_length + 1)
     cfg = settings.features
