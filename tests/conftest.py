@@ -27,7 +27,13 @@ os.environ.setdefault("PYARROW_IGNORE_TIMEZONE", "1")
 # `make test` runs the files on two workers (pytest-xdist, --dist loadfile: a file's module fixtures are built once).
 # xdist hands out the files with the most tests first; these few long ones go first instead, so no worker is left
 # with a 20-minute file at the end. Order only: a file not listed is still run.
-LONGEST_FILES = ["tests/test_schedule.py", "tests/test_end_to_end.py", "tests/test_train.py", "tests/test_real_logs.py"]
+LONGEST_FILES = [
+    "tests/test_schedule.py",
+    "tests/test_end_to_end.py",
+    "tests/test_train.py",
+    "tests/test_cluster.py",
+    "tests/test_real_logs.py",
+]
 
 
 class LongestFilesFirst(LoadFileScheduling):
