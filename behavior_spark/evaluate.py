@@ -128,13 +128,14 @@ def forecast_errors(df: DataFrame, forecast: str, actual: str, name: str) -> dic
     """Spearman's rank correlation and the mean absolute error per customer, and the relative error of the summed
     forecast over all customers (the number BTYD models are known for)."""
     row = df.agg(
+        F.count(F.lit(1)).alias("rows"),
         F.avg(F.abs(F.col(forecast) - F.col(actual))).alias("mae"),
         F.sum(forecast).alias("forecast"),
         F.sum(actual).alias("actual"),
     ).first()
     total = row["actual"]
     return {
-        f"{name}_spearman": spearman(df.select(forecast, actual), forecast, actual),
+        f"{name}_spearman": spearman(df.select(forecast, actual), forecast, actual) if row["rows"] else None,
         f"{name}_mae": row["mae"],
         f"{name}_total_error": (row["forecast"] - total) / total if total else None,
     }
@@ -152,8 +153,11 @@ def spearman(df: DataFrame, first: str, second: str) -> float | None:
 def _mid_ranks(df: DataFrame, column: str) -> DataFrame:
     values = df.withColumn(column, F.col(column).cast("double"))
     edges = sorted(set(values.approxQuantile(column, [k / RANK_BUCKETS for k in range(1, RANK_BUCKETS)], 0.0005)))
-    bucketizer = Bucketizer(splits=[-math.inf, *edges, math.inf], inputCol=column, outputCol="_bucket")
-    bucketed = bucketizer.setHandleInvalid("keep").transform(values)
+    if edges:
+        bucketizer = Bucketizer(splits=[-math.inf, *edges, math.inf], inputCol=column, outputCol="_bucket")
+        bucketed = bucketizer.setHandleInvalid("keep").transform(values)
+    else:  # no rows, or no quantile to cut at (Bucketizer needs one): one bucket
+        bucketed = values.withColumn("_bucket", F.lit(0.0))
     counts = bucketed.groupBy("_bucket").count().toPandas().sort_values("_bucket")  # at most RANK_BUCKETS + 1 rows
     counts[f"{column}_rank"] = counts["count"].cumsum() - counts["count"] + (counts["count"] + 1) / 2
     ranks = df.sparkSession.createDataFrame(counts[["_bucket", f"{column}_rank"]])

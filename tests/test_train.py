@@ -308,3 +308,14 @@ def test_the_revenue_head_is_a_zero_inflated_lognormal():
         math.log(2.0) + math.log(sigma) + 0.5 * math.log(2 * math.pi) + (math.log(2.0) - mu) ** 2 / (2 * sigma**2)
     )
     assert two == pytest.approx(-math.log(p) + lognormal, rel=1e-5)
+
+
+def test_spearman_over_mid_ranks_is_exact_with_ties_and_none_without_rows(spark):
+    from scipy import stats
+
+    rows = [(float(i % 7), float((i * 3) % 5)) for i in range(60)]  # few distinct values: many ties in both
+    df = spark.createDataFrame(rows, "a double, b double")
+    expected = stats.spearmanr([a for a, _ in rows], [b for _, b in rows]).statistic
+    assert evaluate.spearman(df, "a", "b") == pytest.approx(expected, abs=1e-9)
+    errors = evaluate.forecast_errors(df.limit(0), "a", "b", "x")  # a split with no customers of that kind
+    assert errors == {"x_spearman": None, "x_mae": None, "x_total_error": None}
