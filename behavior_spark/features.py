@@ -94,7 +94,7 @@ def run(spark: SparkSession, settings: Settings) -> dict:
         "scoring_date": as_of.isoformat(),
         **definition(cfg),
     }
-    kept = reusable_cutoffs(spark, settings, record)
+    kept = [cutoff for cutoff in reusable_cutoffs(spark, settings, record) if cutoff != as_of]
     built = [cutoff for cutoff in cutoffs if cutoff not in kept]
     with materialized(days) as days:  # every snapshot reads it
         snapshots = [build_features(days, cutoff, cfg) for cutoff in built]
