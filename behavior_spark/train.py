@@ -92,9 +92,7 @@ def run(spark: SparkSession, settings: Settings) -> dict:
     train, validation = (_split(inputs, name, cfg.num_proc) for name in ("train", "validation"))
     results = fit(spark, settings, spec, train, validation)
     chief = results[0]
-    metadata = model_metadata(spark, settings, spec, results, stats, features_version).model_copy(
-        update={"revenue_scale": revenue_scale}
-    )
+    metadata = model_metadata(spark, settings, spec, results, stats, features_version, revenue_scale)
     model_artifact.save_model(cfg.model_dir, chief["model_bytes"], metadata)
     evaluation = evaluate.run(spark, settings, table, metadata)
     metadata = metadata.model_copy(update=evaluation)
@@ -134,6 +132,7 @@ def model_metadata(
     results: list[dict],
     stats: dict[str, tuple[float, float]],
     features_version: int,
+    revenue_scale: float,
 ) -> model_artifact.ModelMetadata:
     """What scoring and a person need to know of a trained model (`metadata.json`), before its evaluation."""
     chief = results[0]
@@ -158,6 +157,7 @@ def model_metadata(
         resumed_after_epoch=spec.initial_epoch,
         history=chief["history"],
         training={k: v for k, v in dataclasses.asdict(spec).items() if k != "initial_model"},
+        revenue_scale=revenue_scale,
     )
 
 
