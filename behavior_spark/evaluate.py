@@ -146,8 +146,11 @@ def spearman(df: DataFrame, first: str, second: str) -> float | None:
     approximate-quantile bucket (at most RANK_BUCKETS), so no global sort; a continuous column's values in one
     bucket share its mid-rank."""
     ranked = _mid_ranks(_mid_ranks(df, first), second)
-    value = ranked.agg(F.corr(f"{first}_rank", f"{second}_rank")).first()[0]
-    return None if value is None or np.isnan(value) else float(value)
+    a, b = f"{first}_rank", f"{second}_rank"
+    row = ranked.agg(F.covar_pop(a, b).alias("cov"), F.var_pop(a).alias("var_a"), F.var_pop(b).alias("var_b")).first()
+    if not row["var_a"] or not row["var_b"]:  # no rows, or a column with one value: no rank correlation
+        return None
+    return float(row["cov"] / math.sqrt(row["var_a"] * row["var_b"]))
 
 
 def _mid_ranks(df: DataFrame, column: str) -> DataFrame:

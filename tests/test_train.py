@@ -319,3 +319,4 @@ def test_spearman_over_mid_ranks_is_exact_with_ties_and_none_without_rows(spark)
     assert evaluate.spearman(df, "a", "b") == pytest.approx(expected, abs=1e-9)
     errors = evaluate.forecast_errors(df.limit(0), "a", "b", "x")  # a split with no customers of that kind
     assert errors == {"x_spearman": None, "x_mae": None, "x_total_error": None}
+    assert evaluate.spearman(df.withColumn("b", F.lit(1.0)), "a", "b") is None  # one value: no correlation (ANSI)
