@@ -8,13 +8,13 @@ setup:
 demo: setup
 	@scripts/demo.sh $(ARGS)
 
-# Two workers, a test file per worker at a time (tests/conftest.py says which go first); PYTEST_ARGS adds to it.
+# PYTEST_ARGS adds to it (e.g. PYTEST_ARGS="tests/test_ingest.py -k quarantine").
 test: setup
-	.venv/bin/python -m pytest -n 2 --dist loadfile $(PYTEST_ARGS)
+	.venv/bin/python -m pytest $(PYTEST_ARGS)
 
-# The pipeline on a Spark standalone cluster (a master, two 1-core workers, on loopback); part of `make test` too.
+# The pipeline on a Spark standalone cluster (a master, 1-core workers, on loopback); part of `make test` too.
 cluster-test: setup
-	.venv/bin/python -m pytest tests/test_cluster.py $(PYTEST_ARGS)
+	.venv/bin/python -m pytest tests/test_end_to_end.py tests/test_cluster.py $(PYTEST_ARGS)
 
 lint: setup
 	.venv/bin/ruff check behavior_spark jobs tests scripts bench

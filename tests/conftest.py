@@ -14,7 +14,6 @@ import tempfile
 from pathlib import Path
 
 import pytest
-from xdist.scheduler import LoadFileScheduling
 
 from behavior_spark.config import SparkSettings
 from behavior_spark.session import local_session
@@ -22,30 +21,6 @@ from behavior_spark.session import local_session
 TEST_KEY = "test-only-pseudonym-key-not-a-secret"
 os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
 os.environ.setdefault("PYARROW_IGNORE_TIMEZONE", "1")
-
-
-# `make test` runs the files on two workers (pytest-xdist, --dist loadfile: a file's module fixtures are built once).
-# xdist hands out the files with the most tests first; these few long ones go first instead, so no worker is left
-# with a 20-minute file at the end. Order only: a file not listed is still run.
-LONGEST_FILES = [
-    "tests/test_schedule.py",
-    "tests/test_end_to_end.py",
-    "tests/test_train.py",
-    "tests/test_cluster.py",
-    "tests/test_real_logs.py",
-]
-
-
-class LongestFilesFirst(LoadFileScheduling):
-    def _assign_work_unit(self, node) -> None:
-        for scope in reversed(LONGEST_FILES):
-            if scope in self.workqueue:
-                self.workqueue.move_to_end(scope, last=False)
-        super()._assign_work_unit(node)
-
-
-def pytest_xdist_make_scheduler(config, log):
-    return LongestFilesFirst(config, log) if config.getoption("dist") == "loadfile" else None
 
 
 @pytest.fixture(scope="session")

@@ -1,19 +1,20 @@
-"""The whole pipeline, as a user submits it (`spark-submit jobs/run.py --conf ...`), on a tiny generated dataset.
+"""The whole pipeline, as a user submits it (`spark-submit --master spark://... jobs/run.py --conf ...`), on a tiny
+generated dataset and a real Spark standalone cluster (a master and two 1-core workers, `tests/cluster.py`).
 
-Real Spark, real Delta tables, two real Horovod processes reading through Petastorm, real predict_batch_udf.
+Real Spark, real Delta tables, two real Horovod processes (tasks on the two workers) reading through Petastorm, real
+Arrow scoring UDFs.
 """
 
-import os
 import re
 import shutil
 import subprocess
-import sys
 from pathlib import Path
 
 import numpy as np
 import pandas as pd
 import pytest
 import yaml
+from cluster import finished, standalone, submit
 from pyspark.sql import functions as F
 
 from behavior_spark import lake, model_artifact
@@ -24,7 +25,7 @@ ROOT = Path(__file__).resolve().parents[1]
 
 @pytest.fixture(scope="module")
 def finished_run(spark, tmp_path_factory, postgres):
-    """Run every stage once through spark-submit; yield the settings and the run's printed summary."""
+    """Every stage run once through spark-submit on a standalone cluster: the settings and the printed summary."""
     from behavior_spark import generate
     from behavior_spark.config import load_settings
 
@@ -50,25 +51,16 @@ def finished_run(spark, tmp_path_factory, postgres):
     generate.run(spark, settings)  # its own step: `run` reads the configured input and never generates
     conf = root.parent / "e2e.yaml"
     conf.write_text(yaml.safe_dump(as_dict(settings)))
-    spark_submit = Path(sys.executable).parent / "spark-submit"
     env = {
-        **os.environ,
         "BEHAVIOR_SPARK_PSEUDONYM_KEY": "test-only-pseudonym-key-not-a-secret",
         "BEHAVIOR_SPARK_WAREHOUSE_USER": postgres.user,
         "BEHAVIOR_SPARK_WAREHOUSE_PASSWORD": postgres.password,
-        "PATH": f"{spark_submit.parent}{os.pathsep}{os.environ['PATH']}",
-    }  # as with the venv activated
-    result = subprocess.run(
-        [str(spark_submit), "--master", "local[2]", str(ROOT / "jobs" / "run.py"), "--conf", str(conf)],
-        capture_output=True,
-        text=True,
-        env=env,
-        timeout=900,
-        cwd=ROOT,
-    )
-    failures = [line for line in result.stderr.splitlines() if " failed: " in line]
-    assert result.returncode == 0, "\n".join(failures) or result.stderr[-3000:]
-    return settings, result.stdout
+    }
+    with standalone(root.parent, workers=2) as cluster:
+        code, out, err = finished(submit(cluster.url, "run", conf, env), timeout=1800)
+    failures = [line for line in err.splitlines() if " failed: " in line]
+    assert code == 0, "\n".join(failures) or err[-3000:]
+    return settings, out
 
 
 def test_summary_names_every_stage(finished_run):
