@@ -29,11 +29,18 @@ def get_spark(settings: SparkSettings) -> SparkSession:
     """Return the platform's session when there is one, else a local Delta-enabled session; either computes in UTC."""
     active = SparkSession.getActiveSession()
     if active is not None:
-        return redacting(in_utc(active))
+        return platform_session(active, settings)
     if on_cluster():
         # spark-submit, Databricks and EMR decide the master and the Delta set-up; we only name the app.
-        return redacting(in_utc(SparkSession.builder.appName(settings.app_name).getOrCreate()))
+        return platform_session(SparkSession.builder.appName(settings.app_name).getOrCreate(), settings)
     return local_session(settings)
+
+
+def platform_session(spark: SparkSession, settings: SparkSettings) -> SparkSession:
+    """The platform's session with the run-time settings a job relies on: UTC, redaction, and the shuffle partitions
+    of `spark.shuffle_partitions` (Spark's 200 are too many for a small cluster and too few for a large one)."""
+    spark.conf.set("spark.sql.shuffle.partitions", settings.shuffle_partitions)
+    return redacting(in_utc(spark))
 
 
 def redacting(spark: SparkSession) -> SparkSession:

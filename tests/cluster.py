@@ -102,7 +102,11 @@ def standalone(folder: Path, workers: int = 2) -> Iterator[Cluster]:
 def submit(master: str, job: str, conf: Path, env: dict[str, str]) -> subprocess.Popen:
     """Start `jobs/<job>.py` through the venv's spark-submit, as a user does (the venv's launchers first on PATH)."""
     env = {**os.environ, **env, "PATH": f"{BIN}{os.pathsep}{os.environ['PATH']}"}
-    command = [str(BIN / "spark-submit"), "--master", master, str(ROOT / "jobs" / f"{job}.py"), "--conf", str(conf)]
+    command = [
+        *(str(BIN / "spark-submit"), "--master", master),
+        *("--conf", "spark.databricks.delta.snapshotPartitions=2"),  # as locally: Delta's 50 tasks suit big tables
+        *(str(ROOT / "jobs" / f"{job}.py"), "--conf", str(conf)),
+    ]
     return subprocess.Popen(command, env=env, cwd=ROOT, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
 
 

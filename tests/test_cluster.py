@@ -28,7 +28,7 @@ def books(spark, settings) -> dict[str, int]:
 
 
 def test_a_worker_killed_mid_ingest_loses_nothing(spark, tmp_path):
-    """One of three workers is SIGKILLed (with its executor) once the first of four batches is committed. The job
+    """One of three workers is SIGKILLed (with its executor) once the first of two batches is committed. The job
     either recovers on the others or fails saying so; either way the tables hold whole batches only, and a re-run
     brings in the rest, every raw row accounted for once."""
     settings = load_settings(
@@ -37,8 +37,8 @@ def test_a_worker_killed_mid_ingest_loses_nothing(spark, tmp_path):
             f"lake.root={tmp_path}/lake",
             f"generate.output={tmp_path}/raw",
             f"ingest.input={tmp_path}/raw",
-            "generate.rows=20000",
-            "generate.files=4",
+            "generate.rows=10000",
+            "generate.files=2",
             "ingest.max_files_per_trigger=1",
             "spark.shuffle_partitions=2",
         ],

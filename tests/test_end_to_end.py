@@ -34,7 +34,7 @@ def finished_run(spark, tmp_path_factory, postgres):
         None,
         [
             f"lake.root={root}",
-            "generate.rows=20000",
+            "generate.rows=12000",
             "generate.files=2",
             f"generate.output={root}/raw/events",
             f"ingest.input={root}/raw/events",

@@ -172,7 +172,7 @@ def test_quantities_must_be_whole_numbers(spark, tmp_path, pseudonym_key):
 def test_a_session_made_in_another_time_zone_ingests_in_utc(spark, tmp_path, pseudonym_key):
     spark.conf.set("spark.sql.session.timeZone", "America/Los_Angeles")  # a cluster left in its own zone
     try:
-        given = session.get_spark(load_settings(None).spark)  # the session a job is given
+        given = session.get_spark(load_settings(None, ["spark.shuffle_partitions=2"]).spark)  # a job's session
         assert given.conf.get("spark.sql.session.timeZone") == "UTC"
         _, settings = ingest_files(spark, tmp_path, {"a.csv": rees46(view(time="2026-01-05 23:30:00 UTC"))})
         row = events(spark, settings).first()
