@@ -72,13 +72,7 @@ def run(spark: SparkSession, settings: Settings) -> dict:
     stats = features.read_stats(spark, settings, features_version)
     table = lake.read(spark, settings.lake, lake.FEATURES, version=features_version)
     revenue_scale = mean_positive_revenue(table.filter(F.col("split") == "train"))
-    inputs = table.transform(features.model_inputs, stats).select(
-        *features.MODEL_INPUT_COLUMNS,
-        F.col("label").cast("float").alias("label"),
-        F.col("label_purchases").cast("float").alias("label_purchases"),
-        (F.col("label_revenue") / revenue_scale).cast("float").alias("label_revenue"),
-        "split",
-    )
+    inputs = training_inputs(table, stats, revenue_scale)
     counts = {(r["split"], r["label"]): r["count"] for r in table.groupBy("split", "label").count().collect()}  # 6
     spec = training_spec(settings, counts, reader_threads(spark, cfg.reader_threads))
     log.info(
@@ -158,6 +152,17 @@ def model_metadata(
         history=chief["history"],
         training={k: v for k, v in dataclasses.asdict(spec).items() if k != "initial_model"},
         revenue_scale=revenue_scale,
+    )
+
+
+def training_inputs(table: DataFrame, stats: dict[str, tuple[float, float]], revenue_scale: float) -> DataFrame:
+    """What the feed reads: the inputs, the targets as floats (revenue in units of `revenue_scale`), the split."""
+    return table.transform(features.model_inputs, stats).select(
+        *features.MODEL_INPUT_COLUMNS,
+        F.col("label").cast("float").alias("label"),
+        F.col("label_purchases").cast("float").alias("label_purchases"),
+        (F.col("label_revenue") / revenue_scale).cast("float").alias("label_revenue"),
+        "split",
     )
 
 

@@ -219,9 +219,8 @@ def test_a_model_is_published_whole_by_its_metadata(tmp_path):
 def test_an_uneven_shard_does_not_hang(spark, features_lake):
     settings = tiny_settings(features_lake, "train.epochs=1")
     table = lake.read(spark, settings.lake, lake.FEATURES)
-    inputs = table.transform(
-        features.model_inputs, features.read_stats(spark, settings, lake.version(spark, settings.lake, lake.FEATURES))
-    ).select(*features.MODEL_INPUT_COLUMNS, F.col("label").cast("float").alias("label"), "split")
+    stats = features.read_stats(spark, settings, lake.version(spark, settings.lake, lake.FEATURES))
+    inputs = train.training_inputs(table, stats, revenue_scale=1.0)
     rows = inputs.filter(F.col("split") == "train").drop("split")
     uneven = rows.coalesce(1).union(rows.limit(5).coalesce(1))  # two files: rank 0 gets all, rank 1 gets 5 rows
     validation = inputs.filter(F.col("split") == "validation").drop("split").repartition(2)
