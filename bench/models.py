@@ -39,7 +39,7 @@ def cdnow_log(folder: Path) -> Path:
 def main(sizes: list[int], workdir: Path) -> str:
     del sizes  # one real log, one size
     folder = workdir / "cdnow"
-    cdnow_log(folder)
+    log_lines = len(cdnow_log(folder).read_bytes().splitlines())  # ingest reads none again when the lake has them
     settings = load_settings(
         None,
         [
@@ -55,11 +55,12 @@ def main(sizes: list[int], workdir: Path) -> str:
         ],
     )
     spark = local_session(settings.spark)
-    results = {stage: pipeline.run_stage(stage, spark, settings) for stage in ("ingest", "featurize", "train")}
+    for stage in ("ingest", "featurize", "train"):
+        pipeline.run_stage(stage, spark, settings)
     metadata = model_artifact.load_metadata(settings.train.model_dir)
     metrics = metadata.test_metrics
     lines = [
-        f"CDNOW master log: {results['ingest']['rows_read']:,} lines, test split of one 273-day label window",
+        f"CDNOW master log: {log_lines:,} lines, test split of one 273-day label window",
         "",
         "| model | ROC-AUC | PR-AUC | top-decile lift |",
         "|---|---:|---:|---:|",
