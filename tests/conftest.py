@@ -8,12 +8,12 @@ import glob
 import os
 import secrets
 import shutil
-import socket
 import subprocess
 import tempfile
 from pathlib import Path
 
 import pytest
+from cluster import free_port
 
 from behavior_spark.config import SparkSettings
 from behavior_spark.session import local_session
@@ -60,9 +60,7 @@ def postgres():
     if as_postgres:
         for path in (folder, folder / "pwfile"):
             shutil.chown(path, "postgres", "postgres")
-    with socket.socket() as probe:
-        probe.bind(("127.0.0.1", 0))
-        port = probe.getsockname()[1]
+    port = free_port()
     data = folder / "data"
     run = functools.partial(subprocess.run, check=True, capture_output=True, text=True)
     run(
