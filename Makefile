@@ -14,7 +14,7 @@ test: setup
 
 # The pipeline on a Spark standalone cluster (a master, 1-core workers, on loopback); part of `make test` too.
 cluster-test: setup
-	.venv/bin/python -m pytest tests/test_end_to_end.py tests/test_cluster.py $(PYTEST_ARGS)
+	.venv/bin/python -m pytest tests/test_end_to_end.py $(PYTEST_ARGS)
 
 lint: setup
 	.venv/bin/ruff check behavior_spark jobs tests scripts bench

@@ -41,6 +41,7 @@ class SparkSettings(Section):
     shuffle_partitions: Positive = 8
     driver_memory: str = "4g"
     app_name: str = "behavior-spark"
+    remote: Annotated[str, Field(pattern=r"^sc://")] | None = None  # a Spark Connect server; every stage but train
 
 
 class LakeSettings(Section):

@@ -183,9 +183,7 @@ def scoring_date(spark: SparkSession, settings: Settings) -> dt.date:
 
 def recorded_run(spark: SparkSession, settings: Settings, version: int | None = None) -> dict:
     """What a features-table version was built from (events version, cutoffs, feature list): to rebuild it exactly."""
-    from delta.tables import DeltaTable
-
-    history = DeltaTable.forPath(spark, lake.path(settings.lake, lake.FEATURES)).history()
+    history = lake.history(spark, lake.path(settings.lake, lake.FEATURES))
     if version is not None:
         history = history.filter(F.col("version") == version)
     row = history.orderBy(F.desc("version")).select("userMetadata").first()

@@ -22,14 +22,13 @@ import time
 import uuid
 from collections.abc import Callable
 
-from delta.tables import DeltaTable
 from pyspark.sql import Column, DataFrame, SparkSession, Window
 from pyspark.sql import functions as F
 from pyspark.sql import types as T
 
 from behavior_spark import artifacts, lake, privacy, sources, summaries
 from behavior_spark.config import ConfigError, IngestSettings, Settings
-from behavior_spark.session import in_utc, materialized
+from behavior_spark.session import in_utc, is_connect, materialized
 from behavior_spark.sources import EVENT_TYPES, SourceMapping
 
 log = logging.getLogger(__name__)
@@ -107,13 +106,16 @@ def run(spark: SparkSession, settings: Settings) -> dict:
     cfg = settings.ingest
     in_utc(spark)  # dates, midnights and zone-less timestamps: the same on any cluster
     mapping = sources.load_mapping(cfg.source)
-    key = privacy.pseudonym_key(cfg)
+    if is_connect(spark):  # the key stays on the server: its workers hash and fingerprint with their own
+        pseudonym, current = privacy.keyed_hash_on_workers(cfg), privacy.fingerprint_on_workers(spark, cfg)
+    else:
+        key = privacy.pseudonym_key(cfg)
+        pseudonym, current = privacy.keyed_hash(spark, key), privacy.fingerprint(key)
     found = sources.find_files(cfg.input)
     if not found and not artifacts.exists(cfg.input):
         raise ConfigError(f"setting 'ingest.input': no such path {cfg.input}")
     ensure_events_table(spark, lake.path(settings.lake, lake.EVENTS), event_id_scheme(mapping))
-    check_key(spark, lake.path(settings.lake, lake.EVENTS), key, cfg.pseudonym_key_env)  # before reading any data
-    pseudonym = privacy.keyed_hash(spark, key)
+    check_key(spark, lake.path(settings.lake, lake.EVENTS), current, cfg.pseudonym_key_env)  # before reading data
     source = f"{mapping.name}:{cfg.input}"
     pending = new_files(spark, settings, source, found)
     first_batch = next_batch_id(spark, settings, mapping.name, cfg.input)
@@ -355,8 +357,8 @@ class Written:
         for path, version in ((self.events_path, self.events_before), (self.quarantine_path, self.quarantine_before)):
             if lake.version_at(spark, path) == version:
                 continue
-            table = DeltaTable.forPath(spark, path)
-            table.restoreToVersion(version) if version >= 0 else table.delete()
+            name = lake.sql_name(path)
+            spark.sql(f"RESTORE TABLE {name} TO VERSION AS OF {version}" if version >= 0 else f"DELETE FROM {name}")
             log.warning("ingest: %s restored to version %s after a batch that did not reconcile", path, version)
 
 
@@ -649,11 +651,15 @@ def ensure_events_table(spark: SparkSession, path: str, scheme: str = EVENT_ID_S
     """
     properties = {STATS_COLUMNS_PROPERTY: ",".join(STATS_COLUMNS), EVENT_ID_PROPERTY: scheme}
     properties.update({f"delta.constraints.{name}": check for name, check in CHECK_CONSTRAINTS.items()})
-    builder = DeltaTable.createIfNotExists(spark).location(path).addColumns(EVENTS_SCHEMA).partitionedBy("event_date")
-    for name, value in properties.items():
-        builder = builder.property(name, value)
-    builder.execute()
-    existing = DeltaTable.forPath(spark, path).detail().first()["properties"]
+    columns = ", ".join(
+        f"{f.name} {f.dataType.simpleString()}{'' if f.nullable else ' NOT NULL'}" for f in EVENTS_SCHEMA
+    )
+    listed = ", ".join(f"{lake.sql_literal(name)} = {lake.sql_literal(value)}" for name, value in properties.items())
+    spark.sql(
+        f"CREATE TABLE IF NOT EXISTS {lake.sql_name(path)} ({columns}) USING DELTA "
+        f"PARTITIONED BY (event_date) TBLPROPERTIES ({listed})"
+    )
+    existing = lake.properties(spark, path)
     if existing.get(EVENT_ID_PROPERTY) != scheme:
         if not spark.read.format("delta").load(path).isEmpty():  # its events would not match re-read ones
             raise IngestError(
@@ -663,22 +669,21 @@ def ensure_events_table(spark: SparkSession, path: str, scheme: str = EVENT_ID_S
                 "with, or rebuild it from the raw files: remove the events, events_quarantine, ingest_audit and "
                 "ingested_files tables and run ingest again"
             )
-        spark.sql(f"ALTER TABLE delta.`{path}` SET TBLPROPERTIES ('{EVENT_ID_PROPERTY}' = '{scheme}')")
+        spark.sql(f"ALTER TABLE {lake.sql_name(path)} SET TBLPROPERTIES ('{EVENT_ID_PROPERTY}' = '{scheme}')")
     if existing.get(STATS_COLUMNS_PROPERTY) != properties[STATS_COLUMNS_PROPERTY]:
         spark.sql(
-            f"ALTER TABLE delta.`{path}` SET TBLPROPERTIES "
+            f"ALTER TABLE {lake.sql_name(path)} SET TBLPROPERTIES "
             f"('{STATS_COLUMNS_PROPERTY}' = '{properties[STATS_COLUMNS_PROPERTY]}')"
         )
     for name, check in CHECK_CONSTRAINTS.items():
         if f"delta.constraints.{name}" not in existing:
-            spark.sql(f"ALTER TABLE delta.`{path}` ADD CONSTRAINT {name} CHECK ({check})")
+            spark.sql(f"ALTER TABLE {lake.sql_name(path)} ADD CONSTRAINT {name} CHECK ({check})")
 
 
-def check_key(spark: SparkSession, path: str, key: bytes, key_env: str) -> None:
-    """Record the key's fingerprint on the events table, or fail if the table's events were made with another key
-    (every customer would get a second pseudonym)."""
-    recorded = DeltaTable.forPath(spark, path).detail().first()["properties"].get(KEY_FINGERPRINT_PROPERTY)
-    current = privacy.fingerprint(key)
+def check_key(spark: SparkSession, path: str, current: str, key_env: str) -> None:
+    """Record the key's fingerprint (`current`) on the events table, or fail if the table's events were made with
+    another key (every customer would get a second pseudonym)."""
+    recorded = lake.properties(spark, path).get(KEY_FINGERPRINT_PROPERTY)
     if recorded == current:
         return
     if recorded is not None:
@@ -687,7 +692,7 @@ def check_key(spark: SparkSession, path: str, key: bytes, key_env: str) -> None:
             f"were made with (fingerprint {recorded}, this key's {current}); set the original key, or rotate the key "
             "as the README says (re-pseudonymise the tables through the identity map)"
         )
-    spark.sql(f"ALTER TABLE delta.`{path}` SET TBLPROPERTIES ('{KEY_FINGERPRINT_PROPERTY}' = '{current}')")
+    spark.sql(f"ALTER TABLE {lake.sql_name(path)} SET TBLPROPERTIES ('{KEY_FINGERPRINT_PROPERTY}' = '{current}')")
 
 
 def write_events(
@@ -731,18 +736,15 @@ def write_events(
     )
     day_list = ", ".join(f"DATE'{day}'" for day in days)
     match = "substring(t.event_id, 1, 16) = substring(s.event_id, 1, 16)" if keep_latest else "t.event_id = s.event_id"
-    with materialized(source) as kept_source:  # MERGE reads its source twice: both reads must see the same rows
-        (
-            DeltaTable.forPath(spark, path)
-            .alias("t")
-            .merge(kept_source.alias("s"), f"t.event_date IN ({day_list}) AND t.event_date = s.event_date AND {match}")
-            .whenMatchedUpdateAll(condition="t.event_id <> s.event_id")  # a correction (keep_latest only)
-            .whenMatchedUpdate(
-                condition="t.session_id <> s.session_id OR t.session_index <> s.session_index",
-                set={"session_id": "s.session_id", "session_index": "s.session_index"},
-            )
-            .whenNotMatchedInsertAll()
-            .execute()
+    # MERGE reads its source twice: both reads must see the same rows
+    with materialized(source) as kept_source, lake.as_view(kept_source) as view:
+        spark.sql(
+            f"MERGE INTO {lake.sql_name(path)} t USING {view} s "
+            f"ON t.event_date IN ({day_list}) AND t.event_date = s.event_date AND {match} "
+            "WHEN MATCHED AND t.event_id <> s.event_id THEN UPDATE SET * "  # a correction (keep_latest only)
+            "WHEN MATCHED AND (t.session_id <> s.session_id OR t.session_index <> s.session_index) "
+            "THEN UPDATE SET session_id = s.session_id, session_index = s.session_index "
+            "WHEN NOT MATCHED THEN INSERT *"
         )
     metrics = lake.commit_metrics(spark, path, before)
     updated = int(metrics.get("numTargetRowsUpdated", 0))
@@ -780,16 +782,14 @@ def write_identity_map(clean: DataFrame, location: str) -> None:
     """pseudonym -> raw id, kept apart from the lakehouse, for re-identification at warehouse export only."""
     pairs = clean.select("customer_id", "user_id").distinct()
     spark = clean.sparkSession
-    if not DeltaTable.isDeltaTable(spark, location):
+    if not lake.is_table(spark, location):
         pairs.write.format("delta").save(location)
         return
-    (
-        DeltaTable.forPath(spark, location)
-        .alias("t")
-        .merge(pairs.alias("s"), "t.customer_id = s.customer_id")
-        .whenNotMatchedInsertAll()
-        .execute()
-    )
+    with lake.as_view(pairs) as view:
+        spark.sql(
+            f"MERGE INTO {lake.sql_name(location)} t USING {view} s ON t.customer_id = s.customer_id "
+            "WHEN NOT MATCHED THEN INSERT *"
+        )
 
 
 AUDIT_SCHEMA = T.StructType(

@@ -1,10 +1,18 @@
-"""Reading and writing the lakehouse's Delta tables: the storage edge of every stage."""
+"""Reading and writing the lakehouse's Delta tables: the storage edge of every stage.
+
+Tables are read and changed through the DataFrame API and Delta's SQL (`DESCRIBE HISTORY`, `MERGE INTO`, `RESTORE`
+on `delta.`path``), never through `delta.tables.DeltaTable`, whose Python API drives the JVM: the same calls then
+work in a classic session and over Spark Connect, where a server without the Delta Connect plugin serves them too.
+"""
 
 from __future__ import annotations
 
+import contextlib
 import os
+import uuid
+from collections.abc import Iterator
 
-from delta.tables import DeltaTable
+from pyspark.errors import AnalysisException
 from pyspark.sql import DataFrame, SparkSession
 
 from behavior_spark import artifacts
@@ -38,7 +46,49 @@ def read(spark: SparkSession, lake: LakeSettings, table: str, version: int | Non
 
 
 def exists(spark: SparkSession, lake: LakeSettings, table: str) -> bool:
-    return DeltaTable.isDeltaTable(spark, path(lake, table))
+    return is_table(spark, path(lake, table))
+
+
+def sql_name(location: str) -> str:
+    """The table at `location` as Delta's SQL names it: delta.`location` (a backtick in it doubled)."""
+    return "delta.`" + location.replace("`", "``") + "`"
+
+
+def sql_literal(text: str) -> str:
+    """`text` as a SQL string literal (backslashes and quotes escaped)."""
+    return "'" + text.replace("\\", "\\\\").replace("'", "\\'") + "'"
+
+
+def is_table(spark: SparkSession, location: str) -> bool:
+    """Whether a Delta table lives at `location` (any other failure to look, such as a denied read, is raised)."""
+    try:
+        spark.sql(f"DESCRIBE DETAIL {sql_name(location)}").first()
+    except AnalysisException as error:
+        if error.getCondition() == "DELTA_MISSING_DELTA_TABLE":
+            return False
+        raise
+    return True
+
+
+def history(spark: SparkSession, location: str, limit: int | None = None) -> DataFrame:
+    """The table's commits, newest first: version, operation, operationMetrics, userMetadata, ..."""
+    return spark.sql(f"DESCRIBE HISTORY {sql_name(location)}" + (f" LIMIT {int(limit)}" if limit else ""))
+
+
+def properties(spark: SparkSession, location: str) -> dict[str, str]:
+    """The table's properties (its CHECK constraints among them, as `delta.constraints.<name>`)."""
+    return dict(spark.sql(f"DESCRIBE DETAIL {sql_name(location)}").first()["properties"])
+
+
+@contextlib.contextmanager
+def as_view(df: DataFrame) -> Iterator[str]:
+    """`df` under a temporary view name of its own, for a SQL statement (a MERGE's source) inside the block."""
+    name = f"source_{uuid.uuid4().hex}"
+    df.createOrReplaceTempView(name)
+    try:
+        yield name
+    finally:
+        df.sparkSession.catalog.dropTempView(name)
 
 
 def overwrite(df: DataFrame, lake: LakeSettings, table: str, partition_by: list[str] = (), **options: str) -> None:
@@ -66,14 +116,14 @@ def replace(df: DataFrame, lake: LakeSettings, table: str, where: str, partition
 
 def version(spark: SparkSession, lake: LakeSettings, table: str) -> int:
     """The table's latest committed version."""
-    return DeltaTable.forPath(spark, path(lake, table)).history(1).select("version").first()[0]
+    return history(spark, path(lake, table), 1).select("version").first()[0]
 
 
 def version_at(spark: SparkSession, location: str) -> int:
     """The latest committed version of the table at `location`, or -1 where there is no table yet."""
-    if not DeltaTable.isDeltaTable(spark, location):
+    if not is_table(spark, location):
         return -1
-    return DeltaTable.forPath(spark, location).history(1).select("version").first()[0]
+    return history(spark, location, 1).select("version").first()[0]
 
 
 def commit_metrics(spark: SparkSession, location: str, after_version: int) -> dict[str, str]:
@@ -82,8 +132,8 @@ def commit_metrics(spark: SparkSession, location: str, after_version: int) -> di
 
     Not "the latest commit": an auto-compaction or another writer may have committed after this write.
     """
-    if not DeltaTable.isDeltaTable(spark, location):
+    if not is_table(spark, location):
         return {}
-    recent = DeltaTable.forPath(spark, location).history(20).filter(f"version = {after_version + 1}")
+    recent = history(spark, location, 20).filter(f"version = {after_version + 1}")
     row = recent.select("operationMetrics").first()
     return dict(row[0] or {}) if row else {}

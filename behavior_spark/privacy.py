@@ -4,6 +4,10 @@
 - The keyed hash runs on Arrow batches in the Python workers, with the key sent as a broadcast variable. A hash
   built from Spark built-ins would need the key (or its HMAC pads) as a literal of the query plan, and plans are
   shown by `explain()`, the Spark UI and the event logs clusters ship to object storage.
+- Over Spark Connect there are no broadcast variables, and a function's closure travels inside the plan the client
+  sends (which the server's listeners see): the key never leaves the server there. The Python workers read it from
+  their own environment (a cluster environment variable filled from a secret scope), and the fingerprint is
+  computed there too, so the client needs no key at all.
 - Ids are NFKC-normalised before hashing, so a fullwidth "５０００" is the customer "5000".
 - The key's fingerprint (an HMAC of a fixed text) is recorded with the events, so a run with another key fails
   before reading any data instead of giving every customer a second pseudonym.
@@ -71,18 +75,46 @@ def keyed_hash(spark: SparkSession, key: bytes) -> Callable[[Column], Column]:
 
     @F.pandas_udf("string")
     def pseudonym(ids: pd.Series) -> pd.Series:
-        start = hmac.new(shared.value, digestmod=hashlib.sha256)  # the key's pads, computed once a batch
-
-        def one(text: str) -> str:
-            h = start.copy()
-            h.update(normalise_id(text).encode())
-            return h.hexdigest()
-
-        codes, distinct = pd.factorize(ids)
-        hashed = [one(text) for text in distinct]
-        return pd.Series([hashed[c] if c >= 0 else None for c in codes], index=ids.index, dtype=object)
+        return hash_ids(shared.value, ids)
 
     return pseudonym
+
+
+def keyed_hash_on_workers(cfg: IngestSettings) -> Callable[[Column], Column]:
+    """`keyed_hash` for Spark Connect: the Python workers take the key from their environment
+    (`ingest.pseudonym_key_env`); the plan carries only the variable's name."""
+    name = cfg.pseudonym_key_env
+
+    @F.pandas_udf("string")
+    def pseudonym(ids: pd.Series) -> pd.Series:
+        return hash_ids(pseudonym_key(IngestSettings(pseudonym_key_env=name)), ids)
+
+    return pseudonym
+
+
+def fingerprint_on_workers(spark: SparkSession, cfg: IngestSettings) -> str:
+    """The fingerprint of the key the Python workers hold (Spark Connect), computed where the key is."""
+    name = cfg.pseudonym_key_env
+
+    @F.pandas_udf("string")
+    def of_key(ignored: pd.Series) -> pd.Series:
+        return pd.Series([fingerprint(pseudonym_key(IngestSettings(pseudonym_key_env=name)))] * len(ignored))
+
+    return spark.range(1).select(of_key(F.col("id")).alias("fingerprint")).first()["fingerprint"]
+
+
+def hash_ids(key: bytes, ids: pd.Series) -> pd.Series:
+    """The pseudonyms of a batch of ids (null stays null), each distinct id hashed once."""
+    start = hmac.new(key, digestmod=hashlib.sha256)  # the key's pads, computed once a batch
+
+    def one(text: str) -> str:
+        h = start.copy()
+        h.update(normalise_id(text).encode())
+        return h.hexdigest()
+
+    codes, distinct = pd.factorize(ids)
+    hashed = [one(text) for text in distinct]
+    return pd.Series([hashed[c] if c >= 0 else None for c in codes], index=ids.index, dtype=object)
 
 
 def redact_url(url: str) -> str:

@@ -1,9 +1,10 @@
 """The one place a SparkSession comes from.
 
 On a cluster (spark-submit, Databricks, EMR) the platform owns the session: we take the active one, or build one
-from what spark-submit passed, and never set a master. Locally we build a Delta-enabled session ourselves, with the
-Delta JARs from the project's cache (filled by `scripts/setup.sh` from Maven Central), so nothing is fetched at
-start-up.
+from what spark-submit passed, and never set a master. With `spark.remote` set (`sc://host:port`) the session is a
+Spark Connect client of that server (Databricks shared and serverless compute, any Spark 4 Connect server); every
+stage but `train` runs there. Locally we build a Delta-enabled session ourselves, with the Delta JARs from the
+project's cache (filled by `scripts/setup.sh` from Maven Central), so nothing is fetched at start-up.
 """
 
 from __future__ import annotations
@@ -27,6 +28,8 @@ DEFAULT_JAR_CACHE = Path(__file__).resolve().parents[1] / ".cache" / "jars"
 
 def get_spark(settings: SparkSettings) -> SparkSession:
     """Return the platform's session when there is one, else a local Delta-enabled session; either computes in UTC."""
+    if settings.remote:
+        return platform_session(SparkSession.builder.remote(settings.remote).getOrCreate(), settings)
     active = SparkSession.getActiveSession()
     if active is not None:
         return platform_session(active, settings)
@@ -41,6 +44,11 @@ def platform_session(spark: SparkSession, settings: SparkSettings) -> SparkSessi
     of `spark.shuffle_partitions` (Spark's 200 are too many for a small cluster and too few for a large one)."""
     spark.conf.set("spark.sql.shuffle.partitions", settings.shuffle_partitions)
     return redacting(in_utc(spark))
+
+
+def is_connect(spark: SparkSession) -> bool:
+    """True for a Spark Connect session, which has no SparkContext, broadcast variables or JVM gateway."""
+    return type(spark).__module__.startswith("pyspark.sql.connect")
 
 
 def redacting(spark: SparkSession) -> SparkSession:
@@ -117,4 +125,5 @@ def materialized(df: DataFrame) -> Iterator[DataFrame]:
     try:
         yield kept
     finally:
-        kept._jdf.queryExecution().analyzed().rdd().unpersist(False)
+        if not is_connect(df.sparkSession):  # a Connect server releases it when the client lets `kept` go
+            kept._jdf.queryExecution().analyzed().rdd().unpersist(False)  # no public call releases a local checkpoint

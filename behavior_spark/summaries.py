@@ -20,7 +20,6 @@ import datetime as dt
 import json
 import logging
 
-from delta.tables import DeltaTable
 from pyspark.sql import DataFrame, SparkSession, Window
 from pyspark.sql import functions as F
 
@@ -179,12 +178,7 @@ def recorded_commit(spark: SparkSession, settings: Settings) -> dict:
     recorded (empty when there is no table)."""
     if not lake.exists(spark, settings.lake, lake.CUSTOMER_DAYS):
         return {}
-    row = (
-        DeltaTable.forPath(spark, lake.path(settings.lake, lake.CUSTOMER_DAYS))
-        .history(1)
-        .select("version", "userMetadata")
-        .first()
-    )
+    row = lake.history(spark, lake.path(settings.lake, lake.CUSTOMER_DAYS), 1).select("version", "userMetadata").first()
     return {**json.loads(row["userMetadata"] or "{}"), "version": row["version"]}
 
 
@@ -197,7 +191,7 @@ def changed_days(spark: SparkSession, settings: Settings, since: int, until: int
         return []
     if since > until or not lake.exists(spark, settings.lake, lake.CUSTOMER_DAYS):
         return None
-    history = DeltaTable.forPath(spark, lake.path(settings.lake, lake.CUSTOMER_DAYS)).history()
+    history = lake.history(spark, lake.path(settings.lake, lake.CUSTOMER_DAYS))
     commits = [json.loads(r["userMetadata"] or "{}") for r in history.select("userMetadata").collect()]  # one a batch
     between = [c for c in commits if since < c.get("events_version", -1) <= until]
     complete = any(0 <= c.get("events_version", -1) <= since for c in commits)  # history reaches back to `since`

@@ -25,7 +25,8 @@ from pyspark.sql import DataFrame, SparkSession
 from pyspark.sql import functions as F
 
 from behavior_spark import artifacts, evaluate, features, feed, lake, model_artifact, tracking
-from behavior_spark.config import Settings
+from behavior_spark.config import ConfigError, Settings
+from behavior_spark.session import is_connect
 
 log = logging.getLogger(__name__)
 
@@ -66,6 +67,12 @@ class TrainingSpec:
 
 def run(spark: SparkSession, settings: Settings) -> dict:
     """Train with `train.num_proc` Horovod processes; write the model artifact to `train.model_dir`; evaluate it."""
+    if is_connect(spark):
+        raise ConfigError(
+            "train needs a classic Spark session: horovod.spark runs its processes through a SparkContext, which a "
+            "Spark Connect session (setting 'spark.remote') does not have; run train without spark.remote, on a "
+            "cluster with a classic session (a Databricks dedicated cluster, EMR, spark-submit)"
+        )
     cfg = settings.train
     tracking.tracking_uri(settings)  # a setting with nowhere to record the run fails now, not after training
     features_version = lake.version(spark, settings.lake, lake.FEATURES)
@@ -208,7 +215,7 @@ def reader_threads(spark: SparkSession, configured: int | None) -> int:
     """Petastorm reader threads per process: as set, or the cores Spark gives each GPU (each core on a CPU node)."""
     if configured:
         return configured
-    conf = spark.sparkContext.getConf()
+    conf = spark.conf
     cores = int(conf.get("spark.executor.cores", str(os.cpu_count() or 1)))
     gpus = float(conf.get("spark.executor.resource.gpu.amount", "0"))
     return max(1, int(cores // gpus) if gpus >= 1 else cores)

@@ -1,9 +1,10 @@
 """Export: one scoring date's scores and segments to the company's warehouse over JDBC, replacing that date.
 
 PostgreSQL locally; Redshift or any warehouse that speaks `CREATE TABLE ... (LIKE ...)` by URL on clusters.
-Spark writes the rows in parallel to a staging table; then one transaction on the driver deletes the date's rows
-from the target and inserts the staged ones, so readers see the old rows or the new ones, never half, and a re-run
-of the same date changes nothing. Credentials come from environment variables named in the settings; raw ids are
+Spark writes the rows in parallel to a staging table; then one transaction deletes the date's rows from the target
+and inserts the staged ones, so readers see the old rows or the new ones, never half, and a re-run of the same date
+changes nothing. Every statement goes through Spark's JDBC source (`Link`), none through the JVM gateway, so export
+runs the same over Spark Connect. Credentials come from environment variables named in the settings; raw ids are
 exported only when `warehouse.reidentify` is on and the ingest identity map exists.
 """
 
@@ -15,7 +16,6 @@ import os
 import re
 import uuid
 
-from py4j.protocol import Py4JJavaError
 from pyspark.sql import DataFrame, SparkSession
 from pyspark.sql import functions as F
 
@@ -87,87 +87,94 @@ def reidentified(spark: SparkSession, settings: Settings, rows: DataFrame) -> Da
 def replace_date(
     spark: SparkSession, rows: DataFrame, cfg: WarehouseSettings, user: str, password: str, scoring_date: dt.date
 ) -> int:
-    """Stage `rows` in parallel in a table of this run's own, then swap the date's rows into the target in one
-    transaction, checked against the Delta count; the staging table is dropped whatever happens. Rows exported."""
+    """Stage `rows` in parallel in a table of this run's own, check the staged count against Delta's, then swap the
+    date's rows into the target in one transaction; the staging table is dropped whatever happens. Rows exported."""
     expected = rows.count()
     columns = ", ".join(rows.columns)  # by name, never by position
-    connection = connect(spark, cfg, user, password)  # fails fast, before anything is written
-    drop_leftover_staging(connection, cfg.table)
+    link = Link(spark, cfg, user, password)
+    link.check()  # fails fast, before anything is written
+    drop_leftover_staging(link, cfg.table)
     staging = f"{cfg.table}{STAGING_SUFFIX}{uuid.uuid4().hex[:12]}"
     try:
-        rows.write.jdbc(
-            cfg.url,
-            staging,
-            mode="overwrite",
-            properties={"user": user, "password": password, "driver": cfg.driver, "batchsize": str(cfg.batch_size)},
+        rows.write.jdbc(cfg.url, staging, mode="overwrite", properties=link.properties(batchsize=str(cfg.batch_size)))
+        staged = staged_rows(link, staging)
+        if staged != expected:
+            raise WarehouseError(f"{staged} rows staged for {scoring_date} but the Delta tables hold {expected}")
+        link.execute(  # one transaction: a failed statement leaves the target as it was
+            "BEGIN",
+            f"CREATE TABLE IF NOT EXISTS {cfg.table} (LIKE {staging})",
+            f"DELETE FROM {cfg.table} WHERE scoring_date = DATE '{scoring_date}'",
+            f"INSERT INTO {cfg.table} ({columns}) SELECT {columns} FROM {staging}",
+            "COMMIT",
         )
-        connection.setAutoCommit(False)
-        _execute(connection, f"CREATE TABLE IF NOT EXISTS {cfg.table} (LIKE {staging})")
-        _execute(connection, f"DELETE FROM {cfg.table} WHERE scoring_date = DATE '{scoring_date}'")
-        inserted = _execute(connection, f"INSERT INTO {cfg.table} ({columns}) SELECT {columns} FROM {staging}")
-        if inserted != expected:
-            raise WarehouseError(f"{inserted} rows inserted for {scoring_date} but the Delta tables hold {expected}")
-        connection.commit()
-        return inserted
-    except Exception as error:  # Py4JJavaError from the connection, PySpark's own errors from the staged write
-        if not connection.getAutoCommit():
-            connection.rollback()  # the target keeps its previous rows
+        return expected
+    except WarehouseError:
+        raise
+    except Exception as error:  # the database's error, raised through Spark's JDBC source
         raise WarehouseError(f"writing {cfg.table} at {redact_url(cfg.url)} failed: {_message(error)}") from None
     finally:
-        _drop(connection, staging)
-        connection.close()
+        _drop(link, staging)
 
 
-def drop_leftover_staging(connection, table: str) -> None:
+class Link:
+    """Statements and queries on the warehouse through Spark's JDBC source only (no JVM gateway), so export runs the
+    same in a classic session and over Spark Connect. A statement runs as the `sessionInitStatement` of a one-row
+    read: once, in one task's connection."""
+
+    def __init__(self, spark: SparkSession, cfg: WarehouseSettings, user: str, password: str):
+        self.spark, self.cfg, self.user, self.password = spark, cfg, user, password
+
+    def properties(self, **extra: str) -> dict[str, str]:
+        return {"user": self.user, "password": self.password, "driver": self.cfg.driver, **extra}
+
+    def query(self, sql: str, init: str | None = None) -> list:
+        reader = self.spark.read.format("jdbc").option("url", self.cfg.url).option("query", sql)
+        for name, value in self.properties(**({"sessionInitStatement": init} if init else {})).items():
+            reader = reader.option(name, value)
+        return reader.load().collect()
+
+    def execute(self, *statements: str) -> None:
+        self.query("SELECT 1 AS done", init="; ".join(statements))
+
+    def check(self) -> None:
+        """WarehouseError naming the cause when the warehouse is unreachable or refuses the credentials."""
+        try:
+            self.query("SELECT 1 AS reachable")
+        except Exception as error:
+            message = f"cannot connect to the warehouse at {redact_url(self.cfg.url)}: {_message(error)}"
+            raise WarehouseError(message) from None
+
+
+def staged_rows(link: Link, staging: str) -> int:
+    return int(link.query(f"SELECT count(*) AS n FROM {staging}")[0]["n"])
+
+
+def drop_leftover_staging(link: Link, table: str) -> None:
     """Drop the staging tables of `table` that exports killed before their `finally` left behind."""
     schema, _, name = table.rpartition(".")
-    meta = connection.getMetaData()
-    case = str.lower if meta.storesLowerCaseIdentifiers() else str.upper if meta.storesUpperCaseIdentifiers() else str
-    prefix = case(name + STAGING_SUFFIX)
-    found = meta.getTables(None, case(schema) or None, prefix + "%", None)  # "_" matches any character here
-    leftovers = []
-    while found.next():
-        if found.getString("TABLE_NAME").startswith(prefix):
-            leftovers.append(".".join(p for p in (found.getString("TABLE_SCHEM"), found.getString("TABLE_NAME")) if p))
-    found.close()
-    for leftover in leftovers:
-        log.warning("dropping %s, the staging table of an export that was killed before it could drop it", leftover)
-        _drop(connection, leftover)
+    in_schema = f" AND lower(table_schema) = lower('{schema}')" if schema else ""
+    found = link.query(
+        "SELECT table_schema, table_name FROM information_schema.tables "
+        f"WHERE lower(table_name) LIKE lower('{name}{STAGING_SUFFIX}%'){in_schema}"
+    )
+    prefix = (name + STAGING_SUFFIX).lower()  # "_" matches any character in LIKE
+    for row in found:
+        if row["table_name"].lower().startswith(prefix):
+            leftover = f"{row['table_schema']}.{row['table_name']}" if schema else row["table_name"]
+            log.warning("dropping %s, the staging table of an export that was killed before it could drop it", leftover)
+            _drop(link, leftover)
 
 
-def _drop(connection, table: str) -> None:
+def _drop(link: Link, table: str) -> None:
     """Drop a staging table (it may hold raw ids when `warehouse.reidentify` is on); a failure is logged."""
     try:
-        connection.setAutoCommit(True)
-        _execute(connection, f"DROP TABLE IF EXISTS {table}")
-    except Py4JJavaError as error:
+        link.execute(f"DROP TABLE IF EXISTS {table}")
+    except Exception as error:
         log.error("could not drop the staging table %s: %s; drop it by hand", table, _message(error))
 
 
-def connect(spark: SparkSession, cfg: WarehouseSettings, user: str, password: str):
-    """A java.sql.Connection from the driver, or WarehouseError naming the cause (unreachable, credentials)."""
-    jvm = spark.sparkContext._jvm
-    properties = jvm.java.util.Properties()
-    properties.setProperty("user", user)
-    properties.setProperty("password", password)
-    try:
-        # The JDBC JAR arrives through spark.jars, which java.sql.DriverManager cannot see until Spark registers it.
-        jvm.org.apache.spark.sql.execution.datasources.jdbc.DriverRegistry.register(cfg.driver)
-        return jvm.java.sql.DriverManager.getConnection(cfg.url, properties)
-    except Py4JJavaError as error:
-        raise WarehouseError(f"cannot connect to the warehouse at {redact_url(cfg.url)}: {_message(error)}") from None
-
-
-def _execute(connection, sql: str) -> int:
-    statement = connection.createStatement()
-    try:
-        statement.execute(sql)
-        return statement.getUpdateCount()
-    finally:
-        statement.close()
-
-
 def _message(error: Exception) -> str:
-    """The first line of the Java exception's message (or of the Python one)."""
-    text = str(error.java_exception.getMessage()) if isinstance(error, Py4JJavaError) else str(error)
-    return (text.strip().splitlines() or ["(no message)"])[0]
+    """The database's own message (the innermost `...SQLException: ...` line), else the error's first line."""
+    text = str(error)
+    found = re.findall(r"\w*SQL\w*Exception: ([^\n]+)", text)
+    return found[-1].strip() if found else (text.strip().splitlines() or ["(no message)"])[0]
