@@ -30,12 +30,14 @@ from behavior_spark.config import ConfigError, IngestSettings
 
 FINGERPRINT_TEXT = b"behavior-spark pseudonym key fingerprint v1"
 # Belt and braces for plans, UI pages and event logs: Spark redacts conf values whose name matches the first, and
-# any text of a plan matching the second (credentials in JDBC URLs, options and paths).
+# any text of a plan matching the second (credentials in JDBC URLs, options and paths; over Spark Connect the plan's
+# text is the client's protobuf, where an option reads `key: "password" value: "..."`).
 REDACTED_CONF_NAMES = r"(?i)secret|password|passwd|pwd|token|access[.]?key|credential|pseudonym"
 _SECRET_NAMES = r"password|passwd|pwd|secret|token|access[._]?key"  # parameters that carry a credential
 REDACTED_PLAN_TEXT = (
     rf"(?i)({_SECRET_NAMES})\s*[=:]\s*[^\s;&,)\]'\"]+"  # key=value, key: value
     r"|//[^/:@\s]+:[^@/\s]+@"  # user:password@host
+    rf'|key:\s*"({_SECRET_NAMES})"\s*value:\s*"[^"]*"'  # an option in a Spark Connect plan's text
 )
 
 
