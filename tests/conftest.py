@@ -19,6 +19,18 @@ from behavior_spark.config import SparkSettings
 from behavior_spark.session import local_session
 
 TEST_KEY = "test-only-pseudonym-key-not-a-secret"
+# A whole pipeline run at the smallest size that still trains and segments (the schedule and Spark Connect tests).
+SMALL_RUN = [
+    "spark.shuffle_partitions=2",
+    "generate.rows=6000",
+    "features.cutoffs=1",
+    "train.num_proc=2",
+    "train.epochs=1",
+    "train.batch_size=64",
+    "train.importance_rows=500",
+    "segment.k=3",
+    "segment.restarts=1",
+]
 os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
 os.environ.setdefault("PYARROW_IGNORE_TIMEZONE", "1")
 

@@ -18,7 +18,7 @@ from pathlib import Path
 import pytest
 import yaml
 from cluster import BIN, ROOT, free_port, kill_tree
-from conftest import TEST_KEY
+from conftest import SMALL_RUN, TEST_KEY
 from pyspark.sql import functions as F
 
 from behavior_spark import generate, ingest, lake, pipeline, privacy
@@ -86,20 +86,12 @@ def connected_run(spark, server, postgres, tmp_path_factory):
     settings = load_settings(
         None,
         [
+            *SMALL_RUN,
             f"lake.root={root}/lake",
             f"generate.output={root}/raw",
             f"ingest.input={root}/raw",
-            "generate.rows=6000",
             "generate.files=1",
-            "spark.shuffle_partitions=2",
-            "features.cutoffs=1",
-            "train.num_proc=2",
-            "train.epochs=1",
-            "train.batch_size=64",
-            "train.importance_rows=500",
             f"train.model_dir={root}/model",
-            "segment.k=3",
-            "segment.restarts=1",
             f"warehouse.url={postgres.url}",
             "warehouse.table=public.connect_segments",
         ],

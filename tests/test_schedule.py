@@ -29,7 +29,7 @@ from pathlib import Path
 import pandas as pd
 import psutil
 import yaml
-from conftest import TEST_KEY
+from conftest import SMALL_RUN, TEST_KEY
 from pyspark.sql import functions as F
 from test_ingest import REES46_HEADER
 
@@ -50,20 +50,12 @@ def settings_for(root: Path, postgres, *extra: str):
     return load_settings(
         None,
         [
+            *SMALL_RUN,
             f"lake.root={root}/lake",
             f"ingest.input={root}/raw",
-            "spark.shuffle_partitions=2",
-            "generate.rows=6000",
             f"generate.days={HISTORY_DAYS + DAYS}",
             "features.label_window_days=7",
-            "features.cutoffs=1",
-            "train.num_proc=2",
-            "train.epochs=1",
-            "train.batch_size=64",
-            "train.importance_rows=500",
             f"train.model_dir={root}/model",
-            "segment.k=3",
-            "segment.restarts=1",
             f"warehouse.url={postgres.url}",
             *extra,
         ],
