@@ -654,10 +654,9 @@ def ensure_events_table(spark: SparkSession, path: str, scheme: str = EVENT_ID_S
     columns = ", ".join(
         f"{f.name} {f.dataType.simpleString()}{'' if f.nullable else ' NOT NULL'}" for f in EVENTS_SCHEMA
     )
-    listed = ", ".join(f"{lake.sql_literal(name)} = {lake.sql_literal(value)}" for name, value in properties.items())
     spark.sql(
         f"CREATE TABLE IF NOT EXISTS {lake.sql_name(path)} ({columns}) USING DELTA "
-        f"PARTITIONED BY (event_date) TBLPROPERTIES ({listed})"
+        f"PARTITIONED BY (event_date) TBLPROPERTIES ({lake.sql_properties(properties)})"
     )
     existing = lake.properties(spark, path)
     if existing.get(EVENT_ID_PROPERTY) != scheme:
@@ -669,15 +668,16 @@ def ensure_events_table(spark: SparkSession, path: str, scheme: str = EVENT_ID_S
                 "with, or rebuild it from the raw files: remove the events, events_quarantine, ingest_audit and "
                 "ingested_files tables and run ingest again"
             )
-        spark.sql(f"ALTER TABLE {lake.sql_name(path)} SET TBLPROPERTIES ('{EVENT_ID_PROPERTY}' = '{scheme}')")
+        set_properties(spark, path, {EVENT_ID_PROPERTY: scheme})
     if existing.get(STATS_COLUMNS_PROPERTY) != properties[STATS_COLUMNS_PROPERTY]:
-        spark.sql(
-            f"ALTER TABLE {lake.sql_name(path)} SET TBLPROPERTIES "
-            f"('{STATS_COLUMNS_PROPERTY}' = '{properties[STATS_COLUMNS_PROPERTY]}')"
-        )
+        set_properties(spark, path, {STATS_COLUMNS_PROPERTY: properties[STATS_COLUMNS_PROPERTY]})
     for name, check in CHECK_CONSTRAINTS.items():
         if f"delta.constraints.{name}" not in existing:
             spark.sql(f"ALTER TABLE {lake.sql_name(path)} ADD CONSTRAINT {name} CHECK ({check})")
+
+
+def set_properties(spark: SparkSession, path: str, properties: dict[str, str]) -> None:
+    spark.sql(f"ALTER TABLE {lake.sql_name(path)} SET TBLPROPERTIES ({lake.sql_properties(properties)})")
 
 
 def check_key(spark: SparkSession, path: str, current: str, key_env: str) -> None:
@@ -692,7 +692,7 @@ def check_key(spark: SparkSession, path: str, current: str, key_env: str) -> Non
             f"were made with (fingerprint {recorded}, this key's {current}); set the original key, or rotate the key "
             "as the README says (re-pseudonymise the tables through the identity map)"
         )
-    spark.sql(f"ALTER TABLE {lake.sql_name(path)} SET TBLPROPERTIES ('{KEY_FINGERPRINT_PROPERTY}' = '{current}')")
+    set_properties(spark, path, {KEY_FINGERPRINT_PROPERTY: current})
 
 
 def write_events(

@@ -59,6 +59,11 @@ def sql_literal(text: str) -> str:
     return "'" + text.replace("\\", "\\\\").replace("'", "\\'") + "'"
 
 
+def sql_properties(properties: dict[str, str]) -> str:
+    """Table properties as TBLPROPERTIES lists them: 'name' = 'value', ..."""
+    return ", ".join(f"{sql_literal(name)} = {sql_literal(value)}" for name, value in properties.items())
+
+
 def is_table(spark: SparkSession, location: str) -> bool:
     """Whether a Delta table lives at `location` (any other failure to look, such as a denied read, is raised)."""
     try:
