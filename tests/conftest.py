@@ -46,9 +46,12 @@ def spark_conf_dir() -> Path:
     TEST_SPARK_DEFAULTS added."""
     folder = Path(tempfile.mkdtemp(prefix="behavior-spark-conf-"))
     atexit.register(shutil.rmtree, folder, ignore_errors=True)
-    shutil.copytree(Path(pyspark.__file__).parent / "conf", folder, dirs_exist_ok=True)
+    venv_conf = Path(pyspark.__file__).parent / "conf"
+    if venv_conf.is_dir():  # made by set-up; without it the session says what is missing
+        shutil.copytree(venv_conf, folder, dirs_exist_ok=True)
     defaults = folder / "spark-defaults.conf"
-    defaults.write_text(defaults.read_text() + "".join(f"{line}\n" for line in TEST_SPARK_DEFAULTS))
+    existing = defaults.read_text() if defaults.exists() else ""
+    defaults.write_text(existing + "".join(f"{line}\n" for line in TEST_SPARK_DEFAULTS))
     return folder
 
 
