@@ -35,9 +35,9 @@ SMALL_RUN = [
     "segment.restarts=1",
 ]
 # Spark settings for tests' tiny jobs, where compiling generated code costs more than running it: expressions are
-# interpreted and no whole-stage code is generated (same results; measured on test_ingest + test_summaries: 460 s
-# against 628 s). Given through a Spark conf folder of the tests' own, so every JVM the tests start gets them: the
-# in-process session, the jobs started through spark-submit, the Spark Connect server, the standalone cluster's.
+# interpreted and no whole-stage code is generated (same results; what it saves is in the README). Given through a
+# Spark conf folder of the tests' own, so every JVM the tests start gets them: the in-process session, the jobs
+# started through spark-submit, the Spark Connect server, the standalone cluster's.
 TEST_SPARK_DEFAULTS = ["spark.sql.codegen.wholeStage false", "spark.sql.codegen.factoryMode NO_CODEGEN"]
 
 
