@@ -3,9 +3,10 @@
 Features see only events strictly before the cutoff; the label sees only the label window after it. Several
 cutoffs (`features.cutoffs`, `features.cutoff_step_days` apart) are stacked into one table. Everything is read
 from the customer-day summaries ingest keeps (`summaries`), not from the events: cutoffs are midnights, so a
-cutoff never cuts a day. Every aggregation is a groupBy with map-side combining, and the windows (the recent
-sequence) are cut to their last rows per customer before any shuffle, so a customer with millions of events
-never ships them to one task.
+cutoff never cuts a day. The scoring snapshot, rebuilt every day, reads each customer's kept totals
+(`summaries.totals_before`) and the few days since, not the whole history. Every aggregation is a groupBy with
+map-side combining over customer-days, and the recent sequence comes from the few last events each day keeps, so a
+customer with millions of events never ships them to one task.
 The model's input transform (`model_inputs`) lives here too, so training and scoring prepare rows the same way.
 """
 
@@ -14,6 +15,7 @@ from __future__ import annotations
 import datetime as dt
 import json
 import logging
+from contextlib import nullcontext
 from functools import reduce
 
 from pyspark.sql import Column, DataFrame, Row, SparkSession
@@ -96,9 +98,10 @@ def run(spark: SparkSession, settings: Settings) -> dict:
     }
     kept = [cutoff for cutoff in reusable_cutoffs(spark, settings, record) if cutoff != as_of]
     built = [cutoff for cutoff in cutoffs if cutoff not in kept]
-    with materialized(days) as days:  # every snapshot reads it
+    with materialized(days) if built else nullcontext(days) as days:  # every training snapshot reads all of it
         snapshots = [build_features(days, cutoff, cfg) for cutoff in built]
-        snapshots.append(build_features(days, as_of, cfg, scoring=True))
+        totals = summaries.totals_before(spark, settings, days, events_version, as_of)
+        snapshots.append(build_features(days, as_of, cfg, scoring=True, totals=totals))
         write(reduce(DataFrame.unionByName, snapshots), settings, {**record, "kept": [c.isoformat() for c in kept]})
         excluded = sum(customers_without_history(days, cutoff, cfg.label_window_days) for cutoff in built)
     written = lake.read(spark, settings.lake, lake.FEATURES)
@@ -206,18 +209,33 @@ def default_cutoff(days: DataFrame, label_window_days: int) -> dt.date:
     return latest - dt.timedelta(days=latest.weekday())
 
 
-def build_features(days: DataFrame, cutoff: dt.date, cfg: FeatureSettings, scoring: bool = False) -> DataFrame:
+def build_features(
+    days: DataFrame, cutoff: dt.date, cfg: FeatureSettings, scoring: bool = False, totals: DataFrame | None = None
+) -> DataFrame:
     """One row per customer active before `cutoff`: aggregates, recent sequence, label and split, from the
     customer-day summaries `days` (`summaries.customer_days`, keeping at least `sequence_length + 1` events a day).
 
+    `totals` are the customers' summaries before the cutoff rolled up (`summaries.roll_up`), when the caller keeps
+    them (`summaries.totals_before`); otherwise they are rolled up from `days`. Either way the snapshot reads `days`
+    only for its windowed counts (the last 90 days) and its label.
     A scoring snapshot (`scoring`) has split `score` and no label: nothing after its date is known.
     """
     history = days.filter(F.col("event_date") < cutoff)
-    recent = summaries.recent_events(history)
+    if totals is None:
+        totals = summaries.roll_up(summaries.day_rows(history), cfg.sequence_length + 1)
+    windowed = windowed_counts(history, cutoff)
+    counts = [c for c in windowed.columns if c != "customer_id"]
     rows = (
-        activity(history, cutoff)
-        .join(category_affinity(history), on="customer_id", how="left")
-        .join(recent_sequences(recent, cfg.sequence_length, cfg.category_buckets), on="customer_id", how="left")
+        totals.join(windowed, on="customer_id", how="left")
+        .fillna(0, subset=counts)
+        .withColumn("_steps", recent_sequences(cfg.sequence_length, cfg.category_buckets))
+        .select(
+            "customer_id",
+            *(c for c in counts if not c.startswith("_")),
+            *activity(cutoff),
+            *category_affinity(),
+            *padded_sequences(F.col("_steps"), cfg.sequence_length),
+        )
     )
     if scoring:
         split = F.lit(SCORE_SPLIT)
@@ -239,65 +257,55 @@ def build_features(days: DataFrame, cutoff: dt.date, cfg: FeatureSettings, scori
     )
 
 
-def activity(days: DataFrame, cutoff: dt.date) -> DataFrame:
-    """Recency, frequency, monetary, windowed counts, time patterns and session statistics from the customer's
-    days before the cutoff: one groupBy. A window of N days holds the events of the N days before the cutoff."""
+def windowed_counts(history: DataFrame, cutoff: dt.date) -> DataFrame:
+    """Each customer's funnel events in the 7, 30 and 90 days before the cutoff (a window of N days holds the events
+    of the N days before it), and all events in the last 7 and 30: one groupBy over the last 90 days' summaries."""
+    days_ago = F.datediff(F.lit(cutoff), F.col("event_date"))  # 1 for the day before the cutoff
+
+    def total(column: str, days: int) -> Column:
+        return F.sum(F.when(days_ago <= days, F.col(column)).otherwise(0))
+
+    recent = history.filter(F.col("event_date") >= cutoff - dt.timedelta(days=max(WINDOW_DAYS)))
+    return recent.groupBy("customer_id").agg(
+        *(total(f"n_{event}", days).alias(f"{event}_{days}d") for days in WINDOW_DAYS for event in FUNNEL_EVENTS),
+        total("n", 7).alias("_events_7d"),
+        total("n", 30).alias("_events_30d"),
+    )
+
+
+def activity(cutoff: dt.date) -> list[Column]:
+    """Recency, frequency, monetary, time patterns and session statistics: columns over a customer's totals before
+    the cutoff (`summaries.roll_up`) beside their `windowed_counts`."""
     cutoff_seconds = F.lit(dt.datetime.combine(cutoff, dt.time())).cast("long")
 
     def days_before(column: str) -> Column:
         return (cutoff_seconds - F.col(column).cast("long")) / 86_400.0
 
-    def total(column: str, where: Column | None = None) -> Column:
-        return F.sum(F.col(column) if where is None else F.when(where, F.col(column)).otherwise(0))
-
-    days_ago = F.datediff(F.lit(cutoff), F.col("event_date"))  # 1 for the day before the cutoff
-    windowed = [
-        total(f"n_{event}", days_ago <= days).alias(f"{event}_{days}d")
-        for days in WINDOW_DAYS
-        for event in FUNNEL_EVENTS
-    ]
-    grouped = days.groupBy("customer_id").agg(
-        F.max("last").alias("_last"),
-        F.max("last_purchase").alias("_last_purchase"),
-        F.min("first").alias("_first"),
-        total("n").alias("events"),
-        total("n_purchase").alias("purchases"),
-        F.coalesce(F.sum("revenue"), F.lit(0.0)).alias("revenue"),
-        total("n_view").alias("_views"),
-        total("n_cart").alias("_carts"),
-        total("n", days_ago <= 7).alias("_events_7d"),
-        total("n", days_ago <= 30).alias("_events_30d"),
-        *windowed,
-        total("n", F.dayofweek("event_date").isin(1, 7)).alias("_weekend"),
-        total("n_evening").alias("_evening"),
-        total("n_night").alias("_night"),
-        total("sessions").alias("sessions"),
-        total("session_seconds").alias("_session_seconds"),
-        total("purchase_sessions").alias("_purchase_sessions"),
-    )
-    return grouped.select(
-        "*",
-        days_before("_last").alias("days_since_last_event"),
-        F.coalesce(days_before("_last_purchase"), F.lit(NO_PURCHASE_DAYS)).alias("days_since_last_purchase"),
-        days_before("_first").alias("tenure_days"),
-        (F.col("revenue") / F.greatest(F.col("purchases"), F.lit(1))).alias("avg_order_value"),
-        (F.col("_carts") / F.greatest(F.col("_views"), F.lit(1))).alias("view_to_cart"),
-        (F.col("purchases") / F.greatest(F.col("_carts"), F.lit(1))).alias("cart_to_purchase"),
+    revenue = F.coalesce(F.col("revenue"), F.lit(0.0))
+    return [
+        F.col("n").alias("events"),
+        F.col("n_purchase").alias("purchases"),
+        revenue.alias("revenue"),
+        "sessions",
+        days_before("last").alias("days_since_last_event"),
+        F.coalesce(days_before("last_purchase"), F.lit(NO_PURCHASE_DAYS)).alias("days_since_last_purchase"),
+        days_before("first").alias("tenure_days"),
+        (revenue / F.greatest(F.col("n_purchase"), F.lit(1))).alias("avg_order_value"),
+        (F.col("n_cart") / F.greatest(F.col("n_view"), F.lit(1))).alias("view_to_cart"),
+        (F.col("n_purchase") / F.greatest(F.col("n_cart"), F.lit(1))).alias("cart_to_purchase"),
         # events a day in the last 7 days against the 23 before them (1 = steady, > 1 = heating up)
         ((F.col("_events_7d") / 7.0 + 0.1) / ((F.col("_events_30d") - F.col("_events_7d")) / 23.0 + 0.1)).alias(
             "activity_trend"
         ),
         # the mean gap between consecutive events is the span over the gaps
         (
-            (F.col("_last").cast("long") - F.col("_first").cast("long"))
-            / 3_600.0
-            / F.greatest(F.col("events") - 1, F.lit(1))
+            (F.col("last").cast("long") - F.col("first").cast("long")) / 3_600.0 / F.greatest(F.col("n") - 1, F.lit(1))
         ).alias("mean_gap_hours"),
-        *((F.col(f"_{part}") / F.col("events")).alias(f"{part}_share") for part in ("weekend", "evening", "night")),
-        (F.col("events") / F.col("sessions")).alias("events_per_session"),
-        (F.col("_session_seconds") / 60.0 / F.col("sessions")).alias("avg_session_minutes"),
-        (F.col("_purchase_sessions") / F.col("sessions")).alias("purchase_session_share"),
-    ).drop(*(c for c in grouped.columns if c.startswith("_")))
+        *((F.col(f"n_{part}") / F.col("n")).alias(f"{part}_share") for part in ("weekend", "evening", "night")),
+        (F.col("n") / F.col("sessions")).alias("events_per_session"),
+        (F.col("session_seconds") / 60.0 / F.col("sessions")).alias("avg_session_minutes"),
+        (F.col("purchase_sessions") / F.col("sessions")).alias("purchase_session_share"),
+    ]
 
 
 def labels(days: DataFrame, cutoff: dt.date, cfg: FeatureSettings) -> DataFrame:
@@ -316,90 +324,50 @@ def labels(days: DataFrame, cutoff: dt.date, cfg: FeatureSettings) -> DataFrame:
     )
 
 
-def category_affinity(days: DataFrame) -> DataFrame:
+def category_affinity() -> list[Column]:
     """How concentrated a customer's activity is: distinct categories, the top one's share, entropy (nats); and
-    distinct brands.
-
-    One aggregation by (customer, category) of the days' categories feeds the first three; distinct brands are
-    counted over the days' brands (exact; Spark drops repeated (customer, brand) pairs before the shuffle).
-    """
-    per_category = (
-        days.select("customer_id", F.explode("categories").alias("c"))
-        .groupBy("customer_id", F.col("c.category_id").alias("category_id"))
-        .agg(F.sum("c.n").alias("n"))
-    )
-    brands = (
-        days.select("customer_id", F.explode("brands").alias("brand"))
-        .groupBy("customer_id")
-        .agg(F.count_distinct("brand").alias("distinct_brands"))
-    )
-    totals = per_category.groupBy("customer_id").agg(
-        F.count(F.lit(1)).alias("distinct_categories"),
-        F.sum("n").alias("_total"),
-        F.max("n").alias("_top"),
-        F.sum(F.col("n") * F.log(F.col("n"))).alias("_n_log_n"),
-        F.max(F.struct("n", "category_id"))["category_id"].alias("top_category_id"),  # ties: the higher id
-    )
+    distinct brands. Columns over a customer's totals (`summaries.roll_up`: events per category, distinct brands)."""
+    categories = F.col("categories")
+    total = F.aggregate(categories, F.lit(0).cast("long"), lambda acc, c: acc + c["n"])
+    n_log_n = F.aggregate(categories, F.lit(0.0), lambda acc, c: acc + c["n"] * F.log(c["n"]))
+    by_events = F.transform(categories, lambda c: F.struct(c["n"].alias("n"), c["category_id"].alias("category_id")))
     # entropy = log(N) - sum(n log n) / N, with N the customer's events
-    return (
-        totals.select(
-            "customer_id",
-            "distinct_categories",
-            (F.col("_top") / F.col("_total")).alias("top_category_share"),
-            (F.log(F.col("_total")) - F.col("_n_log_n") / F.col("_total")).alias("category_entropy"),
-            "top_category_id",
+    return [
+        F.size(categories).alias("distinct_categories"),
+        (F.array_max(F.transform(categories, lambda c: c["n"])) / total).alias("top_category_share"),
+        (F.log(total) - n_log_n / total).alias("category_entropy"),
+        F.array_max(by_events)["category_id"].alias("top_category_id"),  # ties: the higher id
+        F.size("brands").alias("distinct_brands"),
+    ]
+
+
+def recent_sequences(length: int, category_buckets: int) -> Column:
+    """A customer's last `length` events as (event type, category bucket, gap bucket) structs, most recent last: from
+    `recent` of their totals (`summaries.roll_up`: newest first, one more kept for the oldest event's gap)."""
+    events = F.col("recent")
+
+    def step(event: Column, i: Column) -> Column:
+        gap = event["event_time"].cast("long") - F.get(events, i + 1)["event_time"].cast("long")  # older neighbour
+        gap_bucket = F.when(gap.isNull(), 1)
+        for n, bound in enumerate(GAP_BUCKET_SECONDS):
+            gap_bucket = gap_bucket.when(gap <= bound, n + 2)
+        category_hash = F.xxhash64(F.coalesce(event["category_id"], F.lit(-1)))
+        return F.struct(
+            F.element_at(_lookup(EVENT_TYPE_IDS), event["event_type"]).cast("int").alias("event_type_id"),
+            (1 + F.pmod(category_hash, F.lit(category_buckets - 1))).cast("int").alias("category_bucket"),
+            gap_bucket.otherwise(len(GAP_BUCKET_SECONDS) + 2).alias("gap_bucket"),
         )
-        .join(brands, on="customer_id", how="left")
-        .fillna(0, subset=["distinct_brands"])
-    )
+
+    return F.reverse(F.transform(F.slice(events, 1, length), step))
 
 
-def recent_sequences(events: DataFrame, length: int, category_buckets: int) -> DataFrame:
-    """The last `length` of `events` (`summaries.RECENT_FIELDS`) per customer as fixed-length int arrays: left-padded
-    with 0, most recent last.
-
-    Skew-safe and one small shuffle: `row_number() <= length + 1` over the customer's events becomes Spark's window
-    group limit, which keeps at most that many rows per customer in every input partition before the exchange, so
-    even a customer with a million events ships a few hundred rows. The extra row gives the oldest kept event its gap.
-    Events at the same instant are ordered by type and product: with the customer and time, that is the event key.
-    """
-    latest_first = summaries.latest_first(["customer_id"])
-    event_type_id = F.element_at(_lookup(EVENT_TYPE_IDS), F.col("event_type")).cast("int")
-    category_hash = F.xxhash64(F.coalesce(F.col("category_id"), F.lit(-1)))
-    category_bucket = (1 + F.pmod(category_hash, F.lit(category_buckets - 1))).cast("int")
-    gap = F.col("event_time").cast("long") - F.col("previous_time").cast("long")
-    gap_bucket = F.when(gap.isNull(), 1)
-    for i, bound in enumerate(GAP_BUCKET_SECONDS):
-        gap_bucket = gap_bucket.when(gap <= bound, i + 2)
-    recent = (
-        events.select("customer_id", *summaries.RECENT_FIELDS)
-        .withColumn("recency_rank", F.row_number().over(latest_first))
-        .filter(F.col("recency_rank") <= length + 1)
-        .withColumn("previous_time", F.lead("event_time").over(latest_first))
-        .withColumn("gap_bucket", gap_bucket.otherwise(len(GAP_BUCKET_SECONDS) + 2))
-        .filter(F.col("recency_rank") <= length)
-        .groupBy("customer_id")
-        .agg(
-            F.sort_array(
-                F.collect_list(
-                    F.struct(
-                        (-F.col("recency_rank")).alias("order"),
-                        event_type_id.alias("event_type_id"),
-                        category_bucket.alias("category_bucket"),
-                        "gap_bucket",
-                    )
-                )
-            ).alias("recent")
-        )
-    )
-    padding = F.array_repeat(F.lit(0), F.lit(length) - F.size("recent"))
-    return recent.select(
-        "customer_id",
-        *(
-            F.concat(padding, F.col(f"recent.{field}")).alias(name)
-            for field, name in zip(["event_type_id", "category_bucket", "gap_bucket"], SEQUENCE_COLUMNS, strict=True)
-        ),
-    )
+def padded_sequences(steps: Column, length: int) -> list[Column]:
+    """`recent_sequences` as the fixed-length int arrays the model reads (SEQUENCE_COLUMNS), left-padded with 0."""
+    padding = F.array_repeat(F.lit(0), F.lit(length) - F.size(steps))
+    return [
+        F.concat(padding, steps.getField(field)).alias(name)
+        for field, name in zip(["event_type_id", "category_bucket", "gap_bucket"], SEQUENCE_COLUMNS, strict=True)
+    ]
 
 
 def customers_without_history(days: DataFrame, cutoff: dt.date, label_window_days: int) -> int:

@@ -57,6 +57,7 @@ def summary(results: dict[str, dict], settings: Settings) -> str:
         lake.QUARANTINE,
         lake.INGEST_AUDIT,
         lake.CUSTOMER_DAYS,
+        lake.CUSTOMER_TOTALS,
         lake.FEATURES,
         lake.SCORES,
         lake.SEGMENTS,

@@ -12,6 +12,9 @@ sequence needs, plus one for its first gap).
 Each commit records the events version it reflects. Featurize uses the table only when that is exactly the events
 version it builds from; otherwise (a lake made before this table, a kill between the events commit and this one,
 an older events version) the summaries are made from the events, and written when they are the latest.
+
+Customer totals roll a customer's days up into one row of the same columns (`roll_up`). Featurize keeps them for the
+scoring snapshot in their own table (`totals_before`), a few days behind the scoring date, and rolls them forward.
 """
 
 from __future__ import annotations
@@ -20,7 +23,7 @@ import datetime as dt
 import json
 import logging
 
-from pyspark.sql import DataFrame, SparkSession, Window
+from pyspark.sql import Column, DataFrame, SparkSession, Window
 from pyspark.sql import functions as F
 
 from behavior_spark import lake
@@ -31,6 +34,17 @@ log = logging.getLogger(__name__)
 
 KEYS = ["customer_id", "event_date"]
 RECENT_FIELDS = ["event_time", "event_type", "product_id", "category_id"]
+COUNTS = [
+    "n",
+    *(f"n_{event}" for event in EVENT_TYPES),
+    "n_evening",
+    "n_night",
+    "n_weekend",
+    "sessions",
+    "session_seconds",
+    "purchase_sessions",
+]
+TOTAL_COLUMNS = [*COUNTS, "first", "last", "last_purchase", "revenue", "categories", "brands", "recent"]
 
 
 def recent_per_day(settings: Settings) -> int:
@@ -104,12 +118,107 @@ def latest_first(partition: list[str]) -> Window:
     )
 
 
-def recent_events(days: DataFrame) -> DataFrame:
-    """The days' kept last events, as rows (customer_id and RECENT_FIELDS): a customer's last events are among them,
-    whatever the sequence length up to the one the days were kept for."""
-    return days.select("customer_id", F.explode("recent").alias("e")).select(
-        "customer_id", *(F.col(f"e.{field}").alias(field) for field in RECENT_FIELDS)
+def day_rows(days: DataFrame) -> DataFrame:
+    """Customer-day summaries in the columns of customer totals (`roll_up`): their weekend events counted, the day
+    dropped."""
+    weekend = F.dayofweek("event_date").isin(1, 7)
+    return days.withColumn("n_weekend", F.when(weekend, F.col("n")).otherwise(F.lit(0)).cast("long")).select(
+        "customer_id", *TOTAL_COLUMNS
     )
+
+
+def roll_up(rows: DataFrame, recent: int) -> DataFrame:
+    """Summaries (`day_rows`, or earlier totals with the days since) rolled up to one row per customer, in the same
+    columns: counts, sessions and revenue summed, the first and last times kept, each category's events summed, the
+    brands merged, the customer's last `recent` events kept (newest first). Rolling up totals with later days equals
+    rolling up all the days. Every part is a groupBy with map-side combining; a customer's last events are the first
+    of their rows' kept events, sorted (a few per day: a heavy customer's array is bounded by their days).
+    """
+    categories = (
+        rows.select("customer_id", F.explode("categories").alias("c"))
+        .groupBy("customer_id", F.col("c.category_id").alias("category_id"))
+        .agg(F.sum("c.n").cast("long").alias("n"))
+        .groupBy("customer_id")
+        .agg(F.collect_list(F.struct("category_id", "n")).alias("categories"))
+    )
+    brands = (
+        rows.select("customer_id", F.explode("brands").alias("brand"))
+        .groupBy("customer_id")
+        .agg(F.array_sort(F.collect_set("brand")).alias("brands"))
+    )
+    totals = rows.groupBy("customer_id").agg(
+        *(F.sum(c).cast("long").alias(c) for c in COUNTS),
+        F.min("first").alias("first"),
+        F.max("last").alias("last"),
+        F.max("last_purchase").alias("last_purchase"),
+        F.sum("revenue").alias("revenue"),
+        newest_first(F.flatten(F.collect_list("recent")), recent).alias("recent"),
+    )
+    no_brands = F.array().cast(rows.schema["brands"].dataType)
+    return (
+        totals.join(categories, on="customer_id")
+        .join(brands, on="customer_id", how="left")
+        .withColumn("brands", F.coalesce("brands", no_brands))
+        .select("customer_id", *TOTAL_COLUMNS)
+    )
+
+
+def newest_first(events: Column, keep: int) -> Column:
+    """The first `keep` of an array of recent events (RECENT_FIELDS) in the order of `latest_first`: newest first,
+    events at the same instant by type and product, descending (a null product last)."""
+    by_key = F.transform(events, lambda e: F.struct(e["event_time"], e["event_type"], e["product_id"], e.alias("e")))
+    return F.transform(F.slice(F.sort_array(by_key, asc=False), 1, keep), lambda k: k["e"])
+
+
+def totals_before(
+    spark: SparkSession, settings: Settings, days: DataFrame, events_version: int, as_of: dt.date
+) -> DataFrame:
+    """Every customer's summaries before `as_of`, rolled up (`roll_up`): the kept totals plus the days since.
+
+    The customer-totals table keeps the summaries rolled up through a date `features.totals_lag_days` before the
+    scoring date. A run rolls up the kept totals with the days after them, so it reads one row per customer and a
+    few days, not the history. The kept totals serve while no day before their date has changed since
+    (`changed_days`); late events for an earlier day, a rebuild of the summaries or another definition make them
+    anew from every day. Runs on another events version than the summaries table's neither read nor write them.
+    """
+    recent = recent_per_day(settings)
+    if not reflects(recorded_commit(spark, settings), events_version, recent):
+        return roll_up(day_rows(days.filter(F.col("event_date") < as_of)), recent)
+    target = as_of - dt.timedelta(days=settings.features.totals_lag_days)
+    through = kept_totals_date(spark, settings, events_version, as_of)
+    if through is None or through < target:
+        since = F.col("event_date") >= through if through else F.lit(True)
+        rows = day_rows(days.filter(since & (F.col("event_date") < target)))
+        if through is not None:
+            rows = lake.read(spark, settings.lake, lake.CUSTOMER_TOTALS).unionByName(rows)
+        metadata = {
+            "events_version": events_version,
+            "recent_per_day": recent,
+            "through": target.isoformat(),
+            "rolled_from": through.isoformat() if through else None,  # None: made from every day
+        }
+        log.info("customer totals through %s: %s", target, f"rolled from {through}" if through else "made anew")
+        lake.overwrite(roll_up(rows, recent), settings.lake, lake.CUSTOMER_TOTALS, userMetadata=json.dumps(metadata))
+        through = target
+    since = day_rows(days.filter((F.col("event_date") >= through) & (F.col("event_date") < as_of)))
+    return roll_up(lake.read(spark, settings.lake, lake.CUSTOMER_TOTALS).unionByName(since), recent)
+
+
+def kept_totals_date(spark: SparkSession, settings: Settings, events_version: int, as_of: dt.date) -> dt.date | None:
+    """The date the kept customer totals reach (they hold every day before it), when they can serve a run on
+    `events_version` as of `as_of`: kept with as many recent events a day, not after `as_of`, and no day before
+    their date changed since. None otherwise."""
+    if not lake.exists(spark, settings.lake, lake.CUSTOMER_TOTALS):
+        return None
+    row = lake.history(spark, lake.path(settings.lake, lake.CUSTOMER_TOTALS), 1).select("userMetadata").first()
+    kept = json.loads(row["userMetadata"] or "{}")
+    if "through" not in kept or kept["recent_per_day"] != recent_per_day(settings):
+        return None
+    through = dt.date.fromisoformat(kept["through"])
+    changed = changed_days(spark, settings, kept["events_version"], events_version)
+    if through > as_of or changed is None or any(day < through for day in changed):
+        return None
+    return through
 
 
 def update(spark: SparkSession, settings: Settings, days: list[dt.date], events_before: int) -> str:

@@ -4,6 +4,7 @@ keeping the training snapshots whose inputs did not change, builds the features 
 delivery."""
 
 import datetime as dt
+import json
 import random
 
 from delta.tables import DeltaTable
@@ -39,6 +40,7 @@ def test_summaries_kept_by_ingest_equal_the_summaries_of_all_events(spark, tmp_p
             "features.cutoffs=2",
             "features.cutoff_step_days=2",
             "features.sequence_length=4",  # short: days hold more events than a sequence keeps
+            "features.totals_lag_days=4",  # the kept totals reach the previous delivery's first day
         ],
     )
     by_day = raw_lines_by_day(spark, settings)
@@ -46,12 +48,17 @@ def test_summaries_kept_by_ingest_equal_the_summaries_of_all_events(spark, tmp_p
     per_delivery = len(days) // DELIVERIES + 1
     draw = random.Random(18)
     held_back: list[str] = []
+    # some lines of the second delivery's last day arrive with the last one: after the kept totals hold that day,
+    # but after the label window of the earlier cutoff (whose snapshot is still kept)
+    very_late = by_day[days[7]][::7]
     outcomes, kept_with_rows = [], []
     for n in range(DELIVERIES):
         lines = [line for day in days[n * per_delivery : (n + 1) * per_delivery] for line in by_day[day]]
+        lines = [line for line in lines if line not in set(very_late)]
         draw.shuffle(lines)
         late = [] if n == DELIVERIES - 1 else lines[: len(lines) // 5]  # a fifth of the lines arrive a delivery late
-        land(tmp_path / "raw" / f"delivery-{n}", "events.csv", lines[len(late) :] + held_back + lines[:3])
+        oldest = very_late if n == DELIVERIES - 1 else []  # they change a day the kept totals hold
+        land(tmp_path / "raw" / f"delivery-{n}", "events.csv", lines[len(late) :] + held_back + oldest + lines[:3])
         held_back = late
         if n == 1:  # a source re-sends an earlier file under another name: its lines are replays
             land(tmp_path / "raw" / "resent", "events.csv", by_day[days[0]])
@@ -71,6 +78,10 @@ def test_summaries_kept_by_ingest_equal_the_summaries_of_all_events(spark, tmp_p
     replaced = history.filter(F.col("operationParameters")["predicate"].contains("event_date IN")).count()
     assert replaced >= DELIVERIES - 2  # every batch but the first and the one after the compaction replaced its days
     assert outcomes == sorted(outcomes)
+    totals = DeltaTable.forPath(spark, lake.path(settings.lake, lake.CUSTOMER_TOTALS)).history()
+    rolled_from = [json.loads(r[0]).get("rolled_from") for r in totals.select("userMetadata").collect()]
+    assert rolled_from[0] is None, "the late lines of an old day did not make the kept totals anew"
+    assert any(rolled_from), "no run rolled the kept totals forward: the incremental path did not run"
     assert kept_with_rows, "no delivery kept a training snapshot with rows: the incremental path did not run"
     assert result["kept_cutoffs"] != result["cutoffs"]  # the last delivery's late lines reach one label window
 
