@@ -40,7 +40,7 @@ def test_summaries_kept_by_ingest_equal_the_summaries_of_all_events(spark, tmp_p
             "features.cutoffs=2",
             "features.cutoff_step_days=2",
             "features.sequence_length=4",  # short: days hold more events than a sequence keeps
-            "features.totals_lag_days=4",  # the kept totals reach the previous delivery's first day
+            "features.totals_lag_days=4",  # deliveries of four days: the kept totals reach each one's first day
         ],
     )
     by_day = raw_lines_by_day(spark, settings)
@@ -48,16 +48,16 @@ def test_summaries_kept_by_ingest_equal_the_summaries_of_all_events(spark, tmp_p
     per_delivery = len(days) // DELIVERIES + 1
     draw = random.Random(18)
     held_back: list[str] = []
-    # some lines of the second delivery's last day arrive with the last one: after the kept totals hold that day,
-    # but after the label window of the earlier cutoff (whose snapshot is still kept)
-    very_late = by_day[days[7]][::7]
+    # some lines of the second delivery's last day arrive with the last delivery: the kept totals hold that day by
+    # then, but it lies after the earlier cutoff's label window (whose snapshot is still kept)
+    very_late = set(by_day[days[7]][::7])
     outcomes, kept_with_rows = [], []
     for n in range(DELIVERIES):
         lines = [line for day in days[n * per_delivery : (n + 1) * per_delivery] for line in by_day[day]]
-        lines = [line for line in lines if line not in set(very_late)]
+        lines = [line for line in lines if line not in very_late]
         draw.shuffle(lines)
         late = [] if n == DELIVERIES - 1 else lines[: len(lines) // 5]  # a fifth of the lines arrive a delivery late
-        oldest = very_late if n == DELIVERIES - 1 else []  # they change a day the kept totals hold
+        oldest = sorted(very_late) if n == DELIVERIES - 1 else []  # they change a day the kept totals hold
         land(tmp_path / "raw" / f"delivery-{n}", "events.csv", lines[len(late) :] + held_back + oldest + lines[:3])
         held_back = late
         if n == 1:  # a source re-sends an earlier file under another name: its lines are replays
