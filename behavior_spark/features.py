@@ -88,19 +88,21 @@ def run(spark: SparkSession, settings: Settings) -> dict:
         cfg.events_version if cfg.events_version is not None else lake.version(spark, settings.lake, lake.EVENTS)
     )
     days = summaries.for_events(spark, settings, events_version)
-    cutoffs = cutoff_dates(days, cfg)
-    as_of = settings.score.scoring_date or default_scoring_date(days)
+    commits = summaries.commit_log(spark, settings)  # read once, after a rebuild `for_events` may have made
+    last_day = last_event_day(days)
+    cutoffs = cutoff_dates(last_day, cfg)
+    as_of = settings.score.scoring_date or last_day + dt.timedelta(days=1)  # today's picture: the day after the last
     record = {
         "events_version": events_version,
         "cutoffs": [c.isoformat() for c in cutoffs],
         "scoring_date": as_of.isoformat(),
         **definition(cfg),
     }
-    kept = [cutoff for cutoff in reusable_cutoffs(spark, settings, record) if cutoff != as_of]
+    kept = [cutoff for cutoff in reusable_cutoffs(spark, settings, record, commits) if cutoff != as_of]
     built = [cutoff for cutoff in cutoffs if cutoff not in kept]
     with materialized(days) if built else nullcontext(days) as days:  # every training snapshot reads all of it
         snapshots = [build_features(days, cutoff, cfg) for cutoff in built]
-        totals = summaries.totals_before(spark, settings, days, events_version, as_of)
+        totals = summaries.totals_before(spark, settings, days, events_version, as_of, commits)
         snapshots.append(build_features(days, as_of, cfg, scoring=True, totals=totals))
         write(reduce(DataFrame.unionByName, snapshots), settings, {**record, "kept": [c.isoformat() for c in kept]})
         excluded = sum(customers_without_history(days, cutoff, cfg.label_window_days) for cutoff in built)
@@ -131,16 +133,15 @@ def definition(cfg: FeatureSettings) -> dict:
     }
 
 
-def reusable_cutoffs(spark: SparkSession, settings: Settings, record: dict) -> list[dt.date]:
+def reusable_cutoffs(spark: SparkSession, settings: Settings, record: dict, commits: list[dict]) -> list[dt.date]:
     """The training snapshots of the table's latest version this run can keep as they are: built with the same
-    definition for a cutoff this run wants, from summaries that changed since (`summaries.changed_days`) only on or
-    after the end of that cutoff's label window. A snapshot reads nothing later, so its rows would come out equal."""
-    if not lake.exists(spark, settings.lake, lake.FEATURES):
-        return []
+    definition for a cutoff this run wants, from summaries that changed since (`summaries.changed_days` over their
+    `commits`) only on or after the end of that cutoff's label window. A snapshot reads nothing later, so its rows
+    would come out equal."""
     previous = recorded_run(spark, settings)
     if any(previous.get(key) != value for key, value in definition(settings.features).items()):
-        return []
-    changed = summaries.changed_days(spark, settings, previous["events_version"], record["events_version"])
+        return []  # another definition, or no table yet
+    changed = summaries.changed_days(commits, previous["events_version"], record["events_version"])
     if changed is None:
         return []
     window = dt.timedelta(days=settings.features.label_window_days)
@@ -165,12 +166,12 @@ def write(table: DataFrame, settings: Settings, record: dict) -> None:
     )
 
 
-def default_scoring_date(days: DataFrame) -> dt.date:
-    """The day after the last event day: today's picture, when the events run up to yesterday."""
+def last_event_day(days: DataFrame) -> dt.date:
+    """The last day with events in the customer-day summaries `days`."""
     last_day = days.agg(F.max("event_date")).first()[0]
     if last_day is None:
         raise ValueError("the events table is empty: ingest some events before featurizing")
-    return last_day + dt.timedelta(days=1)
+    return last_day
 
 
 def scoring_date(spark: SparkSession, settings: Settings) -> dt.date:
@@ -185,26 +186,24 @@ def scoring_date(spark: SparkSession, settings: Settings) -> dt.date:
 
 
 def recorded_run(spark: SparkSession, settings: Settings, version: int | None = None) -> dict:
-    """What a features-table version was built from (events version, cutoffs, feature list): to rebuild it exactly."""
-    history = lake.history(spark, lake.path(settings.lake, lake.FEATURES))
-    if version is not None:
-        history = history.filter(F.col("version") == version)
-    row = history.orderBy(F.desc("version")).select("userMetadata").first()
-    return json.loads(row[0])
+    """What a features-table version (by default the latest) was built from (events version, cutoffs, feature
+    list): to rebuild it exactly. Empty where there is no table."""
+    commits = lake.commits(spark, lake.path(settings.lake, lake.FEATURES), None if version is not None else 1)
+    row = next((c for c in commits if version is None or c["version"] == version), None)
+    return json.loads(row["userMetadata"] or "{}") if row else {}
 
 
-def cutoff_dates(days: DataFrame, cfg: FeatureSettings) -> list[dt.date]:
-    """The configured cutoff (or the latest with a full label window after it), and earlier ones a step apart."""
-    latest = cfg.cutoff or default_cutoff(days, cfg.label_window_days)
+def cutoff_dates(last_day: dt.date, cfg: FeatureSettings) -> list[dt.date]:
+    """The configured cutoff (or the latest with a full label window after `last_day`), and earlier ones a step
+    apart."""
+    latest = cfg.cutoff or default_cutoff(last_day, cfg.label_window_days)
     return sorted(latest - dt.timedelta(days=i * cfg.cutoff_step_days) for i in range(cfg.cutoffs))
 
 
-def default_cutoff(days: DataFrame, label_window_days: int) -> dt.date:
-    """The latest cutoff that still has a full label window of data after it, moved back to its Monday: the training
-    snapshots then stay the same for a week, and the daily runs of that week keep them instead of rebuilding."""
-    last_day = days.agg(F.max("event_date")).first()[0]
-    if last_day is None:
-        raise ValueError("the events table is empty: ingest some events before featurizing")
+def default_cutoff(last_day: dt.date, label_window_days: int) -> dt.date:
+    """The latest cutoff that still has a full label window of data up to `last_day`, moved back to its Monday: the
+    training snapshots then stay the same for a week, and the daily runs of that week keep them instead of
+    rebuilding."""
     latest = last_day - dt.timedelta(days=label_window_days - 1)
     return latest - dt.timedelta(days=latest.weekday())
 

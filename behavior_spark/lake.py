@@ -13,7 +13,7 @@ import uuid
 from collections.abc import Iterator
 
 from pyspark.errors import AnalysisException
-from pyspark.sql import DataFrame, SparkSession
+from pyspark.sql import DataFrame, Row, SparkSession
 
 from behavior_spark import artifacts
 from behavior_spark.config import LakeSettings
@@ -70,15 +70,31 @@ def is_table(spark: SparkSession, location: str) -> bool:
     try:
         spark.sql(f"DESCRIBE DETAIL {sql_name(location)}").first()
     except AnalysisException as error:
-        if error.getCondition() == "DELTA_MISSING_DELTA_TABLE":
+        if not_a_table(error):
             return False
         raise
     return True
 
 
+def not_a_table(error: AnalysisException) -> bool:
+    """Whether Delta refused a statement because no Delta table is at the path it named."""
+    return error.getCondition() in ("DELTA_MISSING_DELTA_TABLE", "DELTA_TABLE_ONLY_OPERATION")
+
+
 def history(spark: SparkSession, location: str, limit: int | None = None) -> DataFrame:
     """The table's commits, newest first: version, operation, operationMetrics, userMetadata, ..."""
     return spark.sql(f"DESCRIBE HISTORY {sql_name(location)}" + (f" LIMIT {int(limit)}" if limit else ""))
+
+
+def commits(spark: SparkSession, location: str, limit: int | None = None) -> list[Row]:
+    """The table's commits, newest first (version, userMetadata, operationMetrics), read from its log at once;
+    none where there is no table at `location`. One commit a write: bounded by the log's retention, not the data."""
+    try:
+        return history(spark, location, limit).select("version", "userMetadata", "operationMetrics").collect()
+    except AnalysisException as error:
+        if not_a_table(error):
+            return []
+        raise
 
 
 def properties(spark: SparkSession, location: str) -> dict[str, str]:
@@ -127,9 +143,8 @@ def version(spark: SparkSession, lake: LakeSettings, table: str) -> int:
 
 def version_at(spark: SparkSession, location: str) -> int:
     """The latest committed version of the table at `location`, or -1 where there is no table yet."""
-    if not is_table(spark, location):
-        return -1
-    return history(spark, location, 1).select("version").first()[0]
+    newest = commits(spark, location, 1)
+    return newest[0]["version"] if newest else -1
 
 
 def commit_metrics(spark: SparkSession, location: str, after_version: int) -> dict[str, str]:
@@ -138,8 +153,5 @@ def commit_metrics(spark: SparkSession, location: str, after_version: int) -> di
 
     Not "the latest commit": an auto-compaction or another writer may have committed after this write.
     """
-    if not is_table(spark, location):
-        return {}
-    recent = history(spark, location, 20).filter(f"version = {after_version + 1}")
-    row = recent.select("operationMetrics").first()
-    return dict(row[0] or {}) if row else {}
+    row = next((c for c in commits(spark, location, 20) if c["version"] == after_version + 1), None)
+    return dict(row["operationMetrics"] or {}) if row else {}

@@ -131,35 +131,39 @@ def roll_up(rows: DataFrame, recent: int) -> DataFrame:
     """Summaries (`day_rows`, or earlier totals with the days since) rolled up to one row per customer, in the same
     columns: counts, sessions and revenue summed, the first and last times kept, each category's events summed, the
     brands merged, the customer's last `recent` events kept (newest first). Rolling up totals with later days equals
-    rolling up all the days. Every part is a groupBy with map-side combining; a customer's last events are the first
-    of their rows' kept events, sorted (a few per day: a heavy customer's array is bounded by their days).
+    rolling up all the days. One groupBy: the arrays are gathered per customer and merged with higher-order functions
+    (a heavy customer's arrays are bounded by their days times what a day keeps, and by their distinct categories).
     """
-    categories = (
-        rows.select("customer_id", F.explode("categories").alias("c"))
-        .groupBy("customer_id", F.col("c.category_id").alias("category_id"))
-        .agg(F.sum("c.n").cast("long").alias("n"))
-        .groupBy("customer_id")
-        .agg(F.collect_list(F.struct("category_id", "n")).alias("categories"))
-    )
-    brands = (
-        rows.select("customer_id", F.explode("brands").alias("brand"))
-        .groupBy("customer_id")
-        .agg(F.array_sort(F.collect_set("brand")).alias("brands"))
-    )
-    totals = rows.groupBy("customer_id").agg(
-        *(F.sum(c).cast("long").alias(c) for c in COUNTS),
-        F.min("first").alias("first"),
-        F.max("last").alias("last"),
-        F.max("last_purchase").alias("last_purchase"),
-        F.sum("revenue").alias("revenue"),
-        newest_first(F.flatten(F.collect_list("recent")), recent).alias("recent"),
-    )
-    no_brands = F.array().cast(rows.schema["brands"].dataType)
     return (
-        totals.join(categories, on="customer_id")
-        .join(brands, on="customer_id", how="left")
-        .withColumn("brands", F.coalesce("brands", no_brands))
+        rows.groupBy("customer_id")
+        .agg(
+            *(F.sum(c).cast("long").alias(c) for c in COUNTS),
+            F.min("first").alias("first"),
+            F.max("last").alias("last"),
+            F.max("last_purchase").alias("last_purchase"),
+            F.sum("revenue").alias("revenue"),
+            summed_by_category(F.flatten(F.collect_list("categories"))).alias("categories"),
+            F.array_sort(F.array_distinct(F.flatten(F.collect_list("brands")))).alias("brands"),
+            newest_first(F.flatten(F.collect_list("recent")), recent).alias("recent"),
+        )
         .select("customer_id", *TOTAL_COLUMNS)
+    )
+
+
+def summed_by_category(entries: Column) -> Column:
+    """(category_id, n) entries merged: one per category (a missing category too), its events summed, in category
+    order (the same rows give the same array)."""
+    ids = F.array_sort(F.array_distinct(F.transform(entries, lambda c: c["category_id"])))
+    return F.transform(
+        ids,
+        lambda k: F.struct(
+            k.alias("category_id"),
+            F.aggregate(
+                F.filter(entries, lambda c: c["category_id"].eqNullSafe(k)),
+                F.lit(0).cast("long"),
+                lambda total, c: total + c["n"],
+            ).alias("n"),
+        ),
     )
 
 
@@ -171,7 +175,7 @@ def newest_first(events: Column, keep: int) -> Column:
 
 
 def totals_before(
-    spark: SparkSession, settings: Settings, days: DataFrame, events_version: int, as_of: dt.date
+    spark: SparkSession, settings: Settings, days: DataFrame, events_version: int, as_of: dt.date, commits: list[dict]
 ) -> DataFrame:
     """Every customer's summaries before `as_of`, rolled up (`roll_up`): the kept totals plus the days since.
 
@@ -180,12 +184,13 @@ def totals_before(
     few days, not the history. The kept totals serve while no day before their date has changed since
     (`changed_days`); late events for an earlier day, a rebuild of the summaries or another definition make them
     anew from every day. Runs on another events version than the summaries table's neither read nor write them.
+    `commits` is the summaries table's `commit_log`.
     """
     recent = recent_per_day(settings)
-    if not reflects(recorded_commit(spark, settings), events_version, recent):
+    if not reflects(commits[0] if commits else {}, events_version, recent):
         return roll_up(day_rows(days.filter(F.col("event_date") < as_of)), recent)
     target = as_of - dt.timedelta(days=settings.features.totals_lag_days)
-    through = kept_totals_date(spark, settings, events_version, as_of)
+    through = kept_totals_date(spark, settings, events_version, as_of, commits)
     if through is None or through < target:
         since = F.col("event_date") >= through if through else F.lit(True)
         rows = day_rows(days.filter(since & (F.col("event_date") < target)))
@@ -204,18 +209,18 @@ def totals_before(
     return roll_up(lake.read(spark, settings.lake, lake.CUSTOMER_TOTALS).unionByName(since), recent)
 
 
-def kept_totals_date(spark: SparkSession, settings: Settings, events_version: int, as_of: dt.date) -> dt.date | None:
+def kept_totals_date(
+    spark: SparkSession, settings: Settings, events_version: int, as_of: dt.date, commits: list[dict]
+) -> dt.date | None:
     """The date the kept customer totals reach (they hold every day before it), when they can serve a run on
     `events_version` as of `as_of`: kept with as many recent events a day, not after `as_of`, and no day before
-    their date changed since. None otherwise."""
-    if not lake.exists(spark, settings.lake, lake.CUSTOMER_TOTALS):
-        return None
-    row = lake.history(spark, lake.path(settings.lake, lake.CUSTOMER_TOTALS), 1).select("userMetadata").first()
-    kept = json.loads(row["userMetadata"] or "{}")
+    their date changed since (in the summaries' `commits`). None otherwise."""
+    newest = lake.commits(spark, lake.path(settings.lake, lake.CUSTOMER_TOTALS), 1)
+    kept = json.loads(newest[0]["userMetadata"] or "{}") if newest else {}
     if "through" not in kept or kept["recent_per_day"] != recent_per_day(settings):
         return None
     through = dt.date.fromisoformat(kept["through"])
-    changed = changed_days(spark, settings, kept["events_version"], events_version)
+    changed = changed_days(commits, kept["events_version"], events_version)
     if through > as_of or changed is None or any(day < through for day in changed):
         return None
     return through
@@ -282,26 +287,30 @@ def for_events(spark: SparkSession, settings: Settings, events_version: int) -> 
     return customer_days(events, wanted)
 
 
+def commit_log(spark: SparkSession, settings: Settings, limit: int | None = None) -> list[dict]:
+    """The summaries table's commits, newest first: each one's version and what it recorded (`_metadata`: the
+    events version it reflects, the recent events a day, the days it replaced); empty when there is no table."""
+    location = lake.path(settings.lake, lake.CUSTOMER_DAYS)
+    return [
+        {**json.loads(c["userMetadata"] or "{}"), "version": c["version"]} for c in lake.commits(spark, location, limit)
+    ]
+
+
 def recorded_commit(spark: SparkSession, settings: Settings) -> dict:
-    """The latest commit of the summaries table: its version, and the events version and recent events per day it
-    recorded (empty when there is no table)."""
-    if not lake.exists(spark, settings.lake, lake.CUSTOMER_DAYS):
-        return {}
-    row = lake.history(spark, lake.path(settings.lake, lake.CUSTOMER_DAYS), 1).select("version", "userMetadata").first()
-    return {**json.loads(row["userMetadata"] or "{}"), "version": row["version"]}
+    """The latest commit of the summaries table (`commit_log`); empty when there is no table."""
+    newest = commit_log(spark, settings, 1)
+    return newest[0] if newest else {}
 
 
-def changed_days(spark: SparkSession, settings: Settings, since: int, until: int) -> list[dt.date] | None:
-    """The days whose summaries changed between the events versions `since` and `until`, from the commits that
-    brought the table from one to the other; None when that is not known (a rebuild in between, no commit that
-    reflects `until`, history cleaned up past `since`, or `since` later than `until`): then every day may have
-    changed."""
+def changed_days(commits: list[dict], since: int, until: int) -> list[dt.date] | None:
+    """The days whose summaries changed between the events versions `since` and `until`, from the summaries'
+    commits (`commit_log`) that brought the table from one to the other; None when that is not known (a rebuild in
+    between, no commit that reflects `until`, history cleaned up past `since`, or `since` later than `until`): then
+    every day may have changed."""
     if since == until:
         return []
-    if since > until or not lake.exists(spark, settings.lake, lake.CUSTOMER_DAYS):
+    if since > until:
         return None
-    history = lake.history(spark, lake.path(settings.lake, lake.CUSTOMER_DAYS))
-    commits = [json.loads(r["userMetadata"] or "{}") for r in history.select("userMetadata").collect()]  # one a batch
     between = [c for c in commits if since < c.get("events_version", -1) <= until]
     complete = any(0 <= c.get("events_version", -1) <= since for c in commits)  # history reaches back to `since`
     if not complete or not any(c["events_version"] == until for c in between) or any("days" not in c for c in between):
