@@ -6,7 +6,7 @@ import argparse
 import os
 from pathlib import Path
 
-from bench import feed, gpu_check, incremental, models, pseudonym, score, stages
+from bench import feed, gpu_check, heads, incremental, models, pseudonym, score, stages
 
 BENCHES = {
     "stages": stages.main,
@@ -16,6 +16,7 @@ BENCHES = {
     "models": models.main,
     "incremental": incremental.main,
     "gpu-check": gpu_check.main,
+    "heads": heads.main,
 }
 
 
