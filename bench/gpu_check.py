@@ -3,7 +3,8 @@
 Trains the real model (`train.compiled_model`: the architecture, the loss and Horovod's optimizer, one process) for a
 fixed number of steps and prints samples/s three ways, in one run:
 - the feed alone: this project's Petastorm reader (`behavior_spark.feed`) drained as fast as it delivers;
-- the model alone: the same rows already in memory (`from_tensor_slices`), so the device is the only limit;
+- the model alone: one batch of the same rows held as tensors and fed again and again, so the device is the only
+  limit (slicing rows out of NumPy arrays in `tf.data` costs more than the model on a CPU);
 - the two together: the model trained through the feed, as `train` does.
 If "together" is close to "model alone", the feed keeps up; if it is close to "feed alone", the feed is the limit and
 needs more reader threads (cores) per GPU. Where there is no GPU it measures on the CPU and says so in its first line.
@@ -64,7 +65,6 @@ def main(sizes: list[int], workdir: Path) -> str:
 
 def measure(folder: Path, rows: int) -> tuple[float, float, float]:
     """(feed alone, model on in-memory rows, model through the feed), samples/s."""
-    import numpy as np
     import tensorflow as tf
     from petastorm.spark import make_spark_converter
 
@@ -76,8 +76,7 @@ def measure(folder: Path, rows: int) -> tuple[float, float, float]:
     with warnings.catch_warnings():
         warnings.simplefilter("ignore")
         converter = make_spark_converter(feed.to_wide(data, spec.widths).repartition(4))
-    arrays = data.toPandas()  # the check's own rows, to put them in memory
-    in_memory = {name: np.stack(arrays[name].to_numpy()) for name in spec.widths}
+    inputs, labels = one_batch(data, spec, BATCH)
     spark.stop()
 
     model = single_process_model(spec, tf)
@@ -85,14 +84,24 @@ def measure(folder: Path, rows: int) -> tuple[float, float, float]:
     try:
         fed = train.weighted(feed.batches(reader, spec.widths, train.TARGET_COLUMNS, BATCH), spec, tf)
         feed_rate = drain(iter(fed))
-        labels = {name: arrays[name].to_numpy() for name in train.TARGET_COLUMNS}
-        sliced = tf.data.Dataset.from_tensor_slices((in_memory, labels)).batch(BATCH).repeat()
-        model_rate = fit_rate(model, train.weighted(sliced, spec, tf).prefetch(tf.data.AUTOTUNE))
+        model_rate = fit_rate(model, train.weighted(tf.data.Dataset.from_tensors((inputs, labels)).repeat(), spec, tf))
         together = fit_rate(model, fed)
     finally:
         feed.close(reader)
         converter.delete()
     return feed_rate, model_rate, together
+
+
+def one_batch(data, spec: train.TrainingSpec, rows: int) -> tuple[dict, dict]:
+    """The first `rows` rows of `data` as (inputs, labels) tensors: one batch the model can be fed again and again
+    at no input cost, so the device alone sets the pace."""
+    import numpy as np
+    import tensorflow as tf
+
+    arrays = data.limit(rows).toPandas()
+    inputs = {name: tf.constant(np.stack(arrays[name].to_numpy())) for name in spec.widths}
+    labels = {name: tf.constant(arrays[name].to_numpy()) for name in train.TARGET_COLUMNS}
+    return inputs, labels
 
 
 def check_spec(folder: Path) -> train.TrainingSpec:
@@ -132,8 +141,8 @@ def drain(batches) -> float:
     return STEPS * BATCH / (time.monotonic() - started)
 
 
-def fit_rate(model, dataset) -> float:
+def fit_rate(model, dataset, batch: int = BATCH) -> float:
     model.fit(dataset, steps_per_epoch=2, epochs=1, verbose=0)  # warm-up: graph traced, device memory taken
     started = time.monotonic()
     model.fit(dataset, steps_per_epoch=STEPS, epochs=1, verbose=0)
-    return STEPS * BATCH / (time.monotonic() - started)
+    return STEPS * batch / (time.monotonic() - started)

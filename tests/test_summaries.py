@@ -107,3 +107,21 @@ def assert_features_equal_a_fresh_build(spark, settings, result):
         union = union.unionByName(snapshot)
     assert built.count() > 0
     assertDataFrameEqual(built.select(*union.columns), union)
+
+
+def test_changed_days_are_known_only_from_a_complete_history_of_day_replacements():
+    day = [dt.date(2026, 1, d) for d in range(1, 5)]
+
+    def commit(events_version, *days):  # as `summaries.commit_log` gives them, newest first
+        return {"events_version": events_version, "recent_per_day": 51, "days": [d.isoformat() for d in days]}
+
+    rebuild = {"events_version": 2, "recent_per_day": 51}  # a rebuild records no days: any may have changed
+    log = [commit(5, day[3], day[1]), commit(4, day[2]), commit(3, day[1]), rebuild]
+    assert summaries.changed_days(log, 5, 5) == []
+    assert summaries.changed_days(log, 3, 5) == [day[1], day[2], day[3]]
+    assert summaries.changed_days(log, 4, 5) == [day[1], day[3]]
+    assert summaries.changed_days(log, 2, 3) == [day[1]]
+    assert summaries.changed_days([log[0], {**rebuild, "events_version": 4}, *log[2:]], 3, 5) is None  # rebuilt
+    assert summaries.changed_days(log[:2], 3, 5) is None  # history cleaned up past version 3
+    assert summaries.changed_days(log[1:], 3, 5) is None  # no commit reflects version 5
+    assert summaries.changed_days(log, 5, 3) is None
