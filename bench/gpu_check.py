@@ -4,7 +4,7 @@ Trains the real model (`train.compiled_model`: the architecture, the loss and Ho
 fixed number of steps and prints samples/s three ways, in one run:
 - the feed alone: this project's Petastorm reader (`behavior_spark.feed`) drained as fast as it delivers;
 - the model alone: one batch of the same rows held as tensors and fed again and again, so the device is the only
-  limit (slicing rows out of NumPy arrays in `tf.data` costs more than the model on a CPU);
+  limit (no rows sliced out of arrays per step);
 - the two together: the model trained through the feed, as `train` does.
 If "together" is close to "model alone", the feed keeps up; if it is close to "feed alone", the feed is the limit and
 needs more reader threads (cores) per GPU. Where there is no GPU it measures on the CPU and says so in its first line.

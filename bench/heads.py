@@ -70,9 +70,8 @@ def measure(folder: Path, batch: int) -> tuple[float, float, float, float]:
         )
         for _ in range(ROUNDS)
     ]
-    return tuple(
-        max(column) for column in zip(*rates, strict=True)
-    )  # the best round of each: the machine's noise only slows
+    # the best round of each: the machine's noise only ever slows a round down
+    return tuple(max(column) for column in zip(*rates, strict=True))
 
 
 def propensity_only(model, spec: train.TrainingSpec, tf):
