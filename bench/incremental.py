@@ -1,8 +1,9 @@
 """A daily run against a full run (issue 18): 120 days of history, then one new day.
 
 For each size the generator writes 121 days of raw logs; the first 120 land in the input and are ingested and
-featurized from scratch (the full run), then the last day lands and the daily run ingests it (the customer-day
-summaries of that day are replaced) and featurizes again. Both are timed in the same process, one after the other,
+featurized from scratch (the full run), then the last day lands (with the few events of its sessions past midnight)
+and the daily run ingests it (the customer-day summaries of those days are replaced) and featurizes again, moving
+the scoring date forward as a scheduled run does. Both are timed in the same process, one after the other,
 so the ratio daily / full is measured side by side. Featurize is also set against its floor: one aggregation per
 customer over the summaries it reads.
 """
@@ -74,9 +75,11 @@ def measure(size: int, folder: Path) -> tuple:
 
 
 def write_days(spark: SparkSession, settings, new_day: dt.date, held: str) -> None:
-    """The history's raw files into the input, the new day's under `held`/day (lines without a date: history)."""
+    """The history's raw files into the input; under `held`/day the new day's, and the few later ones of its sessions
+    past midnight, so the daily run's last event day is later than the full run's (lines without a date: history)."""
     raw = generate_events(spark, settings.generate).cache()
-    on_new_day = F.coalesce(F.substring("event_time", 1, 10) == F.lit(new_day.isoformat()), F.lit(False))
-    raw.filter(~on_new_day).write.option("header", True).csv(settings.ingest.input)
-    raw.filter(on_new_day).coalesce(1).write.option("header", True).csv(f"{held}/day")
+    day = F.substring("event_time", 1, 10)
+    from_new_day = F.coalesce(day.rlike(r"^\d{4}-\d{2}-\d{2}$") & (day >= F.lit(new_day.isoformat())), F.lit(False))
+    raw.filter(~from_new_day).write.option("header", True).csv(settings.ingest.input)
+    raw.filter(from_new_day).coalesce(1).write.option("header", True).csv(f"{held}/day")
     raw.unpersist()
