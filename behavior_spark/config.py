@@ -83,7 +83,7 @@ class FeatureSettings(Section):
     label_event: Literal["view", "cart", "remove_from_cart", "purchase", "wishlist"] = "purchase"
     sequence_length: Positive = 50
     category_buckets: Positive = 64
-    totals_lag_days: Positive = 7  # the kept per-customer totals reach this many days before the scoring date
+    totals_lag_days: Positive = 7  # the kept per-customer totals reach 1-2x this many days before the scoring date
     split_train: Annotated[float, Field(gt=0, lt=1)] = 0.7
     split_validation: Fraction = 0.15  # the rest is the test split
 

@@ -14,7 +14,8 @@ version it builds from; otherwise (a lake made before this table, a kill between
 an older events version) the summaries are made from the events, and written when they are the latest.
 
 Customer totals roll a customer's days up into one row of the same columns (`roll_up`). Featurize keeps them for the
-scoring snapshot in their own table (`totals_before`), a few days behind the scoring date, and rolls them forward.
+scoring snapshot in their own table (`totals_before`), one to two lags (`features.totals_lag_days`, a week) behind
+the scoring date, and rolls them forward when they fall further behind.
 """
 
 from __future__ import annotations
@@ -179,19 +180,22 @@ def totals_before(
 ) -> DataFrame:
     """Every customer's summaries before `as_of`, rolled up (`roll_up`): the kept totals plus the days since.
 
-    The customer-totals table keeps the summaries rolled up through a date `features.totals_lag_days` before the
-    scoring date. A run rolls up the kept totals with the days after them, so it reads one row per customer and a
-    few days, not the history. The kept totals serve while no day before their date has changed since
-    (`changed_days`); late events for an earlier day, a rebuild of the summaries or another definition make them
-    anew from every day. Runs on another events version than the summaries table's neither read nor write them.
-    `commits` is the summaries table's `commit_log`.
+    The customer-totals table keeps the summaries rolled up through a date `features.totals_lag_days` (the lag)
+    before the scoring date, or up to twice that: a run rolls up the kept totals with the days after them, so it
+    reads one row per customer and at most twice the lag in days, not the history, and it moves the kept totals
+    forward (writes one row per customer) only when they fall more than twice the lag behind, once every lag days
+    on a daily schedule. The kept totals serve while no day before their date has changed since (`changed_days`);
+    late events for an earlier day, a rebuild of the summaries or another definition make them anew from every day.
+    Runs on another events version than the summaries table's neither read nor write them. `commits` is the
+    summaries table's `commit_log`.
     """
     recent = recent_per_day(settings)
     if not reflects(commits[0] if commits else {}, events_version, recent):
         return roll_up(day_rows(days.filter(F.col("event_date") < as_of)), recent)
-    target = as_of - dt.timedelta(days=settings.features.totals_lag_days)
+    lag = dt.timedelta(days=settings.features.totals_lag_days)
+    target = as_of - lag
     through = kept_totals_date(spark, settings, events_version, as_of, commits)
-    if through is None or through < target:
+    if through is None or through < target - lag:
         since = F.col("event_date") >= through if through else F.lit(True)
         rows = day_rows(days.filter(since & (F.col("event_date") < target)))
         if through is not None:

@@ -40,7 +40,7 @@ def test_summaries_kept_by_ingest_equal_the_summaries_of_all_events(spark, tmp_p
             "features.cutoffs=2",
             "features.cutoff_step_days=2",
             "features.sequence_length=4",  # short: days hold more events than a sequence keeps
-            "features.totals_lag_days=4",  # deliveries of four days: the kept totals reach each one's first day
+            "features.totals_lag_days=3",  # 3 to 6 days behind: the second of these four-day deliveries rolls them
         ],
     )
     by_day = raw_lines_by_day(spark, settings)
@@ -56,12 +56,12 @@ def test_summaries_kept_by_ingest_equal_the_summaries_of_all_events(spark, tmp_p
         lines = [line for day in days[n * per_delivery : (n + 1) * per_delivery] for line in by_day[day]]
         lines = [line for line in lines if line not in very_late]
         draw.shuffle(lines)
-        late = [] if n == DELIVERIES - 1 else lines[: len(lines) // 5]  # a fifth of the lines arrive a delivery late
+        late = [] if n in (0, DELIVERIES - 1) else lines[: len(lines) // 5]  # of the middle ones a fifth arrive late
         oldest = sorted(very_late) if n == DELIVERIES - 1 else []  # they change a day the kept totals hold
         land(tmp_path / "raw" / f"delivery-{n}", "events.csv", lines[len(late) :] + held_back + oldest + lines[:3])
         held_back = late
         if n == 1:  # a source re-sends an earlier file under another name: its lines are replays
-            land(tmp_path / "raw" / "resent", "events.csv", by_day[days[0]])
+            land(tmp_path / "raw" / "resent", "events.csv", by_day[days[2]])
         ingest.run(spark, settings)
         outcomes.append(summaries.recorded_commit(spark, settings)["events_version"])
         events = lake.read(spark, settings.lake, lake.EVENTS)
@@ -73,6 +73,13 @@ def test_summaries_kept_by_ingest_equal_the_summaries_of_all_events(spark, tmp_p
         assert_features_equal_a_fresh_build(spark, settings, result)
         if n == 1:  # another writer (a compaction) commits to the events: the next batch cannot build on the table
             DeltaTable.forPath(spark, lake.path(settings.lake, lake.EVENTS)).optimize().executeCompaction()
+
+    # a day later, with nothing new: the kept totals, now four days behind, serve without being written again
+    totals_commits = len(lake.commits(spark, lake.path(settings.lake, lake.CUSTOMER_TOTALS)))
+    day_later = dt.date.fromisoformat(result["scoring_date"]) + dt.timedelta(days=1)
+    later = settings.model_copy(update={"score": settings.score.model_copy(update={"scoring_date": day_later})})
+    assert_features_equal_a_fresh_build(spark, later, features.run(spark, later))
+    assert len(lake.commits(spark, lake.path(settings.lake, lake.CUSTOMER_TOTALS))) == totals_commits, "written again"
 
     history = DeltaTable.forPath(spark, lake.path(settings.lake, lake.CUSTOMER_DAYS)).history()
     replaced = history.filter(F.col("operationParameters")["predicate"].contains("event_date IN")).count()
