@@ -56,11 +56,14 @@ def test_summaries_kept_by_ingest_equal_the_summaries_of_all_events(spark, tmp_p
         lines = [line for day in days[n * per_delivery : (n + 1) * per_delivery] for line in by_day[day]]
         lines = [line for line in lines if line not in very_late]
         draw.shuffle(lines)
-        late = [] if n in (0, DELIVERIES - 1) else lines[: len(lines) // 5]  # of the middle ones a fifth arrive late
+        # a fifth of the middle deliveries' lines arrive a delivery late (the first's would reach back before the
+        # kept totals' date and make them anew: the second delivery is the one that rolls them forward)
+        late = [] if n in (0, DELIVERIES - 1) else lines[: len(lines) // 5]
         oldest = sorted(very_late) if n == DELIVERIES - 1 else []  # they change a day the kept totals hold
         land(tmp_path / "raw" / f"delivery-{n}", "events.csv", lines[len(late) :] + held_back + oldest + lines[:3])
         held_back = late
-        if n == 1:  # a source re-sends an earlier file under another name: its lines are replays
+        if n == 1:  # a source re-sends an earlier file under another name: its lines are replays (of a day the
+            # kept totals do not hold, for the same reason)
             land(tmp_path / "raw" / "resent", "events.csv", by_day[days[2]])
         ingest.run(spark, settings)
         outcomes.append(summaries.recorded_commit(spark, settings)["events_version"])
