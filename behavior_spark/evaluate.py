@@ -89,8 +89,7 @@ def propensity_metrics(
     model_scores = predicted.select(*keep, F.col("propensity").cast("double").alias("score"))
     scored = {
         "model": (model_scores, True),
-        "logistic_regression": (_mllib(LogisticRegression(maxIter=50, regParam=0.01), train, test), True),
-        "gradient_boosted_trees": (_mllib(GBTClassifier(maxIter=30, maxDepth=5, seed=cfg.seed), train, test), True),
+        **{name: (mllib_scores(fit, train, test), True) for name, fit in mllib_baselines(cfg.seed).items()},
         "recency_frequency": (test.select(*keep, recency_frequency().alias("score")), False),
     }
     if forecasts is not None:
@@ -360,7 +359,15 @@ def roc_auc(labels: np.ndarray, scores: np.ndarray) -> float:
     return float((ranks[positives].sum() - n_pos * (n_pos + 1) / 2) / (n_pos * n_neg))
 
 
-def _mllib(estimator, train: DataFrame, test: DataFrame) -> DataFrame:
+def mllib_baselines(seed: int) -> dict:
+    """The MLlib baselines by name, unfitted: logistic regression and gradient-boosted trees."""
+    return {
+        "logistic_regression": LogisticRegression(maxIter=50, regParam=0.01),
+        "gradient_boosted_trees": GBTClassifier(maxIter=30, maxDepth=5, seed=seed),
+    }
+
+
+def mllib_scores(estimator, train: DataFrame, test: DataFrame) -> DataFrame:
     """Fit an MLlib classifier on the standardised numeric vector; (label, probability of 1) on the test split."""
 
     def prepared(df: DataFrame) -> DataFrame:

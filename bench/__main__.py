@@ -6,7 +6,7 @@ import argparse
 import os
 from pathlib import Path
 
-from bench import feed, gpu_check, heads, incremental, models, pseudonym, score, stages
+from bench import ceiling, feed, gpu_check, heads, incremental, models, pseudonym, score, stages
 
 BENCHES = {
     "stages": stages.main,
@@ -17,6 +17,7 @@ BENCHES = {
     "incremental": incremental.main,
     "gpu-check": gpu_check.main,
     "heads": heads.main,
+    "ceiling": ceiling.main,
 }
 
 
