@@ -53,7 +53,7 @@ def main(sizes: list[int], workdir: Path) -> str:
             pipeline.run_stage(stage, spark, settings)
         metadata = model_artifact.load_metadata(settings.train.model_dir)
         table = lake.read(spark, settings.lake, lake.FEATURES, version=metadata.features_version)
-        scored = test_scores(table, metadata, settings)
+        scored = scored_test_rows(table, metadata, settings)
         auc = {name: evaluate.binary_metrics(df, threshold=0.5)[0]["roc_auc"] for name, df in scored.items()}
         best = max(BASELINES, key=auc.get)
         differences = [evaluate.auc_difference(scored[name], scored[best], settings.train.seed) for name in CHALLENGERS]
@@ -71,7 +71,7 @@ def main(sizes: list[int], workdir: Path) -> str:
     return "\n".join(lines)
 
 
-def test_scores(table: DataFrame, metadata: ModelMetadata, settings: Settings) -> dict[str, DataFrame]:
+def scored_test_rows(table: DataFrame, metadata: ModelMetadata, settings: Settings) -> dict[str, DataFrame]:
     """name -> (key, label, score) of every model on the test split."""
     seed = settings.train.seed
     inputs = table.transform(features.model_inputs, metadata.normalisation).withColumn(
