@@ -6,7 +6,7 @@ import argparse
 import os
 from pathlib import Path
 
-from bench import ceiling, feed, gpu_check, heads, incremental, models, pseudonym, score, stages
+from bench import bounds, ceiling, feed, gpu_check, heads, incremental, models, pseudonym, score, stages
 
 BENCHES = {
     "stages": stages.main,
@@ -18,6 +18,7 @@ BENCHES = {
     "gpu-check": gpu_check.main,
     "heads": heads.main,
     "ceiling": ceiling.main,
+    "bounds": bounds.main,
 }
 
 
