@@ -25,6 +25,7 @@ from behavior_spark import features, ingest, lake, summaries
 from behavior_spark.generate import generate_events, write_raw
 from behavior_spark.session import local_session
 from bench.common import bench_settings
+from bench.incremental import summaries_floor
 from bench.stages import WARM_UP_ROWS, ingest_core, noop, timed
 
 
@@ -63,14 +64,7 @@ def measure(size: int, folder: Path) -> tuple:
     summaries_s = timed(lambda: summaries.rebuild(spark, settings, events_version))
 
     features.run(spark, settings)
-    days = lake.read(spark, settings.lake, lake.CUSTOMER_DAYS)
-    floor_s = timed(
-        lambda: noop(
-            days.groupBy("customer_id").agg(
-                F.sum("n"), F.max("last"), F.min("first"), F.sum("revenue"), F.sum(F.size("recent"))
-            )
-        )
-    )
+    floor_s = timed(lambda: noop(summaries_floor(lake.read(spark, settings.lake, lake.CUSTOMER_DAYS))))
     scoring = lake.read(spark, settings.lake, lake.FEATURES).filter(F.col("split") == features.SCORE_SPLIT)
     scoring_rows = scoring.count()
     write_s = timed(lambda: scoring.write.format("delta").save(str(folder / "scoring-rows")))

@@ -14,7 +14,7 @@ import datetime as dt
 import shutil
 from pathlib import Path
 
-from pyspark.sql import SparkSession
+from pyspark.sql import DataFrame, SparkSession
 from pyspark.sql import functions as F
 
 from behavior_spark import features, ingest, lake
@@ -61,17 +61,17 @@ def measure(size: int, folder: Path) -> tuple:
     shutil.move(str(held / "day"), str(Path(settings.ingest.input) / "day"))
     day_ingest = timed(lambda: ingest.run(spark, settings))
     day_featurize = timed(lambda: features.run(spark, settings))
-    days = lake.read(spark, settings.lake, lake.CUSTOMER_DAYS)
-    floor = timed(
-        lambda: noop(
-            days.groupBy("customer_id").agg(
-                F.sum("n"), F.max("last"), F.min("first"), F.sum("revenue"), F.sum(F.size("recent"))
-            )
-        )
-    )
+    floor = timed(lambda: noop(summaries_floor(lake.read(spark, settings.lake, lake.CUSTOMER_DAYS))))
     spark.stop()
     shutil.rmtree(folder, ignore_errors=True)
     return raw_rows, full_ingest, full_featurize, day_ingest, day_featurize, floor
+
+
+def summaries_floor(days: DataFrame) -> DataFrame:
+    """Featurize's floor: one aggregation per customer over the summaries `days`, reading what features read."""
+    return days.groupBy("customer_id").agg(
+        F.sum("n"), F.max("last"), F.min("first"), F.sum("revenue"), F.sum(F.size("recent"))
+    )
 
 
 def write_days(spark: SparkSession, settings, new_day: dt.date, held: str) -> None:
