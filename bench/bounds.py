@@ -9,8 +9,9 @@ set on, measured side by side in one process on the same data.
   row per customer at least: the scoring snapshot's rows, read back and written to a new Delta table, are timed
   alone.
 
-Each part is a lower bound of what its stage costs (featurize's, as long as it hands the scoring stage a row per
-customer): the ratio of the bound to the reference says whether the goal leaves room.
+Each part is a lower bound of what its stage costs (the summaries' as this project computes them; featurize's, as
+long as it hands the scoring stage a row per customer): the ratio of the bound to the reference says whether the
+goal leaves room.
 """
 
 from __future__ import annotations
