@@ -1,6 +1,9 @@
-# The two commands: `make demo` (the whole pipeline on generated data) and `make test` (the test suite).
-# Both run set-up first; set-up skips whatever is already in place.
-.PHONY: setup demo test cluster-test lint bench gpu-check lock clean
+# The two commands: `make demo` (the whole pipeline on generated data) and `make test` (the fast tier of the tests).
+# `make check` is what CI runs: every tier, lint, types and the docs. Set-up runs first and skips what is in place.
+.PHONY: setup demo test check cluster-test lint types docs bench gpu-check lock clean
+
+# The slow tiers (pyproject.toml's markers): left out of `make test`, run by `make check`.
+SLOW_TIERS = cluster or connect or submit or network
 
 setup:
 	@scripts/setup.sh
@@ -10,14 +13,26 @@ demo: setup
 
 # PYTEST_ARGS adds to it (e.g. PYTEST_ARGS="tests/test_ingest.py -k quarantine").
 test: setup
+	.venv/bin/python -m pytest -m "not ($(SLOW_TIERS))" $(PYTEST_ARGS)
+
+check: setup lint types docs
 	.venv/bin/python -m pytest $(PYTEST_ARGS)
 
-# The pipeline on a Spark standalone cluster (a master, 1-core workers, on loopback); part of `make test` too.
+# The pipeline on a Spark standalone cluster (a master, 1-core workers, on loopback); part of `make check`.
 cluster-test: setup
-	.venv/bin/python -m pytest tests/test_end_to_end.py $(PYTEST_ARGS)
+	.venv/bin/python -m pytest -m cluster $(PYTEST_ARGS)
 
 lint: setup
 	.venv/bin/ruff check behavior_spark jobs tests scripts bench
+	.venv/bin/ruff format --check behavior_spark jobs tests scripts bench
+
+types: setup
+	.venv/bin/mypy
+
+# The documentation site (docs/, mkdocs.yml), strict: a dead link or a page missing from the nav fails.
+docs: setup
+	.venv/bin/python scripts/config_reference.py --check
+	.venv/bin/mkdocs build --strict --site-dir .cache/site
 
 BENCH_ARGS ?= stages --sizes 1000000,4000000,16000000
 bench: setup
@@ -27,12 +42,9 @@ bench: setup
 gpu-check: setup
 	.venv/bin/python -m bench gpu-check --sizes $(or $(ROWS),400000)
 
-# Re-resolve requirements/lock.txt from requirements/base.txt in a scratch environment.
-lock:
-	rm -rf .cache/lock-venv && "$$(scripts/find-python.sh)" -m venv .cache/lock-venv
-	.cache/lock-venv/bin/pip install --quiet "pip<25" "setuptools<70" wheel && .cache/lock-venv/bin/pip install --quiet -r requirements/base.txt
-	{ head -2 requirements/lock.txt; .cache/lock-venv/bin/pip freeze --exclude-editable | grep -vi '^horovod=='; } > requirements/lock.new
-	mv requirements/lock.new requirements/lock.txt && rm -rf .cache/lock-venv
+# Re-resolve requirements/lock.txt (runtime) and requirements/dev-lock.txt (dev and test tools).
+lock: setup
+	.venv/bin/python scripts/lock.py
 
 clean:
 	rm -rf lakehouse spark-warehouse

@@ -1,6 +1,7 @@
-"""The configuration reference (every setting, its type and default) as a Markdown table.
+"""The configuration reference (every setting, its type and default) as a Markdown table in docs/configuration.md.
 
-`python scripts/config_reference.py --write` refreshes the table in README.md; tests/test_readme.py checks it.
+`python scripts/config_reference.py --write` refreshes the table; `--check` fails when it is stale (`make docs`,
+tests/test_readme.py).
 """
 
 import re
@@ -9,7 +10,7 @@ from pathlib import Path
 
 from behavior_spark.config import describe
 
-README = Path(__file__).resolve().parents[1] / "README.md"
+PAGE = Path(__file__).resolve().parents[1] / "docs" / "configuration.md"
 BLOCK = re.compile(r"(<!-- config-reference:.*?-->\n)(.*?)(\n<!-- end config-reference -->)", re.S)
 
 
@@ -19,12 +20,16 @@ def reference_table() -> str:
     return "\n".join(lines)
 
 
-def readme_table() -> str:
-    return BLOCK.search(README.read_text()).group(2)
+def page_table() -> str:
+    found = BLOCK.search(PAGE.read_text())
+    return found.group(2) if found else ""
 
 
 if __name__ == "__main__":
     if "--write" in sys.argv:
-        README.write_text(BLOCK.sub(lambda m: m.group(1) + reference_table() + m.group(3), README.read_text()))
+        PAGE.write_text(BLOCK.sub(lambda m: m.group(1) + reference_table() + m.group(3), PAGE.read_text()))
+    elif "--check" in sys.argv:
+        if page_table() != reference_table():
+            sys.exit(f"{PAGE} is stale: run `.venv/bin/python scripts/config_reference.py --write`")
     else:
         print(reference_table())

@@ -1,7 +1,8 @@
 #!/usr/bin/env bash
 # Set up everything behavior-spark needs on a fresh Linux x86_64 machine, idempotently:
 #   1. a virtual environment (.venv) on Python 3.12 with the exact pins of requirements/lock.txt (on a GPU node,
-#      HOROVOD_GPU_OPERATIONS=NCCL, also the CUDA libraries of the same TensorFlow: requirements/gpu.txt);
+#      HOROVOD_GPU_OPERATIONS=NCCL, also the CUDA libraries of the same TensorFlow: requirements/gpu.txt) and, on a
+#      developer's machine or CI, the test and docs tools of requirements/dev-lock.txt;
 #   2. Horovod 0.28.1 built from source against that TensorFlow, with Gloo (recipe: ../shared/STACK.md);
 #   3. the Delta Lake (and PostgreSQL JDBC) JARs from Maven Central, cached in .cache/jars;
 #   4. Debian's PostgreSQL server (the warehouse integration test starts a throwaway one) and Chromium (the report
@@ -23,8 +24,10 @@ PYTHON=$(scripts/find-python.sh) || fail "behavior-spark needs Python 3.12 (see 
 command -v java >/dev/null || fail "java not found: Spark 4 needs a Java 17 runtime (apt-get install openjdk-17-jre-headless)"
 command -v mvn >/dev/null || fail "mvn not found: it fetches the Delta Lake JARs from Maven Central (apt-get install maven)"
 
-install_system_packages=1  # --no-system-packages: on a cluster node (deploy/emr/bootstrap.sh), not a dev machine
-[[ "${1:-}" == "--no-system-packages" ]] && install_system_packages=0
+# --node: on a cluster node (deploy/emr/bootstrap.sh): the runtime only, no Debian packages, no dev and test tools.
+cluster_node=0
+[[ "${1:-}" == "--node" ]] && cluster_node=1
+install_system_packages=$((1 - cluster_node))
 system_packages=()
 compgen -G "/usr/lib/postgresql/*/bin/initdb" >/dev/null || system_packages+=(postgresql)
 command -v chromium >/dev/null || system_packages+=(chromium)
@@ -39,7 +42,8 @@ if ((install_system_packages && ${#system_packages[@]})); then
 fi
 
 gpu=0; [[ "${HOROVOD_GPU_OPERATIONS:-}" == NCCL ]] && gpu=1
-lock_hash=$( (cat requirements/lock.txt requirements/gpu.txt pyproject.toml; echo "gpu=$gpu") | sha256sum | cut -c1-16)
+lock_hash=$( (cat requirements/lock.txt requirements/dev-lock.txt requirements/gpu.txt pyproject.toml
+              echo "gpu=$gpu node=$cluster_node") | sha256sum | cut -c1-16)
 packages_stamp="$VENV/.packages-$lock_hash"
 changed=0
 
@@ -52,6 +56,7 @@ if [[ ! -f "$packages_stamp" ]]; then
   [[ -x "$VENV/bin/python" ]] || "$PYTHON" -m venv "$VENV"
   "$VENV/bin/pip" install --quiet --upgrade "pip<25" "setuptools<70" wheel
   "$VENV/bin/pip" install --quiet -r requirements/lock.txt
+  ((cluster_node)) || "$VENV/bin/pip" install --quiet -r requirements/dev-lock.txt -c requirements/lock.txt
   ((gpu == 0)) || "$VENV/bin/pip" install --quiet -r requirements/gpu.txt -c requirements/lock.txt
   "$VENV/bin/pip" install --quiet --no-deps -e .
   rm -f "$VENV"/.packages-* "$VENV"/.horovod-*

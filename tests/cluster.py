@@ -16,6 +16,7 @@ from collections.abc import Iterator
 from pathlib import Path
 
 import psutil
+from waiting import wait_until
 
 ROOT = Path(__file__).resolve().parents[1]
 BIN = Path(sys.executable).parent  # the venv's Spark launchers: spark-class, spark-submit
@@ -57,13 +58,12 @@ class Cluster:
             return json.load(response)
 
     def wait_for_workers(self, count: int, timeout: float = 120) -> None:
-        deadline = time.monotonic() + timeout
-        while time.monotonic() < deadline:
+        def alive() -> bool:
             with contextlib.suppress(OSError):
-                if self.state()["aliveworkers"] >= count:
-                    return
-            time.sleep(0.5)
-        raise AssertionError(f"the cluster did not start {count} workers in {timeout} s: see {self.folder}/*.log")
+                return self.state()["aliveworkers"] >= count
+            return False
+
+        wait_until(alive, timeout, f"the cluster did not start {count} workers: see {self.folder}/*.log")
 
     def stop(self) -> None:
         for process in reversed(self.processes):

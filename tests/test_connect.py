@@ -20,6 +20,7 @@ import yaml
 from cluster import BIN, ROOT, free_port, kill_tree
 from conftest import SMALL_RUN, TEST_KEY
 from pyspark.sql import functions as F
+from waiting import wait_until
 
 from behavior_spark import generate, ingest, lake, pipeline, privacy
 from behavior_spark.config import as_dict, load_settings
@@ -59,14 +60,12 @@ def server(tmp_path_factory):
 
 
 def wait_for_port(port: int, process: subprocess.Popen, log: Path, timeout: float = 180) -> None:
-    deadline = time.monotonic() + timeout
-    while time.monotonic() < deadline:
+    def listening() -> bool:
         assert process.poll() is None, f"the Spark Connect server stopped: {log.read_text()[-3000:]}"
         with socket.socket() as probe:
-            if probe.connect_ex(("127.0.0.1", port)) == 0:
-                return
-        time.sleep(0.5)
-    raise AssertionError(f"the Spark Connect server did not listen on {port} in {timeout} s: {log}")
+            return probe.connect_ex(("127.0.0.1", port)) == 0
+
+    wait_until(listening, timeout, f"the Spark Connect server did not listen on {port}: {log}")
 
 
 def client(stage: str, conf: Path, url: str, postgres) -> subprocess.CompletedProcess:

@@ -19,6 +19,7 @@ import pytest
 import yaml
 from cluster import finished, kill_tree, standalone, submit
 from pyspark.sql import functions as F
+from waiting import wait_until
 
 from behavior_spark import lake, model_artifact
 from behavior_spark.config import as_dict
@@ -76,9 +77,9 @@ def finished_run(spark, tmp_path_factory, postgres):
 def kill_a_worker_after_the_first_batch(cluster, job, settings) -> None:
     """SIGKILL the last worker (two stay, whichever the tasks run on) once ingest has recorded its first batch."""
     recorded = Path(lake.path(settings.lake, lake.INGESTED_FILES))
-    deadline = time.monotonic() + 900
-    while job.poll() is None and not any(recorded.glob("**/*.parquet")) and time.monotonic() < deadline:
-        time.sleep(0.05)
+    wait_until(
+        lambda: job.poll() is not None or any(recorded.glob("**/*.parquet")), 900, "ingest recorded no batch", 0.05
+    )
     assert job.poll() is None, "the run ended before ingest recorded its first batch: nothing was killed mid-run"
     kill_tree(cluster.processes[-1].pid)
 

@@ -32,6 +32,7 @@ import yaml
 from conftest import SMALL_RUN, TEST_KEY
 from pyspark.sql import functions as F
 from test_ingest import REES46_HEADER
+from waiting import wait_until
 
 from behavior_spark import artifacts, lake, model_artifact, pipeline, train
 from behavior_spark.config import as_dict, load_settings
@@ -132,9 +133,7 @@ def kill_mid_write(stage: str, settings, folder: Path, written: Callable[[], int
             stdout=log,
             stderr=subprocess.STDOUT,
         )
-        deadline = time.monotonic() + 900
-        while process.poll() is None and written() == before and time.monotonic() < deadline:
-            time.sleep(0.02)
+        wait_until(lambda: process.poll() is not None or written() != before, 900, f"{stage} wrote nothing", 0.02)
         try:
             tree = [psutil.Process(process.pid), *psutil.Process(process.pid).children(recursive=True)]
         except psutil.NoSuchProcess:
