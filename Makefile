@@ -25,6 +25,7 @@ cluster-test: setup
 lint: setup
 	.venv/bin/ruff check behavior_spark jobs tests scripts bench
 	.venv/bin/ruff format --check behavior_spark jobs tests scripts bench
+	.venv/bin/python scripts/check_structure.py
 
 types: setup
 	.venv/bin/mypy

@@ -13,12 +13,15 @@ import difflib
 import os
 import types
 import typing
+from collections.abc import Mapping, Sequence
 from pathlib import Path
 from typing import Annotated, Any, Literal
 
 import pydantic
 import yaml
 from pydantic import BaseModel, ConfigDict, Field, model_validator
+
+from behavior_spark.contracts import EventType
 
 
 class ConfigError(ValueError):
@@ -80,7 +83,7 @@ class FeatureSettings(Section):
     cutoff_step_days: Positive = 30
     events_version: Annotated[int, Field(ge=0)] | None = None  # the events version to read; None: the latest
     label_window_days: Positive = 30
-    label_event: Literal["view", "cart", "remove_from_cart", "purchase", "wishlist"] = "purchase"
+    label_event: EventType = "purchase"
     sequence_length: Positive = 50
     category_buckets: Positive = 64
     totals_lag_days: Positive = 7  # the kept per-customer totals reach 1-2x this many days before the scoring date
@@ -176,7 +179,7 @@ class Settings(Section):
         return self
 
 
-def load_settings(path: str | os.PathLike | None, overrides: list[str] = ()) -> Settings:
+def load_settings(path: str | os.PathLike | None, overrides: Sequence[str] = ()) -> Settings:
     """Read a YAML settings file (or the defaults when `path` is None), apply `key=value` overrides, validate."""
     raw: dict[str, Any] = {}
     if path is not None:
@@ -205,8 +208,14 @@ def describe() -> list[tuple[str, str, str]]:
     return [
         (f"{name}.{key}", _type_name(field.annotation) + _bounds(field), repr(field.default))
         for name, section in Settings.model_fields.items()
-        for key, field in section.annotation.model_fields.items()
+        for key, field in _section_model(section.annotation).model_fields.items()
     ]
+
+
+def _section_model(annotation: Any) -> type[BaseModel]:
+    """The pydantic model of a settings section (every field of Settings is one)."""
+    assert isinstance(annotation, type) and issubclass(annotation, BaseModel), annotation
+    return annotation
 
 
 def _parse_override(override: str) -> tuple[str, Any]:
@@ -228,7 +237,7 @@ def _set_dotted(tree: dict, dotted_key: str, value: Any) -> None:
     node[leaf] = value
 
 
-def explain(error: dict, model: type[BaseModel], noun: str) -> str:
+def explain(error: Mapping[str, Any], model: type[BaseModel], noun: str) -> str:
     """One pydantic error on `model` as a person reads it: the `noun` ("setting") and its dotted key, what it must
     be, what it got. A check across fields (a model validator) words its whole message; it is returned as it is."""
     loc, kind, got = error["loc"], error["type"], error.get("input")
@@ -256,7 +265,7 @@ def explain(error: dict, model: type[BaseModel], noun: str) -> str:
 
 def _model_at(model: type[BaseModel], loc: tuple) -> type[BaseModel]:
     for part in loc:
-        model = model.model_fields[part].annotation
+        model = _section_model(model.model_fields[part].annotation)
     return model
 
 

@@ -22,6 +22,7 @@ from pyspark.sql import Column, DataFrame
 from pyspark.sql import functions as F
 
 from behavior_spark.features import model_input_value
+from behavior_spark.lake import one_row
 
 BINS = 10
 WARN_PSI = 0.2
@@ -77,7 +78,7 @@ def relative_to_history(snapshot: DataFrame) -> DataFrame:
     present = [c for c in CALENDAR_FEATURES if c in snapshot.columns]
     if not present:
         return snapshot
-    spans = snapshot.agg(*(F.max(c).alias(c) for c in present)).first()
+    spans = one_row(snapshot.agg(*(F.max(c).alias(c) for c in present)))
     return snapshot.withColumns({c: F.col(c) / F.lit(float(spans[c] or 1.0)) for c in present})
 
 

@@ -20,6 +20,7 @@ from __future__ import annotations
 import logging
 import math
 from functools import reduce
+from typing import Literal
 
 import numpy as np
 import pandas as pd
@@ -126,12 +127,14 @@ def customer_value(predicted: DataFrame, forecasts: DataFrame | None) -> dict[st
 def forecast_errors(df: DataFrame, forecast: str, actual: str, name: str) -> dict[str, float | None]:
     """Spearman's rank correlation and the mean absolute error per customer, and the relative error of the summed
     forecast over all customers (the number BTYD models are known for)."""
-    row = df.agg(
-        F.count(F.lit(1)).alias("rows"),
-        F.avg(F.abs(F.col(forecast) - F.col(actual))).alias("mae"),
-        F.sum(forecast).alias("forecast"),
-        F.sum(actual).alias("actual"),
-    ).first()
+    row = lake.one_row(
+        df.agg(
+            F.count(F.lit(1)).alias("rows"),
+            F.avg(F.abs(F.col(forecast) - F.col(actual))).alias("mae"),
+            F.sum(forecast).alias("forecast"),
+            F.sum(actual).alias("actual"),
+        )
+    )
     total = row["actual"]
     return {
         f"{name}_spearman": spearman(df.select(forecast, actual), forecast, actual) if row["rows"] else None,
@@ -146,7 +149,9 @@ def spearman(df: DataFrame, first: str, second: str) -> float | None:
     bucket share its mid-rank."""
     ranked = _mid_ranks(_mid_ranks(df, first), second)
     a, b = f"{first}_rank", f"{second}_rank"
-    row = ranked.agg(F.covar_pop(a, b).alias("cov"), F.var_pop(a).alias("var_a"), F.var_pop(b).alias("var_b")).first()
+    row = lake.one_row(
+        ranked.agg(F.covar_pop(a, b).alias("cov"), F.var_pop(a).alias("var_a"), F.var_pop(b).alias("var_b"))
+    )
     if not row["var_a"] or not row["var_b"]:  # no rows, or a column with one value: no rank correlation
         return None
     return float(row["cov"] / math.sqrt(row["var_a"] * row["var_b"]))
@@ -271,10 +276,12 @@ def binary_metrics(scored: DataFrame, threshold: float, probabilities: bool = Tr
         return {**ranking, "log_loss": None, "expected_calibration_error": None, "accuracy": None}, []
     p = F.least(F.greatest(F.col("score"), F.lit(_EPSILON)), F.lit(1 - _EPSILON))
     y = F.col("label")
-    row = scored.agg(
-        F.avg(-(y * F.log(p) + (1 - y) * F.log(1 - p))).alias("log_loss"),
-        F.avg(((F.col("score") >= threshold).cast("double") == y).cast("double")).alias("accuracy"),
-    ).first()
+    row = lake.one_row(
+        scored.agg(
+            F.avg(-(y * F.log(p) + (1 - y) * F.log(1 - p))).alias("log_loss"),
+            F.avg(((F.col("score") >= threshold).cast("double") == y).cast("double")).alias("accuracy"),
+        )
+    )
     bins = [
         r.asDict()
         for r in scored.groupBy(F.least(F.floor(F.col("score") * BINS), F.lit(BINS - 1)).alias("bin"))
@@ -298,7 +305,7 @@ def lift_by_decile(scored: DataFrame) -> list[dict]:
     decile = F.lit(BINS)
     for edge in edges:
         decile = decile - (F.col("score") > F.lit(edge)).cast("int")  # 1 = the highest scores
-    base = scored.agg(F.avg("label")).first()[0] or 0.0
+    base = lake.one_row(scored.agg(F.avg("label")))[0] or 0.0
     rows = (
         scored.groupBy(decile.alias("decile"))
         .agg(F.count(F.lit(1)).alias("rows"), F.avg("label").alias("positive_rate"))
@@ -331,7 +338,7 @@ def permutation_importance(
     if len(sample) == 0 or labels.min() == labels.max():
         return {}
     model = load_model(model_dir, metadata)
-    columns = {name: np.stack(sample[name].to_numpy()) for name in ["numeric", *features.SEQUENCE_COLUMNS]}
+    columns = {name: np.stack(list(sample[name])) for name in ["numeric", *features.SEQUENCE_COLUMNS]}
     rng = np.random.default_rng(seed)
 
     def auc_with(columns: dict) -> float:
@@ -371,22 +378,22 @@ def mllib_scores(estimator, train: DataFrame, test: DataFrame) -> DataFrame:
     """Fit an MLlib classifier on the standardised numeric vector; (label, probability of 1) on the test split."""
 
     def prepared(df: DataFrame) -> DataFrame:
-        return df.select(array_to_vector("numeric").alias("features"), "label", *KEY)
+        return df.select(array_to_vector(F.col("numeric")).alias("features"), "label", *KEY)
 
     fitted = estimator.setFeaturesCol("features").setLabelCol("label").fit(prepared(train))
     predictions = fitted.transform(prepared(test))
-    return predictions.select(*KEY, "label", vector_to_array("probability")[1].alias("score"))
+    return predictions.select(*KEY, "label", vector_to_array(F.col("probability"))[1].alias("score"))
 
 
-def _area(scored: DataFrame, metric: str) -> float:
+def _area(scored: DataFrame, metric: Literal["areaUnderROC", "areaUnderPR"]) -> float:
     evaluator = BinaryClassificationEvaluator(rawPredictionCol="score", labelCol="label", metricName=metric)
     return float(evaluator.evaluate(scored))
 
 
 def _top_decile(scored: DataFrame) -> dict:
     """Precision among the 10% highest scores, and its lift over the base rate."""
-    cut = scored.agg(F.percentile_approx("score", 0.9).alias("cut"), F.avg("label").alias("base")).first()
-    top = scored.filter(F.col("score") >= cut["cut"]).agg(F.avg("label")).first()[0] or 0.0
+    cut = lake.one_row(scored.agg(F.percentile_approx("score", 0.9).alias("cut"), F.avg("label").alias("base")))
+    top = lake.one_row(scored.filter(F.col("score") >= cut["cut"]).agg(F.avg("label")))[0] or 0.0
     return {"top_decile_precision": float(top), "top_decile_lift": float(top / cut["base"]) if cut["base"] else None}
 
 

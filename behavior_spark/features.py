@@ -23,12 +23,12 @@ from pyspark.sql import functions as F
 
 from behavior_spark import lake, summaries
 from behavior_spark.config import FeatureSettings, Settings
+from behavior_spark.contracts import EVENT_TYPE_IDS, FUNNEL_EVENTS
+from behavior_spark.run_record import recorded_run
 from behavior_spark.session import in_utc, materialized
 
 log = logging.getLogger(__name__)
 
-EVENT_TYPE_IDS = {"view": 1, "cart": 2, "remove_from_cart": 3, "purchase": 4, "wishlist": 5}  # 0 pads
-FUNNEL_EVENTS = ["view", "cart", "remove_from_cart", "purchase"]
 GAP_BUCKET_SECONDS = [60, 600, 3_600, 86_400, 7 * 86_400]  # sequence gap buckets: 1 = first, 2.. = up to each bound
 GAP_BUCKETS = len(GAP_BUCKET_SECONDS) + 3  # pad, first, one per bound, beyond the last
 WINDOW_DAYS = [7, 30, 90]
@@ -168,29 +168,10 @@ def write(table: DataFrame, settings: Settings, record: dict) -> None:
 
 def last_event_day(days: DataFrame) -> dt.date:
     """The last day with events in the customer-day summaries `days`."""
-    last_day = days.agg(F.max("event_date")).first()[0]
+    last_day = lake.one_row(days.agg(F.max("event_date")))[0]
     if last_day is None:
         raise ValueError("the events table is empty: ingest some events before featurizing")
     return last_day
-
-
-def scoring_date(spark: SparkSession, settings: Settings) -> dt.date:
-    """The date score, segment, export and report work on: `score.scoring_date`, or the one the latest features
-    version was built for (recorded in its commit), so every stage of a run agrees on it."""
-    if settings.score.scoring_date:
-        return settings.score.scoring_date
-    recorded = recorded_run(spark, settings).get("scoring_date")
-    if recorded is None:
-        raise ValueError("the features table has no scoring snapshot (built by an earlier version): run featurize")
-    return dt.date.fromisoformat(recorded)
-
-
-def recorded_run(spark: SparkSession, settings: Settings, version: int | None = None) -> dict:
-    """What a features-table version (by default the latest) was built from (events version, cutoffs, feature
-    list): to rebuild it exactly. Empty where there is no table."""
-    commits = lake.commits(spark, lake.path(settings.lake, lake.FEATURES), None if version is not None else 1)
-    row = next((c for c in commits if version is None or c["version"] == version), None)
-    return json.loads(row["userMetadata"] or "{}") if row else {}
 
 
 def cutoff_dates(last_day: dt.date, cfg: FeatureSettings) -> list[dt.date]:
@@ -285,7 +266,7 @@ def activity(cutoff: dt.date) -> list[Column]:
         F.col("n").alias("events"),
         F.col("n_purchase").alias("purchases"),
         revenue.alias("revenue"),
-        "sessions",
+        F.col("sessions"),
         days_before("last").alias("days_since_last_event"),
         F.coalesce(days_before("last_purchase"), F.lit(NO_PURCHASE_DAYS)).alias("days_since_last_purchase"),
         days_before("first").alias("tenure_days"),
@@ -432,7 +413,7 @@ def read_stats(spark: SparkSession, settings: Settings, version: int) -> dict[st
     """The normalisation statistics of a features version's training split, computed from that version (one
     aggregation), so statistics and rows can never come from two different runs."""
     table = lake.read(spark, settings.lake, lake.FEATURES, version=version).filter(F.col("split") == "train")
-    return normalisation_stats(split_statistics(table).first())
+    return normalisation_stats(lake.one_row(split_statistics(table)))
 
 
 def _lookup(mapping: dict) -> Column:

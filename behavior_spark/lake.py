@@ -10,7 +10,7 @@ from __future__ import annotations
 import contextlib
 import os
 import uuid
-from collections.abc import Iterator
+from collections.abc import Iterator, Sequence
 
 from pyspark.errors import AnalysisException
 from pyspark.sql import DataFrame, Row, SparkSession
@@ -65,6 +65,14 @@ def sql_properties(properties: dict[str, str]) -> str:
     return ", ".join(f"{sql_literal(name)} = {sql_literal(value)}" for name, value in properties.items())
 
 
+def one_row(df: DataFrame) -> Row:
+    """The row of a one-row DataFrame, such as an aggregation without groups (which always has one)."""
+    row = df.first()
+    if row is None:
+        raise ValueError("expected one row, found none")
+    return row
+
+
 def is_table(spark: SparkSession, location: str) -> bool:
     """Whether a Delta table lives at `location` (any other failure to look, such as a denied read, is raised)."""
     try:
@@ -99,7 +107,7 @@ def commits(spark: SparkSession, location: str, limit: int | None = None) -> lis
 
 def properties(spark: SparkSession, location: str) -> dict[str, str]:
     """The table's properties (its CHECK constraints among them, as `delta.constraints.<name>`)."""
-    return dict(spark.sql(f"DESCRIBE DETAIL {sql_name(location)}").first()["properties"])
+    return dict(one_row(spark.sql(f"DESCRIBE DETAIL {sql_name(location)}"))["properties"])
 
 
 @contextlib.contextmanager
@@ -113,7 +121,7 @@ def as_view(df: DataFrame) -> Iterator[str]:
         df.sparkSession.catalog.dropTempView(name)
 
 
-def overwrite(df: DataFrame, lake: LakeSettings, table: str, partition_by: list[str] = (), **options: str) -> None:
+def overwrite(df: DataFrame, lake: LakeSettings, table: str, partition_by: Sequence[str] = (), **options: str) -> None:
     """Replace a table's content in one Delta commit (readers see the old or the new version, never a mix)."""
     writer = df.write.format("delta").mode("overwrite").option("overwriteSchema", "true")
     for key, value in options.items():
@@ -123,7 +131,7 @@ def overwrite(df: DataFrame, lake: LakeSettings, table: str, partition_by: list[
     writer.save(path(lake, table))
 
 
-def replace(df: DataFrame, lake: LakeSettings, table: str, where: str, partition_by: list[str] = ()) -> None:
+def replace(df: DataFrame, lake: LakeSettings, table: str, where: str, partition_by: Sequence[str] = ()) -> None:
     """Replace the rows matching `where` (SQL) with `df`, in one commit; create the table if it is new.
 
     Re-running with the same `where` (a scoring date, a model version) leaves other rows alone: idempotent. A column
@@ -138,7 +146,7 @@ def replace(df: DataFrame, lake: LakeSettings, table: str, where: str, partition
 
 def version(spark: SparkSession, lake: LakeSettings, table: str) -> int:
     """The table's latest committed version."""
-    return history(spark, path(lake, table), 1).select("version").first()[0]
+    return one_row(history(spark, path(lake, table), 1).select("version"))[0]
 
 
 def version_at(spark: SparkSession, location: str) -> int:

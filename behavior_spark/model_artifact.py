@@ -36,7 +36,7 @@ class ModelMetadata(BaseModel):
     event_type_ids: dict[str, int]
     gap_bucket_seconds: list[int]
     features_version: int  # the features-table version trained on
-    features_run: dict[str, Any]  # what that version was built from (`features.recorded_run`)
+    features_run: dict[str, Any]  # what that version was built from (`run_record.recorded_run`)
     num_proc: int
     steps_per_rank: list[int]  # counted on each rank
     weights_sha256_per_rank: list[str]

@@ -27,6 +27,7 @@ from pyspark.sql import Column, SparkSession
 from pyspark.sql import functions as F
 
 from behavior_spark.config import ConfigError, IngestSettings
+from behavior_spark.lake import one_row
 
 FINGERPRINT_TEXT = b"behavior-spark pseudonym key fingerprint v1"
 # Belt and braces for plans, UI pages and event logs: Spark redacts conf values whose name matches the first, and
@@ -75,7 +76,7 @@ def keyed_hash(spark: SparkSession, key: bytes) -> Callable[[Column], Column]:
     """
     shared = spark.sparkContext.broadcast(key)
 
-    @F.pandas_udf("string")
+    @F.pandas_udf("string")  # type: ignore[call-overload]  # pyspark's stubs lack the decorator form
     def pseudonym(ids: pd.Series) -> pd.Series:
         return hash_ids(shared.value, ids)
 
@@ -87,7 +88,7 @@ def keyed_hash_on_workers(cfg: IngestSettings) -> Callable[[Column], Column]:
     (`ingest.pseudonym_key_env`); the plan carries only the variable's name."""
     name = cfg.pseudonym_key_env
 
-    @F.pandas_udf("string")
+    @F.pandas_udf("string")  # type: ignore[call-overload]  # pyspark's stubs lack the decorator form
     def pseudonym(ids: pd.Series) -> pd.Series:
         return hash_ids(pseudonym_key(IngestSettings(pseudonym_key_env=name)), ids)
 
@@ -98,11 +99,11 @@ def fingerprint_on_workers(spark: SparkSession, cfg: IngestSettings) -> str:
     """The fingerprint of the key the Python workers hold (Spark Connect), computed where the key is."""
     name = cfg.pseudonym_key_env
 
-    @F.pandas_udf("string")
+    @F.pandas_udf("string")  # type: ignore[call-overload]  # pyspark's stubs lack the decorator form
     def of_key(ignored: pd.Series) -> pd.Series:
         return pd.Series([fingerprint(pseudonym_key(IngestSettings(pseudonym_key_env=name)))] * len(ignored))
 
-    return spark.range(1).select(of_key(F.col("id")).alias("fingerprint")).first()["fingerprint"]
+    return one_row(spark.range(1).select(of_key(F.col("id")).alias("fingerprint")))["fingerprint"]
 
 
 def hash_ids(key: bytes, ids: pd.Series) -> pd.Series:
@@ -119,7 +120,9 @@ def hash_ids(key: bytes, ids: pd.Series) -> pd.Series:
     return pd.Series([hashed[c] if c >= 0 else None for c in codes], index=ids.index, dtype=object)
 
 
-def redact_url(url: str) -> str:
+def redact_url(url: str | None) -> str:
     """A JDBC (or any) URL without credentials: password=, pwd=, secret and token parameters, user:pass@."""
+    if url is None:
+        return "(no URL set)"
     without_params = re.sub(rf"(?i)\b({_SECRET_NAMES})=[^&;]*", r"\1=***", url)
     return re.sub(r"//([^/:@\s]+):[^@/\s]+@", r"//\1:***@", without_params)

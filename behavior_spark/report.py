@@ -17,7 +17,7 @@ from matplotlib.figure import Figure
 from pyspark.sql import SparkSession
 from pyspark.sql import functions as F
 
-from behavior_spark import artifacts, features, lake, model_artifact
+from behavior_spark import artifacts, lake, model_artifact, run_record
 from behavior_spark.config import Settings
 from behavior_spark.drift import WARN_PSI
 from behavior_spark.model_artifact import ModelMetadata
@@ -38,7 +38,7 @@ window.addEventListener('load', () => {
 def run(spark: SparkSession, settings: Settings) -> dict:
     metadata = model_artifact.load_metadata(settings.train.model_dir)
     scores = lake.read(spark, settings.lake, lake.SCORES)
-    scoring_date = features.scoring_date(spark, settings)  # the date the score stage scored
+    scoring_date = run_record.scoring_date(spark, settings)  # the date the score stage scored
     on_date = F.col("scoring_date") == F.lit(scoring_date)
     profiles = lake.read(spark, settings.lake, lake.SEGMENT_PROFILES).filter(on_date).orderBy("segment_id")
     drift = lake.read(spark, settings.lake, lake.FEATURE_DRIFT).filter(on_date)
@@ -153,7 +153,7 @@ def _calibration_chart(bins: list[dict]):
 
 def _drift_chart(drift: dict[str, float]):
     fig, ax = _figure(height=max(3.2, 0.18 * len(drift)))
-    names = sorted(drift, key=drift.get)
+    names = sorted(drift, key=lambda name: drift[name])
     colors = ["#c44e52" if drift[n] > WARN_PSI else "#8c8c8c" for n in names]
     ax.barh(names, [drift[n] for n in names], color=colors)
     ax.axvline(WARN_PSI, color="#c44e52", linestyle="--", linewidth=1)

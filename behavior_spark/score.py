@@ -9,7 +9,7 @@ import logging
 from pyspark.sql import DataFrame, SparkSession
 from pyspark.sql import functions as F
 
-from behavior_spark import drift, features, lake, model_artifact, predict
+from behavior_spark import drift, features, lake, model_artifact, predict, run_record
 from behavior_spark.config import Settings
 from behavior_spark.model_artifact import ModelMetadata
 
@@ -26,7 +26,7 @@ def run(spark: SparkSession, settings: Settings) -> dict:
             f"the model at {settings.train.model_dir} was trained on other features than this code "
             f"builds ({len(metadata.feature_names)} against {len(expected)}): retrain it"
         )
-    scoring_date = features.scoring_date(spark, settings)
+    scoring_date = run_record.scoring_date(spark, settings)
     table = scoring_snapshot(spark, settings, scoring_date)
     drifted = check_drift(spark, settings, metadata, table, scoring_date)
     scores = predict.predictions(
@@ -89,7 +89,7 @@ def check_drift(
         log.warning("features drifted since training (PSI > %.1f): %s", drift.WARN_PSI, drifted)
     limit = settings.score.drift_fail_psi
     if limit is not None and max(values.values()) > limit:
-        worst = max(values, key=values.get)
+        worst = max(values, key=lambda name: values[name])
         raise DriftError(
             f"feature {worst!r} drifted with PSI {values[worst]:.3f} > score.drift_fail_psi={limit}; "
             f"nothing scored (see the {lake.FEATURE_DRIFT} table)"

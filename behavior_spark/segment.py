@@ -30,7 +30,7 @@ from pyspark.ml.stat import Summarizer
 from pyspark.sql import Column, DataFrame, SparkSession, Window
 from pyspark.sql import functions as F
 
-from behavior_spark import features, lake
+from behavior_spark import features, lake, run_record
 from behavior_spark.config import SegmentSettings, Settings
 
 log = logging.getLogger(__name__)
@@ -46,7 +46,7 @@ SUPPRESSED = "suppressed (too few customers)"
 def run(spark: SparkSession, settings: Settings) -> dict:
     cfg = settings.segment
     scores = lake.read(spark, settings.lake, lake.SCORES)
-    scoring_date = features.scoring_date(spark, settings)  # the date the score stage scored
+    scoring_date = run_record.scoring_date(spark, settings)  # the date the score stage scored
     customers = (
         scores.filter(F.col("scoring_date") == F.lit(scoring_date))
         .join(
@@ -133,7 +133,7 @@ def fit_clusters(
         mean, std = scaler.mean.toArray(), scaler.std.toArray()
         centers = [[(x - m) / s if s else 0.0 for x, m, s in zip(c, mean, std, strict=True)] for c in previous.values()]
         kept = nearest_center(scaled, centers)
-        kept_cost = kept.agg(F.sum("_distance")).first()[0]
+        kept_cost = lake.one_row(kept.agg(F.sum("_distance")))[0]
         log.info("cost of keeping the previous centroids: %.1f", kept_cost)
         if kept_cost <= best.summary.trainingCost * (1 + cfg.keep_tolerance):
             return kept.drop("scaled", "_distance")
@@ -168,7 +168,7 @@ def choose_k(customers: DataFrame, cfg: SegmentSettings) -> int:
         silhouettes[k] = evaluator.evaluate(model.transform(scaled))
     scaled.unpersist()
     sample.unpersist()
-    best = max(silhouettes, key=silhouettes.get)
+    best = max(silhouettes, key=lambda k: silhouettes[k])
     log.info("silhouette by k: %s; k = %d", {k: round(v, 3) for k, v in silhouettes.items()}, best)
     return best
 
@@ -187,7 +187,7 @@ def previous_centroids(spark: SparkSession, settings: Settings, scoring_date: dt
     if not lake.exists(spark, settings.lake, lake.SEGMENT_CENTROIDS):
         return {}
     stored = lake.read(spark, settings.lake, lake.SEGMENT_CENTROIDS).filter(F.col("scoring_date") <= scoring_date)
-    latest = stored.agg(F.max("scoring_date")).first()[0]
+    latest = lake.one_row(stored.agg(F.max("scoring_date")))[0]
     if latest is None:
         return {}
     return {r["segment_id"]: list(r["centroid"]) for r in stored.filter(F.col("scoring_date") == latest).collect()}
@@ -219,7 +219,7 @@ def moves(spark: SparkSession, settings: Settings, named: DataFrame, scoring_dat
     if not lake.exists(spark, settings.lake, lake.SEGMENTS):
         return None
     segments = lake.read(spark, settings.lake, lake.SEGMENTS)
-    before = segments.filter(F.col("scoring_date") < scoring_date).agg(F.max("scoring_date")).first()[0]
+    before = lake.one_row(segments.filter(F.col("scoring_date") < scoring_date).agg(F.max("scoring_date")))[0]
     if before is None:
         return None
     previous = segments.filter(F.col("scoring_date") == before).select(
@@ -242,8 +242,10 @@ def with_category_labels(profiles: DataFrame, events: DataFrame) -> DataFrame:
         .agg(F.max_by("category_code", F.struct("count", "category_code")).alias("code"))
         .collect()  # one row per top category
     )
-    labels = F.create_map(*[F.lit(x) for r in codes for x in (r["category_id"], r["code"])]) if codes else None
-    label = (lambda c: F.coalesce(labels[c], c.cast("string"))) if codes else (lambda c: c.cast("string"))
+    if not codes:
+        return profiles.withColumn("top_category_labels", F.transform("top_categories", lambda c: c.cast("string")))
+    labels = F.create_map(*[F.lit(x) for r in codes for x in (r["category_id"], r["code"])])
+    label = lambda c: F.coalesce(labels[c], c.cast("string"))  # noqa: E731
     return profiles.withColumn("top_category_labels", F.transform("top_categories", label))
 
 

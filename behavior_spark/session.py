@@ -10,8 +10,10 @@ project's cache (filled by `scripts/setup.sh` from Maven Central), so nothing is
 from __future__ import annotations
 
 import contextlib
+import logging
 import os
 import sys
+import time
 from collections.abc import Iterator
 from pathlib import Path
 
@@ -127,3 +129,11 @@ def materialized(df: DataFrame) -> Iterator[DataFrame]:
     finally:
         if not is_connect(df.sparkSession):  # a Connect server releases it when the client lets `kept` go
             kept._jdf.queryExecution().analyzed().rdd().unpersist(False)  # no public call releases a local checkpoint
+
+
+@contextlib.contextmanager
+def timed(log: logging.Logger, step: str) -> Iterator[None]:
+    """Log at DEBUG how long the block took: per-step timings with `log.level: DEBUG`."""
+    started = time.monotonic()
+    yield
+    log.debug("%s: %.1f s", step, time.monotonic() - started)

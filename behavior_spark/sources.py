@@ -25,8 +25,9 @@ from pyspark.sql import types as T
 
 from behavior_spark import artifacts
 from behavior_spark.config import ConfigError, explain
+from behavior_spark.contracts import EVENT_TYPES
+from behavior_spark.lake import one_row
 
-EVENT_TYPES = ["view", "cart", "remove_from_cart", "purchase", "wishlist"]
 REQUIRED_FIELDS = ["event_time", "user_id"]
 OPTIONAL_FIELDS = [
     "event_type",
@@ -52,8 +53,8 @@ UNICODE_SPACE = "".join(
 )
 # What makes two lines one event (`SourceMapping.identity`), and what a second line with the same key but other content
 # means (`SourceMapping.same_key`).
-IDENTITIES = ("content", "line")  # content: exact copies are one event; line: every line of a file is an event
-SAME_KEY_POLICIES = ("keep_both", "keep_latest")  # keep_latest: the later line corrects the earlier
+Identity = Literal["content", "line"]  # content: exact copies are one event; line: every line of a file is an event
+SameKeyPolicy = Literal["keep_both", "keep_latest"]  # keep_latest: the later line corrects the earlier
 # Epoch timestamps beyond 9999-12-31 are out of range: Spark's conversion would overflow and fail the whole batch.
 EPOCH_LIMITS = {"epoch_s": 253_402_300_799, "epoch_ms": 253_402_300_799_999}
 
@@ -89,8 +90,8 @@ class SourceMapping(BaseModel):
         *("null", "NULL", "None", "NaN", "nan", "-"),
     )  # values meaning "missing" (as empty)
     quoted: bool | None = None  # RFC 4180 quoting (delimiters, quotes, line breaks in fields); None: when header
-    identity: Literal[IDENTITIES] = "content"
-    same_key: Literal[SAME_KEY_POLICIES] = "keep_both"  # lines sharing customer, type, item, time and event id
+    identity: Identity = "content"
+    same_key: SameKeyPolicy = "keep_both"  # lines sharing customer, type, item, time and event id
 
     @model_validator(mode="after")
     def _parts_fit(self) -> SourceMapping:
@@ -227,7 +228,7 @@ def count_lines(spark: SparkSession, m: SourceMapping, paths: list[str]) -> Line
     10 and 13."""
     if m.format == "parquet" or "\r\n".encode(m.encoding, errors="replace") != b"\r\n":
         return None
-    counts = spark.read.text(paths).agg(F.count(F.lit(1)), F.count(F.when(F.trim("value") == "", 1))).first()
+    counts = one_row(spark.read.text(paths).agg(F.count(F.lit(1)), F.count(F.when(F.trim("value") == "", 1))))
     return LineCount(lines=counts[0], blank=counts[1])
 
 

@@ -26,10 +26,11 @@ import logging
 
 from pyspark.sql import Column, DataFrame, SparkSession, Window
 from pyspark.sql import functions as F
+from pyspark.sql.window import WindowSpec
 
 from behavior_spark import lake
 from behavior_spark.config import Settings
-from behavior_spark.sources import EVENT_TYPES
+from behavior_spark.contracts import EVENT_TYPES
 
 log = logging.getLogger(__name__)
 
@@ -112,7 +113,7 @@ def day_recent_events(events: DataFrame, recent: int) -> DataFrame:
     )
 
 
-def latest_first(partition: list[str]) -> Window:
+def latest_first(partition: list[str]) -> WindowSpec:
     """Events newest first; events at the same instant by type and product (with the customer and time: the key)."""
     return Window.partitionBy(*partition).orderBy(
         F.desc("event_time"), F.desc("event_type"), F.desc_nulls_last("product_id")
@@ -209,8 +210,8 @@ def totals_before(
         log.info("customer totals through %s: %s", target, f"rolled from {through}" if through else "made anew")
         lake.overwrite(roll_up(rows, recent), settings.lake, lake.CUSTOMER_TOTALS, userMetadata=json.dumps(metadata))
         through = target
-    since = day_rows(days.filter((F.col("event_date") >= through) & (F.col("event_date") < as_of)))
-    return roll_up(lake.read(spark, settings.lake, lake.CUSTOMER_TOTALS).unionByName(since), recent)
+    days_since = day_rows(days.filter((F.col("event_date") >= through) & (F.col("event_date") < as_of)))
+    return roll_up(lake.read(spark, settings.lake, lake.CUSTOMER_TOTALS).unionByName(days_since), recent)
 
 
 def kept_totals_date(
@@ -330,5 +331,5 @@ def reflects(recorded: dict, events_version: int, recent: int) -> bool:
 def _metadata(events_version: int, recent: int, days: list[dt.date] | None = None) -> str:
     """What a commit records: the events version it reflects, the recent events a day, and the days it replaced
     (none recorded: a rebuild, every day)."""
-    recorded = {"events_version": events_version, "recent_per_day": recent}
+    recorded: dict[str, object] = {"events_version": events_version, "recent_per_day": recent}
     return json.dumps(recorded if days is None else {**recorded, "days": [day.isoformat() for day in days]})

@@ -24,8 +24,9 @@ import warnings
 from pyspark.sql import DataFrame, SparkSession
 from pyspark.sql import functions as F
 
-from behavior_spark import artifacts, evaluate, features, feed, lake, model_artifact, tracking
+from behavior_spark import artifacts, evaluate, features, feed, lake, model_artifact, run_record, tracking
 from behavior_spark.config import ConfigError, Settings
+from behavior_spark.contracts import EVENT_TYPE_IDS
 from behavior_spark.session import is_connect
 
 log = logging.getLogger(__name__)
@@ -122,7 +123,7 @@ def run(spark: SparkSession, settings: Settings) -> dict:
 def mean_positive_revenue(train: DataFrame) -> float:
     """The training split's mean revenue over the customers who spent: the unit the revenue head learns in (1 when
     nobody spent), so that its log amounts start near 0 whatever the currency."""
-    mean = train.filter(F.col("label_revenue") > 0).agg(F.avg("label_revenue")).first()[0]
+    mean = lake.one_row(train.filter(F.col("label_revenue") > 0).agg(F.avg("label_revenue")))[0]
     return float(mean) if mean else 1.0
 
 
@@ -146,10 +147,10 @@ def model_metadata(
         normalisation=stats,
         sequence_length=spec.sequence_length,
         category_buckets=spec.category_buckets,
-        event_type_ids=features.EVENT_TYPE_IDS,
+        event_type_ids=EVENT_TYPE_IDS,
         gap_bucket_seconds=features.GAP_BUCKET_SECONDS,
         features_version=features_version,
-        features_run=features.recorded_run(spark, settings, features_version),
+        features_run=run_record.recorded_run(spark, settings, features_version),
         num_proc=settings.train.num_proc,
         steps_per_rank=[r["steps"] for r in results],
         weights_sha256_per_rank=[r["weights_sha256"] for r in results],
@@ -216,8 +217,8 @@ def reader_threads(spark: SparkSession, configured: int | None) -> int:
     if configured:
         return configured
     conf = spark.conf
-    cores = int(conf.get("spark.executor.cores", str(os.cpu_count() or 1)))
-    gpus = float(conf.get("spark.executor.resource.gpu.amount", "0"))
+    cores = int(conf.get("spark.executor.cores") or os.cpu_count() or 1)
+    gpus = float(conf.get("spark.executor.resource.gpu.amount") or 0)
     return max(1, int(cores // gpus) if gpus >= 1 else cores)
 
 
@@ -373,7 +374,7 @@ def compiled_model(spec: TrainingSpec, hvd, tf):
     """The model on a worker, from the run's checkpoint when it resumes, with Horovod's optimizer: one loss per head
     (`model.LOSS_WEIGHTS` say how much each counts), the propensity's ROC-AUC as its metric."""
     from behavior_spark import model as heads
-    from behavior_spark.features import EVENT_TYPE_IDS, GAP_BUCKETS
+    from behavior_spark.features import GAP_BUCKETS
 
     model = heads.build_model(
         spec.numeric_dim, spec.sequence_length, len(EVENT_TYPE_IDS) + 1, spec.category_buckets, GAP_BUCKETS

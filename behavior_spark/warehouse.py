@@ -19,7 +19,7 @@ import uuid
 from pyspark.sql import DataFrame, SparkSession
 from pyspark.sql import functions as F
 
-from behavior_spark import features, lake
+from behavior_spark import lake, run_record
 from behavior_spark.config import ConfigError, Settings, WarehouseSettings
 from behavior_spark.privacy import redact_url
 
@@ -40,7 +40,7 @@ def run(spark: SparkSession, settings: Settings) -> dict:
     if not _IDENTIFIER.match(cfg.table):
         raise ConfigError(f"setting 'warehouse.table' must be a table name like schema.table, got {cfg.table!r}")
     user, password = credentials(cfg)
-    scoring_date = features.scoring_date(spark, settings)  # the date the score stage scored
+    scoring_date = run_record.scoring_date(spark, settings)  # the date the score stage scored
     rows = export_rows(spark, settings, scoring_date)
     if cfg.reidentify:
         rows = reidentified(spark, settings, rows)
@@ -95,6 +95,7 @@ def replace_date(
     link.check()  # fails fast, before anything is written
     drop_leftover_staging(link, cfg.table)
     staging = f"{cfg.table}{STAGING_SUFFIX}{uuid.uuid4().hex[:12]}"
+    assert cfg.url is not None  # `run` skips the export when warehouse.url is unset
     try:
         rows.write.jdbc(cfg.url, staging, mode="overwrite", properties=link.properties(batchsize=str(cfg.batch_size)))
         staged = staged_rows(link, staging)

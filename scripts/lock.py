@@ -15,10 +15,14 @@ from pathlib import Path
 
 REQUIREMENTS = Path(__file__).resolve().parents[1] / "requirements"
 HEADERS = {
-    "lock.txt": "# The runtime set for Python 3.12 on Linux x86_64, resolved by 'make lock' from requirements/base.txt: what\n"
-    "# cluster nodes install. Horovod is not here: scripts/setup.sh builds it from source against this TensorFlow.\n",
-    "dev-lock.txt": "# Development and test tools (requirements/dev.txt) resolved by 'make lock' on top of requirements/lock.txt:\n"
-    "# what scripts/setup.sh adds on a developer's machine and CI, never on cluster nodes.\n",
+    "lock.txt": (
+        "# The runtime set for Python 3.12 on Linux x86_64, resolved by 'make lock' from requirements/base.txt: what\n"
+        "# cluster nodes install. Horovod is not here: scripts/setup.sh builds it from source against this TensorFlow\n"
+    ),
+    "dev-lock.txt": (
+        "# Development and test tools (requirements/dev.txt) resolved by 'make lock' on top of requirements/lock.txt:\n"
+        "# what scripts/setup.sh adds on a developer's machine and CI, never on cluster nodes.\n"
+    ),
 }
 
 

@@ -18,7 +18,7 @@ import pyspark
 import pytest
 from cluster import free_port
 
-from behavior_spark.config import SparkSettings
+from behavior_spark.config import Settings, SparkSettings, load_settings
 from behavior_spark.session import local_session
 
 TEST_KEY = "test-only-pseudonym-key-not-a-secret"
@@ -65,6 +65,76 @@ def spark():
     session = local_session(SparkSettings(master="local[2]", shuffle_partitions=2, driver_memory="3g"))
     yield session
     session.stop()
+
+
+def pipeline_settings(root: Path, warehouse_url: str, *extra: str) -> Settings:
+    """A whole run on a tiny generated log: two raw files read in two batches, two Horovod processes, 3-4 segments,
+    a fixed scoring date. The shared lakehouse (`small_lake`) and the cluster run (test_end_to_end) both use it."""
+    return load_settings(
+        None,
+        [
+            f"lake.root={root}",
+            "generate.rows=12000",
+            "generate.files=2",
+            f"generate.output={root}/raw/events",
+            f"ingest.input={root}/raw/events",
+            "ingest.max_files_per_trigger=3",
+            "spark.shuffle_partitions=2",
+            "train.epochs=2",
+            "train.batch_size=128",
+            "train.importance_rows=1000",
+            f"train.model_dir={root}/models/propensity",
+            "segment.k_min=3",
+            "segment.k_max=4",
+            "score.scoring_date=2026-06-01",
+            f"warehouse.url={warehouse_url}",
+            *extra,
+        ],
+    )
+
+
+@dataclasses.dataclass(frozen=True)
+class PipelineRun:
+    settings: Settings
+    results: dict[str, dict]  # per stage, as `pipeline.run_all` returns them
+    summary: str  # what a user reads at the end of the run
+
+
+@pytest.fixture(scope="session")
+def small_lake(spark, tmp_path_factory, postgres) -> PipelineRun:
+    """One small lakehouse for the whole test run: generate, then every stage from ingest to report, in this process.
+
+    Tests read it; a test that changes it works on a copy (`copy_of`).
+    """
+    from behavior_spark import generate, pipeline
+
+    settings = pipeline_settings(tmp_path_factory.mktemp("small-lake") / "lakehouse", postgres.url)
+    with pytest.MonkeyPatch.context() as patch:
+        patch.setenv("BEHAVIOR_SPARK_PSEUDONYM_KEY", TEST_KEY)
+        patch.setenv("BEHAVIOR_SPARK_WAREHOUSE_USER", postgres.user)
+        patch.setenv("BEHAVIOR_SPARK_WAREHOUSE_PASSWORD", postgres.password)
+        generate.run(spark, settings)
+        results = pipeline.run_all(spark, settings)
+    return PipelineRun(settings, results, pipeline.summary(results, settings))
+
+
+def copy_of(settings: Settings, folder: Path) -> Settings:
+    """The same settings on a copy of their lakehouse (and model) in `folder`."""
+    copy = folder / "lakehouse"
+    shutil.copytree(settings.lake.root, copy)
+    model_dir = Path(settings.train.model_dir)
+    inside = model_dir.is_relative_to(settings.lake.root)
+    model_copy = copy / model_dir.relative_to(settings.lake.root) if inside else folder / "model"
+    if not inside:
+        shutil.copytree(model_dir, model_copy)
+    return settings.model_copy(
+        update={
+            "lake": settings.lake.model_copy(update={"root": str(copy)}),
+            "train": settings.train.model_copy(update={"model_dir": str(model_copy)}),
+            "generate": settings.generate.model_copy(update={"output": str(copy / "raw" / "events")}),
+            "ingest": settings.ingest.model_copy(update={"input": str(copy / "raw" / "events")}),
+        }
+    )
 
 
 @pytest.fixture

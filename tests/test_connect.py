@@ -12,7 +12,6 @@ import os
 import socket
 import subprocess
 import sys
-import time
 from pathlib import Path
 
 import pytest
@@ -24,6 +23,8 @@ from waiting import wait_until
 
 from behavior_spark import generate, ingest, lake, pipeline, privacy
 from behavior_spark.config import as_dict, load_settings
+
+pytestmark = pytest.mark.connect
 
 SERVER = "org.apache.spark.sql.connect.service.SparkConnectServer"
 

@@ -111,6 +111,7 @@ def resolve(target: NodeEnvironment, scratch: Path) -> dict[str, str]:
     return {normalise(i["metadata"]["name"]): i["metadata"]["version"] for i in installs}
 
 
+@pytest.mark.network
 @pytest.mark.parametrize("name", sorted(TARGETS))
 def test_each_deploy_environment_resolves_to_wheels_for_its_python(name, tmp_path):
     target = TARGETS[name]
@@ -139,6 +140,7 @@ def test_gpu_nodes_build_the_horovod_that_setup_built_here():
     assert "grep -v '^pyspark=='" in (DATABRICKS_INIT / "horovod.sh").read_text()  # as `resolve` makes its constraints
 
 
+@pytest.mark.network
 def test_a_pin_without_a_wheel_for_the_target_python_fails_the_resolution(tmp_path):
     old_stack = NodeEnvironment("3.12", 39, ("tensorflow==2.15.1",), ())  # the pin that broke the Databricks target
     with pytest.raises(AssertionError, match="could not resolve"):

@@ -1,16 +1,20 @@
-"""The whole pipeline, as a user submits it (`spark-submit --master spark://... jobs/run.py --conf ...`), on a tiny
-generated dataset and a real Spark standalone cluster (a master and three 1-core workers, `tests/cluster.py`), one of
-which is SIGKILLed, with its executor, in the middle of ingest: the run must recover on the two left and every check
-below hold as for an undisturbed run (issue 19).
+"""The whole pipeline and every invariant of a finished run, checked on two runs of the same settings
+(`conftest.pipeline_settings`, a tiny generated log):
 
-Real Spark, real Delta tables, two real Horovod processes (tasks on the two workers left) reading through Petastorm,
-real Arrow scoring UDFs.
+- `in-process` (fast tier): the session's shared lakehouse (`small_lake`), every stage run in this process;
+- `cluster` (tier `cluster`): as a user submits it (`spark-submit --master spark://... jobs/run.py --conf ...`) to a
+  real Spark standalone cluster (a master and three 1-core workers, `tests/cluster.py`), one of which is SIGKILLed,
+  with its executor, in the middle of ingest: the run must recover on the two left and every check hold as for an
+  undisturbed run.
+
+Real Spark, real Delta tables, two real Horovod processes reading through Petastorm, real Arrow scoring UDFs, a real
+PostgreSQL warehouse. What depends on the code alone, not on how the run was made (exports again, the report, the
+notebooks, scoring again), is checked on the in-process run; what changes the lakehouse works on a copy.
 """
 
 import re
 import shutil
 import subprocess
-import time
 from pathlib import Path
 
 import numpy as np
@@ -18,6 +22,7 @@ import pandas as pd
 import pytest
 import yaml
 from cluster import finished, kill_tree, standalone, submit
+from conftest import TEST_KEY, copy_of, pipeline_settings
 from pyspark.sql import functions as F
 from waiting import wait_until
 
@@ -27,38 +32,27 @@ from behavior_spark.config import as_dict
 ROOT = Path(__file__).resolve().parents[1]
 
 
-@pytest.fixture(scope="module")
-def finished_run(spark, tmp_path_factory, postgres):
+@pytest.fixture(scope="module", params=["in-process", pytest.param("cluster", marks=pytest.mark.cluster)])
+def finished_run(request, spark, tmp_path_factory, postgres):
+    """The settings and the printed summary of a finished run: the shared lakehouse, or the cluster run."""
+    if request.param == "in-process":
+        run = request.getfixturevalue("small_lake")
+        return run.settings, run.summary
+    return cluster_run(spark, tmp_path_factory, postgres)
+
+
+def cluster_run(spark, tmp_path_factory, postgres):
     """Every stage run once through spark-submit on a standalone cluster that loses a worker once ingest has committed
     the first of its two batches: the settings and the printed summary."""
     from behavior_spark import generate
-    from behavior_spark.config import load_settings
 
     root = tmp_path_factory.mktemp("e2e") / "lakehouse"
-    settings = load_settings(
-        None,
-        [
-            f"lake.root={root}",
-            "generate.rows=12000",
-            "generate.files=2",
-            f"generate.output={root}/raw/events",
-            f"ingest.input={root}/raw/events",
-            "ingest.max_files_per_trigger=3",  # two batches of its five files: the worker dies between them
-            "spark.shuffle_partitions=2",
-            "train.epochs=2",
-            "train.batch_size=128",
-            f"train.model_dir={root}/models/propensity",
-            "segment.k_min=3",
-            "segment.k_max=4",
-            "score.scoring_date=2026-06-01",
-            f"warehouse.url={postgres.url}",
-        ],
-    )
+    settings = pipeline_settings(root, postgres.url, "warehouse.table=cluster_segments")
     generate.run(spark, settings)  # its own step: `run` reads the configured input and never generates
     conf = root.parent / "e2e.yaml"
     conf.write_text(yaml.safe_dump(as_dict(settings)))
     env = {
-        "BEHAVIOR_SPARK_PSEUDONYM_KEY": "test-only-pseudonym-key-not-a-secret",
+        "BEHAVIOR_SPARK_PSEUDONYM_KEY": TEST_KEY,
         "BEHAVIOR_SPARK_WAREHOUSE_USER": postgres.user,
         "BEHAVIOR_SPARK_WAREHOUSE_PASSWORD": postgres.password,
     }
@@ -91,7 +85,7 @@ def test_summary_names_every_stage(finished_run):
     assert "  generate" not in summary
 
 
-def test_ingest_counts_reconcile_after_the_lost_worker(spark, finished_run):
+def test_ingest_counts_reconcile_even_after_a_lost_worker(spark, finished_run):
     settings, _ = finished_run
     audits = lake.read(spark, settings.lake, lake.INGEST_AUDIT)
     audits = audits.filter(F.col("status") == "ok")  # a batch failed by the lost worker is audited as such
@@ -185,10 +179,10 @@ def test_the_warehouse_table_equals_the_delta_table(spark, finished_run, postgre
     assert deciles <= set(range(1, 11)) and len(deciles) > 5  # the value deciles reach the warehouse
 
 
-def test_exporting_the_same_date_again_changes_nothing(spark, finished_run, postgres, monkeypatch):
+def test_exporting_the_same_date_again_changes_nothing(spark, small_lake, postgres, monkeypatch):
     from behavior_spark import warehouse
 
-    settings, _ = finished_run
+    settings = small_lake.settings
     monkeypatch.setenv("BEHAVIOR_SPARK_WAREHOUSE_USER", postgres.user)
     monkeypatch.setenv("BEHAVIOR_SPARK_WAREHOUSE_PASSWORD", postgres.password)
     before = read_warehouse(spark, postgres, settings.warehouse.table).toPandas()
@@ -198,10 +192,10 @@ def test_exporting_the_same_date_again_changes_nothing(spark, finished_run, post
     pd.testing.assert_frame_equal(before.sort_values(key, ignore_index=True), after.sort_values(key, ignore_index=True))
 
 
-def test_wrong_credentials_or_an_unreachable_warehouse_fail_clearly(spark, finished_run, postgres, monkeypatch):
+def test_wrong_credentials_or_an_unreachable_warehouse_fail_clearly(spark, small_lake, postgres, monkeypatch):
     from behavior_spark import warehouse
 
-    settings, _ = finished_run
+    settings = small_lake.settings
     monkeypatch.setenv("BEHAVIOR_SPARK_WAREHOUSE_USER", postgres.user)
     monkeypatch.setenv("BEHAVIOR_SPARK_WAREHOUSE_PASSWORD", "not-the-password")
     with pytest.raises(warehouse.WarehouseError, match="password authentication failed"):
@@ -216,11 +210,11 @@ def test_wrong_credentials_or_an_unreachable_warehouse_fail_clearly(spark, finis
 
 
 def test_an_export_that_does_not_add_up_rolls_back_and_leaves_no_staging_table(
-    spark, finished_run, postgres, monkeypatch
+    spark, small_lake, postgres, monkeypatch
 ):
     from behavior_spark import warehouse
 
-    settings, _ = finished_run
+    settings = small_lake.settings
     monkeypatch.setenv("BEHAVIOR_SPARK_WAREHOUSE_USER", postgres.user)
     monkeypatch.setenv("BEHAVIOR_SPARK_WAREHOUSE_PASSWORD", postgres.password)
     before = read_warehouse(spark, postgres, settings.warehouse.table).toPandas()
@@ -239,8 +233,8 @@ def test_an_export_that_does_not_add_up_rolls_back_and_leaves_no_staging_table(
     assert tables.filter(F.col("table_name").contains("staging")).count() == 0
 
 
-def test_the_report_renders_with_its_images_and_no_customer_ids(finished_run, tmp_path):
-    settings, _ = finished_run
+def test_the_report_renders_with_its_images_and_no_customer_ids(small_lake, tmp_path):
+    settings = small_lake.settings
     report = Path(lake.path(settings.lake, "reports"), f"report-{settings.score.scoring_date}.html")
     html = report.read_text()
     assert re.search(r"\b[0-9a-f]{64}\b", html) is None  # no pseudonymous id, let alone a raw one
@@ -258,11 +252,11 @@ def test_the_report_renders_with_its_images_and_no_customer_ids(finished_run, tm
 
 
 @pytest.mark.parametrize("name", ["exploration.ipynb", "segment_insight.ipynb"])
-def test_the_notebooks_execute_against_the_run(finished_run, monkeypatch, name):
+def test_the_notebooks_execute_against_the_run(small_lake, monkeypatch, name):
     import nbclient
     import nbformat
 
-    settings, _ = finished_run
+    settings = small_lake.settings
     path = ROOT / "notebooks" / name
     notebook = nbformat.read(path, as_version=4)
     assert all(not cell.get("outputs") for cell in notebook.cells if cell.cell_type == "code"), "clear outputs in git"
@@ -277,19 +271,12 @@ def read_warehouse(spark, postgres, table):
     return spark.read.jdbc(postgres.url, table, properties=properties)
 
 
-def test_rescoring_and_resegmenting_the_same_date_changes_nothing(spark, finished_run, tmp_path):
+def test_rescoring_and_resegmenting_the_same_date_changes_nothing(spark, small_lake, tmp_path):
     """On a copy of the run's lakehouse, so the other tests see the run as it wrote it, in any order."""
     from behavior_spark import score, segment
 
-    run_settings, _ = finished_run
-    copy = tmp_path / "lakehouse"
-    shutil.copytree(run_settings.lake.root, copy)
-    settings = run_settings.model_copy(
-        update={
-            "lake": run_settings.lake.model_copy(update={"root": str(copy)}),
-            "train": run_settings.train.model_copy(update={"model_dir": str(copy / "models" / "propensity")}),
-        }
-    )
+    run_settings = small_lake.settings
+    settings = copy_of(run_settings, tmp_path)
     before_scores = lake.read(spark, settings.lake, lake.SCORES).drop("embedding").toPandas()
     before_segments = lake.read(spark, settings.lake, lake.SEGMENTS).select("customer_id", "segment_id").toPandas()
     score.run(spark, settings)

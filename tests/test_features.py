@@ -7,7 +7,7 @@ import pytest
 from pyspark.sql import functions as F
 from pyspark.testing import assertDataFrameEqual
 
-from behavior_spark import features, lake, summaries
+from behavior_spark import features, lake, run_record, summaries
 from behavior_spark.config import load_settings
 from behavior_spark.ingest import EVENTS_SCHEMA
 
@@ -152,7 +152,7 @@ def test_rebuild_from_the_recorded_events_version_is_identical(spark, tmp_path):
     events_df(spark, [("z", 10, "view", 1, 1.0)]).write.format("delta").mode("append").save(
         lake.path(settings.lake, lake.EVENTS)
     )
-    record = features.recorded_run(spark, settings)
+    record = run_record.recorded_run(spark, settings)
     assert record["events_version"] == first["events_version"] == 0
     assert record["cutoffs"] == ["2026-01-30", "2026-03-01"]
     rebuilt = load_settings(

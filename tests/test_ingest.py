@@ -336,7 +336,7 @@ def test_an_events_table_with_ids_of_an_earlier_scheme_is_refused_with_the_way_o
 def audit(**changes):
     tally = ingest.FileTally(10, ["a.csv"], {"missing_user_id": 1}, valid_rows=9, days=1, lines=None)
     counts = ingest.StatusCounts({"clean": 7, "duplicate": 2, "missing_user_id": 1}, 0, [dt.date(2026, 1, 5)])
-    written = dataclasses.replace(ingest.NOTHING_WRITTEN, inserted=7, quarantined=1, events_added=7)
+    written = dataclasses.replace(ingest.books.NOTHING_WRITTEN, inserted=7, quarantined=1, events_added=7)
     row = ingest.audit_row(0, "rees46", "x", tally, counts, written, events_version=1)
     return {**row, **changes}
 

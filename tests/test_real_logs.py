@@ -83,19 +83,19 @@ def test_a_batch_whose_books_do_not_add_up_keeps_nothing_and_says_so(spark, tmp_
         return dataclasses.replace(counts, by_status={**counts.by_status, "clean": counts.by_status["clean"] - 1})
 
     real_status_counts = ingest.status_counts
-    monkeypatch.setattr(ingest, "status_counts", loses_a_row)
+    monkeypatch.setattr(ingest.books, "status_counts", loses_a_row)
     write_files(tmp_path, {"day2.csv": rees46(view(user="2", time="2026-01-06 10:00:00 UTC"), view(user=""))})
     with pytest.raises(ingest.ReconciliationError, match="2 rows read but 1 given a status"):
         ingest.run(spark, settings)
-    monkeypatch.setattr(ingest, "status_counts", real_status_counts)
+    monkeypatch.setattr(ingest.books, "status_counts", real_status_counts)
     real_write_quarantine = ingest.write_quarantine
-    monkeypatch.setattr(ingest, "write_quarantine", lambda *args: 0)  # Delta "wrote" other than counted: undone
+    monkeypatch.setattr(ingest.tables, "write_quarantine", lambda *args: 0)  # Delta "wrote" other than counted: undone
     with pytest.raises(ingest.ReconciliationError, match="1 rejected rows but 0 quarantined"):
         ingest.run(spark, settings)
     assert sorted(events(spark, settings).collect()) == events_before and reasons(spark, settings) == quarantine_before
     audits = lake.read(spark, settings.lake, lake.INGEST_AUDIT).orderBy("batch_id").collect()
     assert [a["status"] for a in audits] == ["ok", "failed", "failed"]
-    monkeypatch.setattr(ingest, "write_quarantine", real_write_quarantine)
+    monkeypatch.setattr(ingest.tables, "write_quarantine", real_write_quarantine)
     assert ingest.run(spark, settings)["clean"] == 1  # the files were not recorded as ingested: read again
 
 

@@ -22,12 +22,12 @@ import re
 import signal
 import subprocess
 import sys
-import time
 from collections.abc import Callable
 from pathlib import Path
 
 import pandas as pd
 import psutil
+import pytest
 import yaml
 from conftest import SMALL_RUN, TEST_KEY
 from pyspark.sql import functions as F
@@ -37,6 +37,8 @@ from waiting import wait_until
 from behavior_spark import artifacts, lake, model_artifact, pipeline, train
 from behavior_spark.config import as_dict, load_settings
 from behavior_spark.generate import generate_events
+
+pytestmark = pytest.mark.submit
 
 ROOT = Path(__file__).resolve().parents[1]
 

@@ -1,40 +1,24 @@
-"""Training: two real Horovod processes reading real Petastorm shards, on a tiny generated lakehouse.
+"""Training: two real Horovod processes reading real Petastorm shards, on the session's shared lakehouse
+(`small_lake`) or a copy of it.
 
 Checks equal steps and equal weights across ranks, checkpoints and resume, an uneven shard that must not hang, a
 failing rank that must fail the job with its own message, and the evaluation beside the baselines.
 """
 
-import contextlib
 import json
 import math
 import os
 import shutil
-import signal
 import time
+from pathlib import Path
 
 import numpy as np
 import pytest
+from conftest import copy_of
 from pyspark.sql import functions as F
 
-from behavior_spark import artifacts, evaluate, features, lake, model_artifact, pipeline, tracking, train
+from behavior_spark import artifacts, evaluate, features, lake, model_artifact, pipeline, run_record, tracking, train
 from behavior_spark.config import ConfigError, load_settings
-from tests.conftest import TEST_KEY
-
-
-@contextlib.contextmanager
-def deadline(seconds: int):
-    """Fail instead of hanging the test run."""
-
-    def expired(*_):
-        raise TimeoutError(f"still running after {seconds} s: a hang")
-
-    previous = signal.signal(signal.SIGALRM, expired)
-    signal.alarm(seconds)
-    try:
-        yield
-    finally:
-        signal.alarm(0)
-        signal.signal(signal.SIGALRM, previous)
 
 
 def tiny_settings(root, *extra):
@@ -58,22 +42,16 @@ def tiny_settings(root, *extra):
 
 
 @pytest.fixture(scope="module")
-def features_lake(spark, tmp_path_factory):
-    root = tmp_path_factory.mktemp("train") / "lake"
-    settings = tiny_settings(root)
-    with pytest.MonkeyPatch.context() as patch:
-        patch.setenv("BEHAVIOR_SPARK_PSEUDONYM_KEY", TEST_KEY)
-        for stage in ("generate", "ingest", "featurize"):
-            pipeline.run_stage(stage, spark, settings)
-    return root
+def features_lake(small_lake, tmp_path_factory):
+    """A copy of the shared lakehouse for the tests that train again (they write models and checkpoints)."""
+    return Path(copy_of(small_lake.settings, tmp_path_factory.mktemp("train")).lake.root)
 
 
 @pytest.fixture(scope="module")
-def trained(spark, features_lake):
-    settings = tiny_settings(features_lake)
-    with deadline(600):
-        result = train.run(spark, settings)
-    return settings, result, model_artifact.load_metadata(settings.train.model_dir)
+def trained(small_lake):
+    """The shared lakehouse's training run: its settings, the stage's result and the published model's metadata."""
+    settings = small_lake.settings
+    return settings, small_lake.results["train"], model_artifact.load_metadata(settings.train.model_dir)
 
 
 def test_both_ranks_ran_the_same_steps_and_ended_with_the_same_weights(trained):
@@ -160,43 +138,44 @@ def test_on_a_known_signal_the_model_beats_the_recency_frequency_heuristic(spark
     version = lake.version(spark, settings.lake, lake.FEATURES)
     planted = ((F.col("cart_7d") > 0) & (F.col("purchase_7d") == 0)).cast("int")
     table = lake.read(spark, settings.lake, lake.FEATURES).withColumn("label", planted)
-    record = json.dumps(features.recorded_run(spark, settings, version))
+    record = json.dumps(run_record.recorded_run(spark, settings, version))
     lake.overwrite(table, settings.lake, lake.FEATURES, partition_by=["cutoff_date"], userMetadata=record)
-    with deadline(600):
-        train.run(spark, settings)
+    train.run(spark, settings)
     metrics = model_artifact.load_metadata(settings.train.model_dir).test_metrics
     assert metrics["model"]["roc_auc"] > 0.9
     assert metrics["model"]["roc_auc"] > metrics["recency_frequency"]["roc_auc"] + 0.05  # measured: 0.999 vs 0.855
 
 
-def test_drift_beyond_the_threshold_fails_before_anything_is_scored(spark, trained):
+def test_drift_beyond_the_threshold_fails_before_anything_is_scored(spark, trained, tmp_path):
     from behavior_spark import score
 
-    settings, _, metadata = trained
+    run_settings, _, metadata = trained
+    settings = copy_of(run_settings, tmp_path)
+    scores_version = lake.version(spark, settings.lake, lake.SCORES)
     strict = settings.model_copy(update={"score": settings.score.model_copy(update={"drift_fail_psi": 0.0})})
     with pytest.raises(score.DriftError, match="drifted with PSI"):
         score.run(spark, strict)
-    assert not lake.exists(spark, settings.lake, lake.SCORES)
+    assert lake.version(spark, settings.lake, lake.SCORES) == scores_version  # nothing scored
     assert lake.read(spark, settings.lake, lake.FEATURE_DRIFT).count() == len(metadata.feature_names)
 
 
-def test_only_a_retry_of_an_unfinished_run_resumes_and_a_finished_run_trains_afresh(spark, trained):
-    settings, first, first_metadata = trained
+def test_only_a_retry_of_an_unfinished_run_resumes_and_a_finished_run_trains_afresh(spark, trained, features_lake):
+    _, first, first_metadata = trained
+    settings = tiny_settings(features_lake)
+    shutil.copytree(trained[0].train.model_dir, settings.train.model_dir, dirs_exist_ok=True)  # the finished model
     epochs = first["epochs_run"] + 1
     killed = train.run_checkpoints(settings.train.model_dir, "job-run-41")  # a run killed after its first epochs
     model_bytes = artifacts.read_bytes(f"{settings.train.model_dir}/{first_metadata.model_file}")
     artifacts.write_bytes(f"{killed}/{train.checkpoint_name(first['epochs_run'])}", model_bytes)
 
     retry = tiny_settings(settings.lake.root, "train.resume=true", "train.run_id=job-run-41", f"train.epochs={epochs}")
-    with deadline(600):
-        result = train.run(spark, retry)
+    result = train.run(spark, retry)
     metadata = model_artifact.load_metadata(retry.train.model_dir)
     assert metadata.resumed_after_epoch == first["epochs_run"] and result["epochs_run"] == 1  # the epoch left
     assert artifacts.list_names(killed) == []  # finished now
 
     scheduled = tiny_settings(settings.lake.root, "train.resume=true", "train.run_id=job-run-41", "train.epochs=1")
-    with deadline(600):
-        result = train.run(spark, scheduled)  # the same id again, finished: nothing to continue
+    result = train.run(spark, scheduled)  # the same id again, finished: nothing to continue
     assert (
         model_artifact.load_metadata(scheduled.train.model_dir).resumed_after_epoch == 0 and result["epochs_run"] == 1
     )
@@ -226,11 +205,11 @@ def test_an_uneven_shard_does_not_hang(spark, features_lake):
     validation = inputs.filter(F.col("split") == "validation").drop("split").repartition(2)
     counts = {(r["split"], r["label"]): r["count"] for r in table.groupBy("split", "label").count().collect()}
     spec = train.training_spec(settings, counts, threads=1)
-    with deadline(600):
-        results = train.fit(spark, settings, spec, uneven, validation)
+    results = train.fit(spark, settings, spec, uneven, validation)
     assert [r["steps"] for r in results] == [results[0]["steps"]] * 2
 
 
+@pytest.mark.timeout(300)
 @pytest.mark.filterwarnings("ignore::pytest.PytestUnhandledThreadExceptionWarning")  # horovod.spark's own thread
 def test_a_failing_rank_fails_the_job_with_its_own_message(tmp_path):
     def train_fn():
@@ -245,7 +224,7 @@ def test_a_failing_rank_fails_the_job_with_its_own_message(tmp_path):
         return {"rank": hvd.rank()}
 
     started = time.monotonic()
-    with deadline(300), pytest.raises(train.TrainingError, match="rank 1 failed: ValueError: shard 1 is unreadable"):
+    with pytest.raises(train.TrainingError, match="rank 1 failed: ValueError: shard 1 is unreadable"):
         train.run_workers(train_fn, 2, str(tmp_path / "errors"))
     assert time.monotonic() - started < 120
 
