@@ -9,10 +9,10 @@ from __future__ import annotations
 
 import base64
 import datetime as dt
-import html
 import io
 import logging
 
+import jinja2
 from matplotlib.figure import Figure
 from pyspark.sql import SparkSession
 from pyspark.sql import functions as F
@@ -25,14 +25,6 @@ from behavior_spark.model_artifact import ModelMetadata
 log = logging.getLogger(__name__)
 
 HISTOGRAM_BINS = 20
-# Marks the page once every image has decoded: the rendering test reads these attributes back.
-_RENDER_CHECK = """<script>
-window.addEventListener('load', () => {
-  const images = Array.from(document.images);
-  document.body.dataset.images = images.length;
-  document.body.dataset.imagesRendered = images.filter(i => i.complete && i.naturalWidth > 0).length;
-});
-</script>"""
 
 
 def run(spark: SparkSession, settings: Settings) -> dict:
@@ -59,41 +51,58 @@ def propensity_histogram(scores) -> list[int]:
     return [counts.get(b, 0) for b in range(HISTOGRAM_BINS)]
 
 
+PROFILE_COLUMNS = [  # (column, heading, decimals): money to cents, days and counts to one decimal
+    ("customers", "customers", 0),
+    ("mean_propensity", "mean propensity", 3),
+    ("mean_days_since_last_event", "mean days since last event", 1),
+    ("mean_purchases", "mean purchases", 1),
+    ("mean_revenue", "mean revenue", 2),
+    ("mean_expected_revenue", "mean expected revenue", 2),
+    ("expected_revenue", "total expected revenue", 2),
+    ("revenue_at_risk", "revenue at risk", 2),
+]
+_TEMPLATES = jinja2.Environment(
+    loader=jinja2.PackageLoader("behavior_spark", "templates"),
+    autoescape=True,
+    undefined=jinja2.StrictUndefined,
+    trim_blocks=True,
+    lstrip_blocks=True,
+)
+
+
+def _number(value, digits: int = 3) -> str:
+    """A number for people: thousands separated, `digits` decimals (integers as they are), "-" for none."""
+    if value is None:
+        return "-"
+    if isinstance(value, int) or digits == 0:
+        return f"{round(value):,}"
+    return f"{value:,.{digits}f}"
+
+
+_TEMPLATES.filters["number"] = _number
+
+
 def render(metadata: ModelMetadata, scoring_date, profiles: list[dict], histogram: list[int], drift: dict) -> str:
-    """The page, from aggregates only."""
-    sections = [
-        f"<h1>behavior-spark report, scoring date {html.escape(str(scoring_date))}</h1>",
-        f"<p>Model {html.escape(metadata.model_version)}, trained on features version "
-        f"{metadata.features_version}; {sum(histogram):,} customers scored; generated "
-        f"{dt.datetime.now(dt.UTC):%Y-%m-%d %H:%M} UTC.</p>",
-        "<h2>Segments</h2>",
-        _image(_segment_sizes(profiles)),
-        _profile_table(profiles),
-        "<p>Expected revenue: what the model expects the segment's customers to spend in the next label window. "
-        "Revenue at risk: what they spent per window so far beyond that, summed over the segment.</p>",
-        "<h2>Propensity</h2>",
-        _image(_propensity_chart(histogram)),
-        "<h2>Model quality on the test split</h2>",
-        _metrics_table(metadata.test_metrics),
-        _comparison(metadata.comparison),
-        "<h2>Customer value on the test split</h2>",
-        "<p>Expected purchase days and revenue in the label window against what the customers did: Spearman's rank "
-        "correlation, mean absolute error per customer, and the relative error of the summed forecast. "
-        "BG/NBD + Gamma-Gamma forecasts only the customers who bought before.</p>",
-        _metrics_table(metadata.value_metrics) if metadata.value_metrics else "<p>Not evaluated.</p>",
-        _image(_lift_chart(metadata.lift_by_decile)),
-        _image(_calibration_chart(metadata.reliability)),
-        "<h2>Feature drift since training</h2>",
-        _image(_drift_chart(drift)),
-    ]
-    style = (
-        "body{font-family:sans-serif;max-width:960px;margin:2em auto;color:#222}"
-        "table{border-collapse:collapse;margin:1em 0}td,th{border:1px solid #ccc;padding:4px 8px;text-align:right}"
-        "th{background:#f3f3f3}td:first-child,th:first-child{text-align:left}img{max-width:100%}"
-    )
-    return (
-        "<!DOCTYPE html><html><head><meta charset='utf-8'><title>behavior-spark report</title>"
-        f"<style>{style}</style></head><body>{''.join(sections)}{_RENDER_CHECK}</body></html>"
+    """The page, from aggregates only (`templates/report.html.j2`, every value escaped)."""
+    charts = {
+        "segments": _png(_segment_sizes(profiles)),
+        "propensity": _png(_propensity_chart(histogram)),
+        "lift": _png(_lift_chart(metadata.lift_by_decile)),
+        "calibration": _png(_calibration_chart(metadata.reliability)),
+        "drift": _png(_drift_chart(drift)),
+    }
+    return _TEMPLATES.get_template("report.html.j2").render(
+        scoring_date=scoring_date,
+        model_version=metadata.model_version,
+        features_version=metadata.features_version,
+        customers_scored=sum(histogram),
+        generated=f"{dt.datetime.now(dt.UTC):%Y-%m-%d %H:%M}",
+        profiles=profiles,
+        profile_columns=[{"name": n, "heading": h, "digits": d} for n, h, d in PROFILE_COLUMNS],
+        test_metrics=metadata.test_metrics,
+        comparison=metadata.comparison,
+        value_metrics=metadata.value_metrics,
+        charts=charts,
     )
 
 
@@ -103,12 +112,12 @@ def _figure(height: float = 3.2):
     return fig, fig.subplots()
 
 
-def _image(fig) -> str:
+def _png(fig) -> str:
+    """The figure as a base64 PNG, for a data: URL."""
     buffer = io.BytesIO()
     fig.tight_layout()
     fig.savefig(buffer, format="png")
-    encoded = base64.b64encode(buffer.getvalue()).decode()
-    return f"<p><img alt='chart' src='data:image/png;base64,{encoded}'></p>"
+    return base64.b64encode(buffer.getvalue()).decode()
 
 
 def _segment_sizes(profiles: list[dict]):
@@ -161,57 +170,3 @@ def _drift_chart(drift: dict[str, float]):
     ax.tick_params(axis="y", labelsize=7)
     ax.set_title("Feature drift: training data against the customers scored")
     return fig
-
-
-def _profile_table(profiles: list[dict]) -> str:
-    columns = [
-        "customers",
-        "mean_propensity",
-        "mean_days_since_last_event",
-        "mean_purchases",
-        "mean_revenue",
-        "mean_expected_revenue",
-        "expected_revenue",
-        "revenue_at_risk",
-    ]
-    head = "".join(f"<th>{html.escape(c.removeprefix('mean_').replace('_', ' '))}</th>" for c in columns)
-    rows = []
-    for p in profiles:
-        cells = "".join(f"<td>{_number(p[c])}</td>" for c in columns)
-        top = ", ".join(str(c) for c in p["top_category_labels"] or []) or "-"
-        rows.append(f"<tr><td>{html.escape(p['segment_name'])}</td>{cells}<td>{html.escape(top)}</td></tr>")
-    return f"<table><tr><th>segment</th>{head}<th>top categories</th></tr>{''.join(rows)}</table>"
-
-
-def _metrics_table(metrics: dict[str, dict]) -> str:
-    names = list(next(iter(metrics.values())))
-    head = "".join(f"<th>{html.escape(n.replace('_', ' '))}</th>" for n in names)
-    rows = "".join(
-        f"<tr><td>{html.escape(model.replace('_', ' '))}</td>"
-        + "".join(f"<td>{_number(values[n])}</td>" for n in names)
-        + "</tr>"
-        for model, values in metrics.items()
-    )
-    return f"<table><tr><th>model</th>{head}</tr>{rows}</table>"
-
-
-def _comparison(comparison: dict | None) -> str:
-    """One sentence: the model against the best baseline, with the 95% bootstrap interval of the difference."""
-    if not comparison:
-        return ""
-    baseline = html.escape(comparison["baseline"].replace("_", " "))
-    if comparison["roc_auc_difference"] is None:
-        return f"<p>The model against the best baseline ({baseline}): undefined, the test split holds one class.</p>"
-    return (
-        f"<p>ROC-AUC of the model minus the best baseline ({baseline}): {comparison['roc_auc_difference']:+.3f} "
-        f"(95% bootstrap interval {comparison['low_95']:+.3f} to {comparison['high_95']:+.3f}): "
-        f"<b>{html.escape(comparison['verdict'])}</b>.</p>"
-    )
-
-
-def _number(value) -> str:
-    if value is None:
-        return "-"
-    if isinstance(value, int):
-        return f"{value:,}"
-    return f"{value:,.3f}"

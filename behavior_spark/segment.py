@@ -29,6 +29,7 @@ from pyspark.ml.functions import array_to_vector, vector_to_array
 from pyspark.ml.stat import Summarizer
 from pyspark.sql import Column, DataFrame, SparkSession, Window
 from pyspark.sql import functions as F
+from scipy.optimize import linear_sum_assignment
 
 from behavior_spark import features, lake, run_record
 from behavior_spark.config import SegmentSettings, Settings
@@ -194,21 +195,19 @@ def previous_centroids(spark: SparkSession, settings: Settings, scoring_date: dt
 
 
 def match_segments(current: dict[int, list[float]], previous: dict[int, list[float]]) -> dict[int, int]:
-    """cluster -> segment id: the previous run's id of the nearest previous centroid, closest pairs first.
+    """cluster -> segment id: the previous run's ids matched to this run's clusters so that the summed distance
+    between matched centroids is least (the assignment problem, SciPy's `linear_sum_assignment`).
 
     Clusters left over (k grew) get new ids after the largest previous one.
     """
-    pairs = sorted(
-        (math.dist(centroid, old), cluster, old_id)
-        for cluster, centroid in current.items()
-        for old_id, old in previous.items()
-    )
+    clusters, old_ids = sorted(current), sorted(previous)
     ids: dict[int, int] = {}
-    for _, cluster, old_id in pairs:
-        if cluster not in ids and old_id not in ids.values():
-            ids[cluster] = old_id
+    if clusters and old_ids:
+        distances = [[math.dist(current[c], previous[o]) for o in old_ids] for c in clusters]
+        rows, columns = linear_sum_assignment(distances)
+        ids = {clusters[r]: old_ids[c] for r, c in zip(rows, columns, strict=True)}
     next_id = max(previous, default=-1) + 1
-    for cluster in sorted(current):
+    for cluster in clusters:
         if cluster not in ids:
             ids[cluster], next_id = next_id, next_id + 1
     return ids

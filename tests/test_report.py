@@ -1,0 +1,48 @@
+"""The HTML report's page from aggregates: every value escaped, columns a reader can tell apart, numbers rounded
+for people. The page rendered in a browser is checked on the shared lakehouse (test_end_to_end)."""
+
+import re
+
+from behavior_spark import model_artifact, report
+
+PROFILE = {
+    "segment_id": 0,
+    "segment_name": "<script>alert(1)</script> buyers",
+    "customers": 1234,
+    "mean_propensity": 0.41234,
+    "mean_days_since_last_event": 12.3456,
+    "mean_purchases": 2.5,
+    "mean_revenue": 101.23456,
+    "mean_expected_revenue": 55.5555,
+    "expected_revenue": 68555.5555,
+    "revenue_at_risk": 1000.0,
+    "top_category_labels": ["electronics.audio", "<b>toys</b>"],
+}
+
+
+def page() -> str:
+    metadata = model_artifact.untrained_metadata("v1", ["events"]).model_copy(
+        update={
+            "test_metrics": {"model": {"roc_auc": 0.71234, "log_loss": None}, "logistic": {"roc_auc": 0.7, "log_loss": 0.5}},
+            "lift_by_decile": [{"decile": d, "lift": 2.0 / d} for d in range(1, 11)],
+            "reliability": [{"mean_score": b / 10, "positive_rate": b / 10} for b in range(10)],
+            "comparison": {"baseline": "logistic", "roc_auc_difference": 0.012, "low_95": -0.01, "high_95": 0.03,
+                           "verdict": "level"},
+        }
+    )  # fmt: skip
+    return report.render(metadata, "2026-06-01", [PROFILE], [10] * report.HISTOGRAM_BINS, {"events": 0.05})
+
+
+def test_every_value_is_escaped():
+    html = page()
+    assert "<script>alert(1)" not in html and "&lt;script&gt;alert(1)&lt;/script&gt; buyers" in html
+    assert "<b>toys</b>" not in html and "&lt;b&gt;toys&lt;/b&gt;" in html
+
+
+def test_column_headings_are_distinct_and_numbers_are_rounded_for_people():
+    html = page()
+    headings = re.findall(r"<th>([^<]*)</th>", html.split("<h2>Propensity</h2>")[0])
+    assert len(headings) == len(set(headings)), headings
+    assert "mean expected revenue" in headings and "total expected revenue" in headings
+    assert ">1,234<" in html and ">0.412<" in html and ">12.3<" in html and ">68,555.56<" in html
+    assert "+0.012" in html and "level" in html and html.count("data:image/png;base64,") == 5
