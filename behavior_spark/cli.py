@@ -11,7 +11,7 @@ from pathlib import Path
 
 from behavior_spark.config import ConfigError, Settings, load_settings
 
-STAGE_NAMES = ["generate", "ingest", "featurize", "train", "score", "segment", "export", "report", "run"]
+STAGE_NAMES = ["generate", "inspect", "ingest", "featurize", "train", "score", "segment", "export", "report", "run"]
 EXIT_FAILED, EXIT_BAD_CONFIG = 1, 2
 DEFAULT_CONF = Path(__file__).resolve().parents[1] / "conf" / "local.yaml"
 log = logging.getLogger("behavior_spark")
@@ -19,7 +19,11 @@ log = logging.getLogger("behavior_spark")
 
 def parse_args(argv: list[str]) -> argparse.Namespace:
     parser = argparse.ArgumentParser(prog="behavior-spark", description="Customer insight from behaviour logs.")
-    parser.add_argument("stage", choices=STAGE_NAMES, help="the stage to run; `run` runs all of them in order")
+    parser.add_argument(
+        "stage",
+        choices=STAGE_NAMES,
+        help="the stage to run; `run` runs ingest to report in order; `inspect` shows what ingest would do",
+    )
     parser.add_argument(
         "--conf",
         type=Path,
@@ -39,6 +43,13 @@ def parse_args(argv: list[str]) -> argparse.Namespace:
         action="store_true",
         help="train: a retry of run train.run_id continues from its last checkpoint (train.resume=true)",
     )
+    parser.add_argument(
+        "--sample",
+        type=float,
+        default=None,
+        metavar="FRACTION",
+        help="inspect: look at this fraction of the rows (0-1) instead of all of them",
+    )
     args = parser.parse_args(argv)
     if args.resume:
         args.overrides.append("train.resume=true")
@@ -54,7 +65,7 @@ def main(argv: list[str] | None = None) -> int:
         return EXIT_BAD_CONFIG
     configure_logging(settings)
     try:
-        run(args.stage, settings)
+        run(args.stage, settings, args.sample)
     except ConfigError as error:
         log.error("bad configuration: %s", error)
         return EXIT_BAD_CONFIG
@@ -65,11 +76,17 @@ def main(argv: list[str] | None = None) -> int:
     return 0
 
 
-def run(stage: str, settings: Settings) -> dict:
+def run(stage: str, settings: Settings, sample: float | None = None) -> dict:
     from behavior_spark import pipeline
     from behavior_spark.session import get_spark
 
     spark = get_spark(settings.spark)
+    if stage == "inspect":
+        from behavior_spark.ingest import inspect
+
+        look = inspect.run(spark, settings, sample)
+        print(inspect.render(look))
+        return look
     if stage == "run":
         results = pipeline.run_all(spark, settings)
         print(pipeline.summary(results, settings))

@@ -69,7 +69,9 @@ class IngestSettings(Section):
     source: str = "conf/sources/rees46.yaml"  # the layout mapping of the raw files
     max_files_per_trigger: Positive = 1000  # files per batch when a backlog is ingested
     session_gap_minutes: Positive = 30
-    bot_events_per_minute: Positive = 30  # a user above this rate in any minute is treated as a bot
+    bot_events_per_minute: Positive = 30  # the bot rate where a source mapping's `bots` rule names none
+    warn_share: Annotated[float, Field(gt=0, le=1)] = 0.10  # warn when one rule removes more of a batch's rows
+    fail_share: Annotated[float, Field(gt=0, le=1)] = 0.50  # fail the batch, before any write, above this share
     max_price: Annotated[float, Field(gt=0)] = 100_000.0
     earliest_event_date: Date = dt.date(2000, 1, 1)
     max_future_hours: Annotated[int, Field(ge=0)] = 24  # events stamped later than now + this are quarantined

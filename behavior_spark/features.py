@@ -331,7 +331,7 @@ def recent_sequences(length: int, category_buckets: int) -> Column:
         gap_bucket = F.when(gap.isNull(), 1)
         for n, bound in enumerate(GAP_BUCKET_SECONDS):
             gap_bucket = gap_bucket.when(gap <= bound, n + 2)
-        category_hash = F.xxhash64(F.coalesce(event["category_id"], F.lit(-1)))
+        category_hash = F.xxhash64(F.coalesce(event["category_id"], F.lit("")))
         return F.struct(
             F.element_at(_lookup(EVENT_TYPE_IDS), event["event_type"]).cast("int").alias("event_type_id"),
             (1 + F.pmod(category_hash, F.lit(category_buckets - 1))).cast("int").alias("category_bucket"),

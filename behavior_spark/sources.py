@@ -38,25 +38,18 @@ OPTIONAL_FIELDS = [
     "price",
     "quantity",
     "amount",
-    "event_id",  # the source's own id of the event or order line, where its layout has one
+    "event_id",  # the source's own id of the event or order line (one column, or a list: the order's first)
 ]
+BROWSING_EVENTS = ("view", "cart", "remove_from_cart", "wishlist")  # what the default bot rule counts
 WHITESPACE = "whitespace"
 CORRUPT = "_corrupt_record"
 RAW_TEXT = "_line"
 MISSING_COLUMN = "_missing_column"
 LINE_SPAN = "_line_span"  # the physical lines a record covers: 1, plus the line breaks inside its quoted fields
-# Trimmed from both ends of every field: ASCII and Unicode white space, zero-width space and the byte-order mark, so
-# " 5000 ", "\t5000" and "5000\u00a0" are one id. (A set of characters, trimmed without a regular expression.)
-UNICODE_SPACE = "".join(
-    [" \t\n\r\v\f\x1c\x1d\x1e\x1f\x85\xa0\u1680\u180e\u2028\u2029\u202f\u205f\u3000\u200b\ufeff"]
-    + [chr(c) for c in range(0x2000, 0x200B)]
-)
 # What makes two lines one event (`SourceMapping.identity`), and what a second line with the same key but other content
 # means (`SourceMapping.same_key`).
 Identity = Literal["content", "line"]  # content: exact copies are one event; line: every line of a file is an event
 SameKeyPolicy = Literal["keep_both", "keep_latest"]  # keep_latest: the later line corrects the earlier
-# Epoch timestamps beyond 9999-12-31 are out of range: Spark's conversion would overflow and fail the whole batch.
-EPOCH_LIMITS = {"epoch_s": 253_402_300_799, "epoch_ms": 253_402_300_799_999}
 
 
 def _no_null(value):
@@ -70,6 +63,31 @@ def _as_text(value):
 Columns = Annotated[tuple[str, ...], Field(strict=False), BeforeValidator(_no_null)]  # a YAML list, or nothing
 
 
+def _as_columns(value):
+    return tuple(value) if isinstance(value, list) else value
+
+
+class ReturnRule(BaseModel):
+    """How the log writes a return (`returns:`): a purchase line with a negative quantity, or whose event id starts
+    with a prefix (a cancelled invoice). A return keeps its customer, item, time and price, with the quantity
+    returned (positive); a log with its own return events maps them in `event_types` instead."""
+
+    model_config = ConfigDict(extra="forbid", frozen=True, strict=True)
+
+    negative_quantity: bool = False
+    event_id_prefix: str | None = None
+
+
+class BotRule(BaseModel):
+    """Which customers are bots (`bots:`): more than `events_per_minute` events of `event_types` in a calendar minute
+    (the lines of one order, one event id, count once). `bots: none` for logs without bots (purchase logs)."""
+
+    model_config = ConfigDict(extra="forbid", frozen=True, strict=True)
+
+    events_per_minute: int | None = Field(default=None, gt=0)  # None: the setting ingest.bot_events_per_minute
+    event_types: Annotated[tuple[str, ...], Field(strict=False), BeforeValidator(_no_null)] = BROWSING_EVENTS
+
+
 class SourceMapping(BaseModel):
     """A log layout (conf/sources/*.yaml), checked when read: types, choices, and that its parts fit together."""
 
@@ -77,7 +95,8 @@ class SourceMapping(BaseModel):
 
     name: str
     format: Literal["csv", "json", "parquet"]
-    fields: dict[str, str]  # canonical field -> raw column
+    # canonical field -> raw column; `event_id` may name several (an invoice and its item: the lines of one order)
+    fields: dict[str, Annotated[str | tuple[str, ...], BeforeValidator(_as_columns)]]
     timestamp_format: str  # epoch_s | epoch_ms | a Spark datetime pattern
     header: bool = True
     delimiter: str = ","  # one character, or "whitespace" for runs of spaces and tabs
@@ -92,6 +111,8 @@ class SourceMapping(BaseModel):
     quoted: bool | None = None  # RFC 4180 quoting (delimiters, quotes, line breaks in fields); None: when header
     identity: Identity = "content"
     same_key: SameKeyPolicy = "keep_both"  # lines sharing customer, type, item, time and event id
+    returns: ReturnRule | None = None  # how a return is written, where the log has returns on purchase lines
+    bots: BotRule | Literal["none"] = BotRule()
 
     @model_validator(mode="after")
     def _parts_fit(self) -> SourceMapping:
@@ -105,8 +126,13 @@ class SourceMapping(BaseModel):
     @property
     def raw_columns(self) -> list[str]:
         """The raw columns this mapping reads (personal ones excluded)."""
-        wanted = list(dict.fromkeys(self.fields.values()))
+        wanted = list(dict.fromkeys(c for field in self.fields for c in self.columns_of(field)))
         return [c for c in wanted if c not in self.personal]
+
+    def columns_of(self, field: str) -> tuple[str, ...]:
+        """The raw columns behind a canonical field (none where it is not mapped)."""
+        value = self.fields.get(field, ())
+        return (value,) if isinstance(value, str) else value
 
 
 def load_mapping(path: str | Path) -> SourceMapping:
@@ -123,6 +149,17 @@ def load_mapping(path: str | Path) -> SourceMapping:
 
 def _check_mapping(m: SourceMapping) -> None:
     """The checks across keys (types and choices are the fields' own); a ValueError says what does not fit."""
+    several = sorted(k for k, v in m.fields.items() if not isinstance(v, str) and k != "event_id")
+    if several:
+        raise ValueError(f"'fields.{several[0]}' must name one column (only 'event_id' may name several)")
+    if m.fields.get("event_id") == ():
+        raise ValueError("'fields.event_id' names no column")
+    if m.bots != "none" and set(m.bots.event_types) - set(EVENT_TYPES):
+        raise ValueError(f"'bots.event_types' must be among {EVENT_TYPES}, got {list(m.bots.event_types)}")
+    if m.returns is not None and not (m.returns.negative_quantity or m.returns.event_id_prefix):
+        raise ValueError("'returns' says how a return is written: 'negative_quantity: true' or 'event_id_prefix'")
+    if m.returns is not None and m.returns.event_id_prefix and "event_id" not in m.fields:
+        raise ValueError("'returns.event_id_prefix' needs 'fields.event_id'")
     unknown = sorted(set(m.fields) - set(REQUIRED_FIELDS) - set(OPTIONAL_FIELDS))
     if unknown:
         raise ValueError(
@@ -147,10 +184,10 @@ def _check_mapping(m: SourceMapping) -> None:
     if m.delimiter != WHITESPACE and len(m.delimiter) != 1:
         raise ValueError(f"'delimiter' must be one character or 'whitespace', got {m.delimiter!r}")
     if m.columns:
-        missing = sorted(set(m.fields.values()) - set(m.columns))
+        missing = sorted({c for field in m.fields for c in m.columns_of(field)} - set(m.columns))
         if missing:
             raise ValueError(f"'fields' names column '{missing[0]}', which is not in 'columns'")
-    personal_fields = sorted(k for k, v in m.fields.items() if v in m.personal)
+    personal_fields = sorted(k for k in m.fields if set(m.columns_of(k)) & set(m.personal))
     if personal_fields:
         raise ValueError(f"'fields.{personal_fields[0]}' reads a column listed as personal")
 
@@ -313,7 +350,7 @@ def raw_output_columns(m: SourceMapping) -> list[str]:
 def _require_columns(m: SourceMapping, present: list[str], location: str) -> None:
     missing = [c for c in m.raw_columns if c not in present]
     if missing:
-        field = next(k for k, v in m.fields.items() if v == missing[0])
+        field = next(k for k in m.fields if missing[0] in m.columns_of(k))
         raise ConfigError(
             f"source mapping '{m.name}': field '{field}' reads column '{missing[0]}', which {location} does not have "
             f"(it has: {', '.join(present)})"
@@ -331,107 +368,3 @@ def _split_whitespace(lines: DataFrame, m: SourceMapping) -> DataFrame:
         "source_file",
         "source_modified",
     )
-
-
-def canonical(raw: DataFrame, m: SourceMapping) -> DataFrame:
-    """Typed canonical columns beside the raw text, and the first reason (if any) the row cannot be trusted."""
-
-    def field(name: str) -> Column:
-        """The raw column's text trimmed of white space; null where it is empty or a null token."""
-        if name not in m.fields:
-            return F.lit(None).cast("string")
-        return missing_as_null(F.col(m.fields[name]), m.null_tokens)
-
-    event_time = parse_timestamp(field("event_time"), m.timestamp_format)
-    if m.event_type_constant:
-        event_type = F.lit(m.event_type_constant)
-    else:
-        lookup = F.create_map(*[F.lit(x) for pair in m.event_types.items() for x in pair])
-        event_type = F.element_at(lookup, field("event_type"))
-    quantity = parse_quantity(field("quantity"))
-    if "amount" in m.fields:
-        price = field("amount").try_cast("double") / F.when(quantity > 0, quantity)
-        price_text = field("amount")
-    else:
-        price = field("price").try_cast("double")
-        price_text = field("price")
-    texts = [F.col(RAW_TEXT), *(F.col(c) for c in m.raw_columns)]
-    undecodable = reduce(lambda a, b: a | b, (F.coalesce(F.contains(t, F.lit("\ufffd")), F.lit(False)) for t in texts))
-    return raw.select(
-        F.col(RAW_TEXT).alias("raw_line"),
-        F.col(LINE_SPAN).alias("line_span"),
-        F.struct(*(c for c in m.raw_columns if c != m.fields["user_id"])).alias("raw_fields"),  # for the quarantine
-        F.col(MISSING_COLUMN).alias("missing_column"),
-        F.col(CORRUPT).isNotNull().alias("malformed"),
-        repeated_header(m).alias("repeated_header"),
-        undecodable.alias("bad_encoding"),
-        "source_file",
-        *arrival_order(m),
-        event_time.alias("event_time"),
-        epoch_out_of_range(field("event_time"), m.timestamp_format).alias("time_out_of_range"),
-        field("user_id").alias("user_id"),
-        event_type.alias("event_type"),
-        field("event_type").alias("raw_event_type"),
-        field("product_id").try_cast("long").alias("product_id"),
-        field("product_id").alias("raw_product_id"),
-        field("category_id").try_cast("long").alias("category_id"),
-        field("category_id").alias("raw_category_id"),
-        field("category_code").alias("category_code"),
-        field("brand").alias("brand"),
-        price.alias("price"),
-        price_text.alias("raw_price"),
-        quantity.alias("quantity"),
-        field("quantity").alias("raw_quantity"),
-        field("event_id").alias("source_event_id"),
-    )
-
-
-def arrival_order(m: SourceMapping) -> list[Column]:
-    """Where a later line must correct an earlier one (`same_key: keep_latest`), the order lines arrived in: the file's
-    modification time, then its path, then the line's place in the file (the read order, which follows the lines of
-    a file Spark does not split; quoted CSV files are never split)."""
-    if m.same_key != "keep_latest":
-        return []
-    order = F.struct("source_modified", "source_file", F.monotonically_increasing_id().alias("read_order"))
-    return [order.alias("arrival")]
-
-
-def missing_as_null(text: Column, null_tokens: tuple[str, ...]) -> Column:
-    """`text` trimmed of ASCII and Unicode white space; null where that leaves nothing or one of `null_tokens`."""
-    trimmed = F.btrim(text, F.lit(UNICODE_SPACE))
-    return F.when(~trimmed.isin("", *null_tokens), trimmed)
-
-
-def repeated_header(m: SourceMapping) -> Column:
-    """A CSV line repeating the header (files joined with their headers): every mapped column holds its own name."""
-    if m.format != "csv" or not m.header:
-        return F.lit(False)
-    checks = [F.coalesce(F.col(c) == F.lit(c), F.lit(False)) for c in m.raw_columns]
-    return reduce(lambda a, b: a & b, checks)
-
-
-def parse_quantity(text: Column) -> Column:
-    """A whole number of items (1 when the column is absent or empty; "2.0" is 2); null when the text is not one."""
-    number = text.try_cast("double")
-    whole = F.when(number.between(-(2**31), 2**31 - 1), number == F.floor(number))  # range first: floor is a long
-    return F.when(text.isNull(), F.lit(1)).when(whole, number.cast("int"))
-
-
-def parse_timestamp(text: Column, timestamp_format: str) -> Column:
-    """Epoch seconds, epoch milliseconds or a pattern; null (never an exception) when the text does not parse."""
-    if timestamp_format in EPOCH_LIMITS:
-        number = text.try_cast("long")
-        to_time = F.timestamp_seconds if timestamp_format == "epoch_s" else F.timestamp_millis
-        limit = EPOCH_LIMITS[timestamp_format]
-        return F.when(number.between(-limit, limit), to_time(number))  # out of range: null, never an overflow
-    return F.try_to_timestamp(text, F.lit(timestamp_format))
-
-
-def epoch_out_of_range(text: Column, timestamp_format: str) -> Column:
-    """True for an epoch number too large to be a time (micro- or nanoseconds in a seconds column, say)."""
-    if timestamp_format not in EPOCH_LIMITS:
-        return F.lit(False)
-    number = text.try_cast("long")
-    limit = EPOCH_LIMITS[timestamp_format]
-    beyond_long = F.abs(text.try_cast("double")) > limit  # "1e20", or digits too many for a long
-    return F.coalesce(~number.between(-limit, limit), beyond_long, F.lit(False))

@@ -65,8 +65,8 @@ def customer_days(events: DataFrame, recent: int) -> DataFrame:
 
 
 def day_activity(events: DataFrame) -> DataFrame:
-    """Counts by type and time of day, first and last times, revenue, and the day's sessions (count, summed
-    length in seconds, how many had a purchase)."""
+    """Counts by type and time of day, first and last times, revenue net of returns, and the day's sessions (count,
+    summed length in seconds, how many had a purchase)."""
     is_type = {event: F.col("event_type") == event for event in EVENT_TYPES}
     hour = F.hour("event_time")
     sessions = events.groupBy(*KEYS, "session_id").agg(
@@ -77,7 +77,11 @@ def day_activity(events: DataFrame) -> DataFrame:
         F.min("event_time").alias("first"),
         F.max("event_time").alias("last"),
         F.max(F.when(is_type["purchase"], F.col("event_time"))).alias("last_purchase"),
-        F.sum(F.when(is_type["purchase"], F.col("price") * F.col("quantity"))).alias("revenue"),
+        F.sum(
+            F.when(is_type["purchase"], F.col("price") * F.col("quantity")).when(
+                is_type["return"], -F.col("price") * F.col("quantity")
+            )
+        ).alias("revenue"),  # net of returns
     )
     counts = ["n", *(f"n_{event}" for event in EVENT_TYPES), "n_evening", "n_night"]
     return sessions.groupBy(*KEYS).agg(

@@ -217,8 +217,8 @@ def reader_threads(spark: SparkSession, configured: int | None) -> int:
     if configured:
         return configured
     conf = spark.conf
-    cores = int(conf.get("spark.executor.cores") or os.cpu_count() or 1)
-    gpus = float(conf.get("spark.executor.resource.gpu.amount") or 0)
+    cores = int(conf.get("spark.executor.cores", None) or os.cpu_count() or 1)
+    gpus = float(conf.get("spark.executor.resource.gpu.amount", None) or 0)
     return max(1, int(cores // gpus) if gpus >= 1 else cores)
 
 

@@ -23,7 +23,7 @@ from pyspark.sql import DataFrame, SparkSession
 from pyspark.sql import functions as F
 from pyspark.sql import types as T
 
-from behavior_spark import features, ingest, lake, privacy, sources
+from behavior_spark import canonical, features, ingest, lake, privacy, sources
 from behavior_spark.config import Settings
 from behavior_spark.generate import RAW_COLUMNS, generate_events, write_raw
 from behavior_spark.session import local_session
@@ -100,7 +100,7 @@ def ingest_core(spark: SparkSession, settings: Settings, target: str) -> None:
         .schema(schema)
         .csv(settings.ingest.input)
         .select(
-            sources.parse_timestamp(F.col("event_time"), mapping.timestamp_format).alias("event_time"),
+            canonical.parse_timestamp(F.col("event_time"), mapping.timestamp_format).alias("event_time"),
             privacy.keyed_hash(spark, privacy.pseudonym_key(settings.ingest))(F.col("user_id")).alias("customer_id"),
             "event_type",
             F.col("product_id").try_cast("long").alias("product_id"),

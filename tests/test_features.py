@@ -26,9 +26,10 @@ def event_rows(spec):
                 at,
                 at.date(),
                 kind,
-                100 + i,
-                category,
-                None,
+                str(100 + i),
+                None if category is None else str(category),
+                None,  # order id
+                None,  # category code
                 "acme",
                 price,
                 1,
@@ -183,7 +184,7 @@ def test_a_heavy_customer_gets_correct_features(spark):
             F.to_date("event_time").alias("event_date"),
             F.lit("view").alias("event_type"),
             F.lit(1).cast("long").alias("product_id"),
-            F.lit(7).cast("long").alias("category_id"),
+            F.lit("7").alias("category_id"),
             F.lit(None).cast("string").alias("category_code"),
             F.lit("acme").alias("brand"),
             F.lit(1.0).alias("price"),

@@ -31,9 +31,11 @@ def view(
 
 
 def settings_for(tmp_path: Path, source: str = "rees46", **overrides: str):
+    """Ingest settings for files in `tmp_path/raw`. The guard rails stop no batch unless a test sets
+    `fail_share`: the tests' batches of a few lines are mostly defects on purpose (test_retail_logs checks them)."""
     root = tmp_path / "lake"
     pairs = [f"lake.root={root}", f"ingest.input={tmp_path / 'raw'}", f"ingest.source={SOURCES / source}.yaml"]
-    pairs += [f"ingest.{k}={v}" for k, v in overrides.items()]
+    pairs += [f"ingest.{k}={v}" for k, v in {"fail_share": "1.0", **overrides}.items()]
     return load_settings(None, pairs)
 
 
@@ -176,7 +178,7 @@ def test_every_quarantine_reason(spark, tmp_path, pseudonym_key):
         view(time="1999-12-31 23:59:59 UTC"),  # timestamp_out_of_range (too early)
         view(time=future),  # timestamp_out_of_range (future)
         view(kind="click"),  # unknown_event_type
-        view(product="abc"),  # unparseable_product_id
+        view(product="85123A"),  # clean: a product code with letters is kept as written
         view(price="12,5"),  # unparseable_price (quoted below)
         view(price="-1.00"),  # invalid_price
         view(price="1000000.00"),  # invalid_price (absurd)
@@ -191,12 +193,11 @@ def test_every_quarantine_reason(spark, tmp_path, pseudonym_key):
         "unparseable_timestamp": 1,
         "timestamp_out_of_range": 2,
         "unknown_event_type": 1,
-        "unparseable_product_id": 1,
         "unparseable_price": 1,
         "invalid_price": 2,
         "bad_encoding": 1,
     }
-    assert result["clean"] == 1 and result["rows_read"] == 12
+    assert result["clean"] == 2 and result["rows_read"] == 12
     quarantined = lake.read(spark, settings.lake, lake.QUARANTINE)
     assert quarantined.filter(F.col("raw").isNull() | F.col("source_file").isNull()).count() == 0
 
@@ -324,9 +325,23 @@ def test_an_events_table_made_before_the_constraints_gets_them(spark, tmp_path):
 def test_an_events_table_with_ids_of_an_earlier_scheme_is_refused_with_the_way_out(spark, tmp_path):
     path = str(tmp_path / "events")
     DeltaTable.create(spark).location(path).addColumns(ingest.EVENTS_SCHEMA).partitionedBy("event_date").execute()
-    row = ("a" * 32, dt.datetime(2026, 1, 5), dt.date(2026, 1, 5), "view", 1, 1, None, None, 1.0, 1, "c" * 64, "s", 1)
+    row = ("a" * 32, dt.datetime(2026, 1, 5), dt.date(2026, 1, 5), "view", "1", "1", None, None, None, 1.0, 1, "c" * 64)
+    row += ("s", 1)
     spark.createDataFrame([row], ingest.EVENTS_SCHEMA).write.format("delta").mode("append").save(path)
     with pytest.raises(ingest.IngestError, match="earlier behavior-spark.*rebuild it from the raw files"):
+        ingest.ensure_events_table(spark, path)
+
+
+def test_an_events_table_with_numeric_product_ids_is_refused_with_the_way_out(spark, tmp_path):
+    path = str(tmp_path / "events")
+    numeric = {"product_id", "category_id"}
+    columns = [
+        T.StructField(f.name, T.LongType() if f.name in numeric else f.dataType, f.nullable)
+        for f in ingest.EVENTS_SCHEMA
+        if f.name != "order_id"
+    ]  # the schema before ids were kept as text
+    DeltaTable.create(spark).location(path).addColumns(T.StructType(columns)).partitionedBy("event_date").execute()
+    with pytest.raises(ingest.IngestError, match="keeps product_id as bigint.*rebuild it from the raw files"):
         ingest.ensure_events_table(spark, path)
 
 

@@ -140,10 +140,10 @@ def layouts(tmp_path: Path) -> dict[str, dict[str, str | bytes]]:
         f"2026-01-05 10:00:00 UTC,view,1,2053,electronics,acme,9.99,{USER}1,{PERSONAL}",
         f"yesterday,view,1,2053,electronics,acme,9.99,{USER}2,{PERSONAL}",  # unparseable_timestamp
         f"2026-01-05 10:00:00 UTC,click,1,2053,electronics,acme,9.99,{USER}3,{PERSONAL}",  # unknown_event_type
-        f"2026-01-05 10:00:00 UTC,view,p-1,2053,electronics,acme,9.99,{USER}4,{PERSONAL}",  # unparseable_product_id
+        f"2026-01-05 10:00:00 UTC,view,p-1,2053,electronics,acme,9.99,{USER}4,{PERSONAL}",  # clean: a product code
         f"2026-01-05 10:00:00 UTC,view,1,2053,electronics,acme,-5,{USER}5,{PERSONAL}",  # invalid_price
         f"2026-01-05 10:00:00 UTC,view,1,2053,electronics,acme,9.99,{USER}6,{PERSONAL},extra",  # malformed_line
-        f"2026-01-05 10:00:00 UTC,view,1,x,electronics,acme,9.99,{USER}7,{PERSONAL}",  # unparseable_category_id
+        f"2026-01-05 10:00:00 UTC,view,1,x,electronics,acme,9.99,{USER}7,{PERSONAL}",  # clean: a category code
         f"2026-01-05 10:00:00 UTC,view,1,2053,electronics,acme,abc,{USER}8,{PERSONAL}",  # unparseable_price
         f"1999-01-05 10:00:00 UTC,view,1,2053,electronics,acme,9.99,{USER}9,{PERSONAL}",  # timestamp_out_of_range
         "2026-01-05 10:00:00 UTC,view,1,2053,electronics,acme,9.99,null,{PERSONAL}",  # missing_user_id
@@ -161,10 +161,10 @@ def layouts(tmp_path: Path) -> dict[str, dict[str, str | bytes]]:
         f'{{"event_time": "2026-01-05 10:00:00 UTC", "user_id": "{USER}3", "user_session": "{PERSONAL}"',  # corrupt
     ]
     taobao = [f"{USER}1,2,3,pv,1767607200", f"{USER}2,2,3,click,1767607200", f"{USER}3,2,3,pv,99999999999999999"]
-    spaces = [f"{USER}1 2 3 pv 1767607200", f"{USER}2 2 3 pv 1767607200 extra", f"{USER}3 x 3 pv 1767607200"]
+    spaces = [f"{USER}1 2 3 pv 1767607200", f"{USER}2 2 3 pv 1767607200 extra", f"{USER}3 2 3 pv 99999999999999999"]
     purchases = [f"{USER}1,2026-01-05,1,10.0,{PERSONAL}@x.io", f"{USER}2,someday,1,10.0,{PERSONAL}@x.io"]
     purchases += [f"{USER}3,2026-01-05,abc,10.0,{PERSONAL}@x.io", f"{USER}4,2026-01-05,1,10.0,{PERSONAL}@x.io,extra"]
-    purchases += [f"{USER}5,2026-01-05,0,10.0,{PERSONAL}@x.io"]  # invalid_quantity
+    purchases += [f"{USER}5,2026-01-05,0,10.0,{PERSONAL}@x.io"]  # zero_quantity
     rees46 = ingest_header() + "\n" + "\n".join(rees46_rows).replace("{PERSONAL}", PERSONAL) + "\n"
     return {
         "rees46": {"a.csv": rees46, "latin1.csv": latin1.encode("latin-1"), "lacking.csv": lacking},

@@ -23,7 +23,10 @@ PROFILE = {
 def page() -> str:
     metadata = model_artifact.untrained_metadata("v1", ["events"]).model_copy(
         update={
-            "test_metrics": {"model": {"roc_auc": 0.71234, "log_loss": None}, "logistic": {"roc_auc": 0.7, "log_loss": 0.5}},
+            "test_metrics": {
+                "model": {"roc_auc": 0.71234, "log_loss": None},
+                "logistic": {"roc_auc": 0.7, "log_loss": 0.5},
+            },
             "lift_by_decile": [{"decile": d, "lift": 2.0 / d} for d in range(1, 11)],
             "reliability": [{"mean_score": b / 10, "positive_rate": b / 10} for b in range(10)],
             "comparison": {"baseline": "logistic", "roc_auc_difference": 0.012, "low_95": -0.01, "high_95": 0.03,

@@ -46,15 +46,15 @@ def test_a_rerun_keeps_the_previous_centroids_unless_a_new_fit_is_clearly_better
 def test_segments_below_the_k_anonymity_threshold_are_suppressed(spark):
     # segment, propensity, expected purchases and revenue, days since last event, purchases, revenue, events,
     # tenure days, top category
-    rows = [(0, 0.9, 2.0, 100.0, 1.0, 3.0, 300.0, 20.0, 60.0, 7)] * 25 + [
-        (1, 0.1, 0.0, 0.0, 30.0, 0.0, 0.0, 5.0, 90.0, 8)
+    rows = [(0, 0.9, 2.0, 100.0, 1.0, 3.0, 300.0, 20.0, 60.0, "7")] * 25 + [
+        (1, 0.1, 0.0, 0.0, 30.0, 0.0, 0.0, 5.0, 90.0, "8")
     ] * 25
-    rows += [(2, 0.99, 5.0, 500.0, 0.0, 9.0, 999.0, 90.0, 10.0, 9)] * 3  # three customers: too few to show
+    rows += [(2, 0.99, 5.0, 500.0, 0.0, 9.0, 999.0, 90.0, 10.0, "9")] * 3  # three customers: too few to show
     assigned = spark.createDataFrame(
         rows,
         "segment_id int, propensity double, expected_purchases double, expected_revenue double, "
         "days_since_last_event double, purchases double, revenue double, events double, tenure_days double, "
-        "top_category_id long",
+        "top_category_id string",
     )
     profiles = {r["segment_id"]: r for r in segment.profile(assigned, min_segment_size=20, window_days=30).collect()}
     small = profiles[2]
@@ -62,17 +62,17 @@ def test_segments_below_the_k_anonymity_threshold_are_suppressed(spark):
     assert small["segment_name"].startswith(segment.SUPPRESSED)
     assert small["mean_revenue"] is None and small["top_categories"] is None and small["revenue_at_risk"] is None
     assert profiles[0]["segment_name"] == "likely buyers #0"  # ranked among the shown segments only
-    assert profiles[0]["top_categories"] == [7] and profiles[1]["mean_days_since_last_event"] == 30.0
+    assert profiles[0]["top_categories"] == ["7"] and profiles[1]["mean_days_since_last_event"] == 30.0
     # 300 spent over 60 days is 150 a 30-day window; 100 expected: 50 at risk per customer
     assert profiles[0]["expected_revenue"] == 2500.0 and profiles[0]["revenue_at_risk"] == 1250.0
     assert profiles[1]["revenue_at_risk"] == 0.0
 
 
 def test_profiles_name_their_top_categories_by_code_where_the_source_has_one(spark):
-    profiles = spark.createDataFrame([(0, [7, 8]), (1, None)], "segment_id int, top_categories array<long>")
+    profiles = spark.createDataFrame([(0, ["7", "8"]), (1, None)], "segment_id int, top_categories array<string>")
     events = spark.createDataFrame(
-        [(7, "electronics.audio")] * 3 + [(7, "electronics")] + [(8, None), (9, "kids.toys")],
-        "category_id long, category_code string",
+        [("7", "electronics.audio")] * 3 + [("7", "electronics")] + [("8", None), ("9", "kids.toys")],
+        "category_id string, category_code string",
     )
     labelled = {
         r["segment_id"]: r["top_category_labels"] for r in segment.with_category_labels(profiles, events).collect()

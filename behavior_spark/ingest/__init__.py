@@ -23,6 +23,7 @@ from behavior_spark.ingest.batches import run
 from behavior_spark.ingest.books import (
     ACCOUNTED,
     FileTally,
+    GuardRailError,
     ReconciliationError,
     StatusCounts,
     audit_row,
@@ -48,6 +49,7 @@ __all__ = [
     "EVENT_ID_SCHEME",
     "KEY_FINGERPRINT_PROPERTY",
     "FileTally",
+    "GuardRailError",
     "IngestError",
     "ReconciliationError",
     "StatusCounts",

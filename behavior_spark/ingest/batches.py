@@ -3,16 +3,17 @@
 from __future__ import annotations
 
 import contextlib
+import dataclasses
 import hashlib
 import logging
 from collections.abc import Callable
 
-from pyspark.sql import Column, SparkSession
+from pyspark.sql import Column, DataFrame, SparkSession
 from pyspark.sql import functions as F
 
-from behavior_spark import artifacts, lake, privacy, sources, summaries
-from behavior_spark.config import ConfigError, Settings
-from behavior_spark.ingest import books
+from behavior_spark import artifacts, canonical, lake, privacy, sources, summaries
+from behavior_spark.config import ConfigError, IngestSettings, Settings
+from behavior_spark.ingest import books, guards
 from behavior_spark.ingest.checks import for_cache, reject_reason
 from behavior_spark.ingest.identity import event_id_scheme
 from behavior_spark.ingest.sessions import CLEAN, bot_customers, buckets_per_day, classify, with_checks
@@ -66,6 +67,9 @@ def run(spark: SparkSession, settings: Settings) -> dict:
         "batches": len(audits),
         **totals,
         "quarantined_by_reason": reasons,
+        "warnings": [
+            f"batch {a['batch_id']}: {w}" for a in audits if a["warnings"] for w in a["warnings"].split(" | ")
+        ],
         "events_version": lake.version(spark, settings.lake, lake.EVENTS),
     }
 
@@ -114,6 +118,52 @@ def record_files(
     )
 
 
+@dataclasses.dataclass(frozen=True)
+class ClassifiedBatch:
+    """A batch's rows, each with its status, and its books, before anything is written (kept until the block of
+    `classify_batch`'s ExitStack ends)."""
+
+    tally: books.FileTally
+    counts: books.StatusCounts
+    rejected: DataFrame  # rows with a reject reason and what the quarantine keeps of them (`raw`)
+    classified: DataFrame  # valid rows with `status`: clean, duplicate, superseded or bot
+    buckets: int  # customer buckets per day of the shuffle
+    verdict: guards.Verdict
+
+
+def classify_batch(
+    batch: sources.RawBatch,
+    mapping: SourceMapping,
+    pseudonym: Callable[[Column], Column],
+    cfg: IngestSettings,
+    kept: contextlib.ExitStack,
+) -> ClassifiedBatch:
+    """Parse, check, order and classify one batch's rows and count them; writes nothing (ingest and `inspect`).
+
+    The raw files are parsed once and kept; valid rows are shuffled once, by customer and day, and every ordered
+    step (dedup, sessions, bots) runs on that partitioning; what later steps read is kept in `kept`.
+    """
+    spark = batch.rows.sparkSession
+    lines = sources.count_lines(spark, mapping, batch.paths)
+    parsed_rows = (
+        canonical.canonical(batch.rows, mapping)
+        .withColumn("reject_reason", reject_reason(cfg))
+        .withColumn("customer_id", pseudonym(F.col("user_id")))
+        .transform(for_cache, pseudonym, keep_user_id=cfg.identity_map is not None)
+    )
+    with timed(log, "parse to checked rows"), materialized(parsed_rows) as parsed:  # released once `checked` is kept
+        tally = books.file_tally(parsed, lines, batch.header_lines)
+        rejected = kept.enter_context(materialized(parsed.filter(F.col("reject_reason").isNotNull())))
+        valid = parsed.filter(F.col("reject_reason").isNull())
+        buckets = buckets_per_day(tally.valid_rows, tally.days)
+        checked = kept.enter_context(materialized(with_checks(valid, mapping, cfg.session_gap_minutes, buckets)))
+    bots = kept.enter_context(materialized(bot_customers(checked, mapping, cfg.bot_events_per_minute)))  # a few
+    classified = classify(checked, bots)
+    counts = books.status_counts(classified, tally)
+    verdict = guards.check(tally, counts, cfg, rejected, classified)
+    return ClassifiedBatch(tally, counts, rejected, classified, buckets, verdict)
+
+
 def process_batch(
     spark: SparkSession,
     batch: sources.RawBatch,
@@ -122,43 +172,33 @@ def process_batch(
     pseudonym: Callable[[Column], Column],
     settings: Settings,
 ) -> dict:
-    """Classify one batch of raw rows, check the books, then write the quarantine and the events and audit the batch.
+    """Classify one batch of raw rows, check the books and the guard rails, then write the quarantine and the events
+    and audit the batch.
 
-    The raw files are parsed once and kept; valid rows are shuffled once, by customer and day, every ordered step
-    (dedup, sessions) runs on that partitioning, and the result is kept for the counts and the write. Nothing is
-    written unless every row read has a status; a write that Delta reports otherwise than counted is undone.
+    Nothing is written unless every row read has a status and no rule removes more than `ingest.fail_share` of
+    the rows; a write that Delta reports otherwise than counted is undone.
     """
     cfg = settings.ingest
-    lines = sources.count_lines(spark, mapping, batch.paths)
     with contextlib.ExitStack() as kept:
-        parsed_rows = (
-            sources.canonical(batch.rows, mapping)
-            .withColumn("reject_reason", reject_reason(cfg))
-            .withColumn("customer_id", pseudonym(F.col("user_id")))
-            .transform(for_cache, pseudonym, keep_user_id=cfg.identity_map is not None)
-        )
-        with (
-            timed(log, "parse to checked rows"),
-            materialized(parsed_rows) as parsed,
-        ):  # released once `checked` is kept
-            tally = books.file_tally(parsed, lines, batch.header_lines)
-            rejected = kept.enter_context(materialized(parsed.filter(F.col("reject_reason").isNotNull())))
-            valid = parsed.filter(F.col("reject_reason").isNull())
-            buckets = buckets_per_day(tally.valid_rows, tally.days)
-            checked = kept.enter_context(materialized(with_checks(valid, mapping, cfg.session_gap_minutes, buckets)))
-        bots = kept.enter_context(materialized(bot_customers(checked, cfg.bot_events_per_minute)))  # a few rows
-        classified = classify(checked, bots)
-        counts = books.status_counts(classified, tally)
+        done = classify_batch(batch, mapping, pseudonym, cfg, kept)
+        tally, counts = done.tally, done.counts
         problems = books.books_problems(tally, counts.by_status)
         if problems:  # before any write
             books.raise_failed(spark, settings, batch_id, mapping, tally, counts, problems)
-        clean = classified.filter(F.col("status") == CLEAN)
+        if done.verdict.failures:
+            failures = done.verdict.failures
+            books.raise_failed(spark, settings, batch_id, mapping, tally, counts, failures, error=books.GuardRailError)
+        for warning in done.verdict.warnings:
+            log.warning("ingest batch %d: %s", batch_id, warning)
+        clean = done.classified.filter(F.col("status") == CLEAN)
         if cfg.identity_map:
             write_identity_map(clean, cfg.identity_map)
         keep_latest = mapping.same_key == "keep_latest"
-        written = write_batch(spark, settings, rejected, clean, tally.files, counts.clean_days, buckets, keep_latest)
+        written = write_batch(
+            spark, settings, done.rejected, clean, tally.files, counts.clean_days, done.buckets, keep_latest
+        )
     version = lake.version(spark, settings.lake, lake.EVENTS)
-    audit = books.audit_row(batch_id, mapping.name, cfg.input, tally, counts, written, version)
+    audit = books.audit_row(batch_id, mapping.name, cfg.input, tally, counts, written, version, done.verdict.warnings)
     problems = books.reconciliation_problems(audit)
     if problems:
         written.undo(spark)

@@ -22,6 +22,10 @@ from behavior_spark.sources import SourceMapping
 log = logging.getLogger(__name__)
 
 
+class GuardRailError(RuntimeError):
+    """One rule would remove an implausible share of a batch (`ingest.fail_share`): nothing of it is written."""
+
+
 class ReconciliationError(RuntimeError):
     """The rows written do not add up to the rows read: something would be lost."""
 
@@ -103,13 +107,18 @@ class StatusCounts:
     by_status: dict[str, int]  # clean, duplicate, bot and every reject reason
     same_key_variants: int
     clean_days: list[dt.date]
+    returns: int = 0  # clean rows that are returns
 
 
 def status_counts(classified: DataFrame, tally: FileTally) -> StatusCounts:
     with timed(log, "status counts"):
         rows = (
             classified.groupBy("status", "event_date")
-            .agg(F.count(F.lit(1)).alias("count"), F.count(F.when(F.col("is_variant"), 1)).alias("variants"))
+            .agg(
+                F.count(F.lit(1)).alias("count"),
+                F.count(F.when(F.col("is_variant"), 1)).alias("variants"),
+                F.count(F.when(F.col("event_type") == "return", 1)).alias("returns"),
+            )
             .collect()  # 3 x days rows
         )
     by_status: dict[str, int] = {}
@@ -119,6 +128,7 @@ def status_counts(classified: DataFrame, tally: FileTally) -> StatusCounts:
         by_status={**by_status, **tally.rejected_by_reason},
         same_key_variants=sum(r["variants"] for r in rows if r["status"] == CLEAN),
         clean_days=sorted({r["event_date"] for r in rows if r["status"] == CLEAN}),
+        returns=sum(r["returns"] for r in rows if r["status"] == CLEAN),
     )
 
 
@@ -159,13 +169,15 @@ AUDIT_SCHEMA = T.StructType(
         T.StructField("blank_lines", T.LongType(), True),  # skipped by the parser
         T.StructField("superseded", T.LongType(), True),  # lines a later line of the batch with their key corrects
         T.StructField("corrections", T.LongType(), True),  # events of the table a line of the batch replaced
+        T.StructField("returns", T.LongType(), True),  # clean rows that are returns
+        T.StructField("warnings", T.StringType(), True),  # the guard rails' warnings, " | " between them
     ]
 )
 
 
 AUDIT_SUMMARY = [
     "rows_read", "clean", "replays", "duplicates", "superseded", "bot_rows", "quarantined", "same_key_variants",
-    "corrections",
+    "corrections", "returns",
 ]  # fmt: skip
 
 
@@ -183,6 +195,7 @@ def audit_row(
     counts: StatusCounts,
     written: Written | None,
     events_version: int,
+    warnings: list[str] | None = None,
 ) -> dict:
     """Where every row of a batch went (`written` None: nothing was). Clean rows that were already in the table
     count as replays; clean rows that replaced an event of the same key are corrections (and clean); kept rows
@@ -217,6 +230,8 @@ def audit_row(
         "raw_lines": lines and lines.raw_lines,
         "header_lines": lines and lines.header_lines,
         "blank_lines": lines and lines.blank_lines,
+        "returns": counts.returns,
+        "warnings": " | ".join(warnings) if warnings else None,
     }
 
 
@@ -262,11 +277,14 @@ def raise_failed(
     counts: StatusCounts,
     problems: list[str],
     audit: dict | None = None,
+    error: type[Exception] = ReconciliationError,
 ) -> None:
-    """Audit the batch as failed, with its problems, and raise ReconciliationError; its writes are already undone."""
+    """Audit the batch as failed, with its problems, and raise `error` (ReconciliationError: the books do not add up;
+    GuardRailError: a rule removes too much); its writes are already undone."""
     if audit is None:
         version = lake.version(spark, settings.lake, lake.EVENTS)
         audit = audit_row(batch_id, mapping.name, settings.ingest.input, tally, counts, None, version)
-    message = f"ingest batch {batch_id} does not reconcile: " + "; ".join(problems)
+    what = "does not reconcile" if error is ReconciliationError else "is stopped by a guard rail"
+    message = f"ingest batch {batch_id} {what}: " + "; ".join(problems)
     append_audit(spark, settings, {**audit, "clean": 0, "replays": 0, "status": "failed", "problems": message})
-    raise ReconciliationError(message + " (nothing of it is kept; the audit row says so)")
+    raise error(message + " (nothing of it is kept; the audit row says so)")

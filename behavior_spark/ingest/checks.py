@@ -23,8 +23,6 @@ CANONICAL_ONLY = {
     "bad_encoding",
     "time_out_of_range",
     "raw_event_type",
-    "raw_product_id",
-    "raw_category_id",
     "raw_price",
     "raw_quantity",
 }
@@ -46,12 +44,11 @@ def reject_reason(cfg: IngestSettings) -> Column:
             "timestamp_out_of_range",
         )
         .when(F.col("event_type").isNull(), "unknown_event_type")
-        .when(F.col("raw_product_id").isNotNull() & F.col("product_id").isNull(), "unparseable_product_id")
-        .when(F.col("raw_category_id").isNotNull() & F.col("category_id").isNull(), "unparseable_category_id")
         .when(F.col("raw_quantity").isNotNull() & F.col("quantity").isNull(), "unparseable_quantity")
+        .when(F.col("quantity") == 0, "zero_quantity")  # a line of nothing (its amount has no price): not an event
         .when(F.col("raw_price").isNotNull() & F.col("price").isNull(), "unparseable_price")
         .when((F.col("price") < 0) | (F.col("price") > cfg.max_price), "invalid_price")
-        .when(F.col("quantity") <= 0, "invalid_quantity")
+        .when(F.col("quantity") < 0, "invalid_quantity")  # negative, where the mapping declares no returns
     )
 
 

@@ -51,7 +51,8 @@ def with_checks(valid: DataFrame, mapping: SourceMapping, gap_minutes: int, buck
         rows = rows.withColumn("file_hash", F.xxhash64("source_file"))
     checked = (
         rows.withColumn("ts", F.unix_micros("event_time"))
-        .drop("raw", "source_file", "source_modified", "reject_reason", "source_event_id")  # not worth shuffling
+        .withColumnRenamed("source_order_id", "order_id")
+        .drop("raw", "source_file", "source_modified", "reject_reason", "source_event_id")
         .transform(shuffle_by_day, buckets_per_day)
     )
     if mapping.identity == "line":
@@ -88,7 +89,7 @@ def one_event_per_line(rows: DataFrame) -> DataFrame:
 
 
 def latest_of_each_key(rows: DataFrame) -> DataFrame:
-    """`same_key: keep_latest`: of the lines sharing a key, the one that arrived last (`sources.arrival_order`) is the
+    """`same_key: keep_latest`: of the lines sharing a key, the one that arrived last (`canonical.arrival_order`) is the
     event and the others are superseded by it (copies of it stay duplicates); no kept event has a variant."""
     same_key_rows = Window.partitionBy(*WINDOW_KEYS, event_key(F.col("event_id")))
     latest = F.max_by("event_id", "arrival").over(same_key_rows)
@@ -111,15 +112,25 @@ def buckets_per_day(valid_rows: int, days: int) -> int:
     return max(1, math.ceil(valid_rows / max(days, 1) / ROWS_PER_FILE))
 
 
-def bot_customers(checked: DataFrame, max_events_per_minute: int) -> DataFrame:
-    """The customers who ever fired more than `max_events_per_minute` events (copies aside) in a calendar minute."""
+ORDER_LINES = ("purchase", "return")  # the lines of one order (one `order_id`) count once in a bot rule
+
+
+def bot_customers(checked: DataFrame, mapping: SourceMapping, default_rate: int) -> DataFrame:
+    """The customers who ever did more than the mapping's bot rate of its counted event types (copies aside) in a
+    calendar minute; the lines of one order count once. None under `bots: none`."""
+    if mapping.bots == "none":
+        return checked.sparkSession.createDataFrame([], "customer_id string, is_bot boolean")
+    rule = mapping.bots
+    rate = rule.events_per_minute or default_rate
+    counted = checked.filter(~F.col("is_copy") & ~F.col("is_superseded") & F.col("event_type").isin(*rule.event_types))
+    order = F.when(F.col("event_type").isin(*ORDER_LINES), F.col("order_id"))
+    events = F.count(F.when(order.isNull(), 1)) + F.count_distinct(order)  # an order's lines count once
     # The day and bucket keys change no group (a minute has one day, a customer one bucket) but let the counting
     # reuse the rows' partitioning instead of shuffling every event again.
     return (
-        checked.filter(~F.col("is_copy") & ~F.col("is_superseded"))
-        .groupBy(*WINDOW_KEYS, F.date_trunc("minute", "event_time").alias("minute"))
-        .count()
-        .filter(F.col("count") > max_events_per_minute)
+        counted.groupBy(*WINDOW_KEYS, F.date_trunc("minute", "event_time").alias("minute"))
+        .agg(events.alias("count"))
+        .filter(F.col("count") > rate)
         .select("customer_id")
         .distinct()
         .withColumn("is_bot", F.lit(True))

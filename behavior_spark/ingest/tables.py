@@ -27,8 +27,11 @@ EVENTS_SCHEMA = T.StructType(
         T.StructField("event_time", T.TimestampType(), False),
         T.StructField("event_date", T.DateType(), False),
         T.StructField("event_type", T.StringType(), False),
-        T.StructField("product_id", T.LongType(), True),
-        T.StructField("category_id", T.LongType(), True),
+        T.StructField("product_id", T.StringType(), True),  # as the log writes it
+        T.StructField("category_id", T.StringType(), True),
+        T.StructField(
+            "order_id", T.StringType(), True
+        ),  # the invoice or basket of an order line, where the log has one
         T.StructField("category_code", T.StringType(), True),
         T.StructField("brand", T.StringType(), True),
         T.StructField("price", T.DoubleType(), True),
@@ -82,6 +85,7 @@ def ensure_events_table(spark: SparkSession, path: str, scheme: str = EVENT_ID_S
         f"CREATE TABLE IF NOT EXISTS {lake.sql_name(path)} ({columns}) USING DELTA "
         f"PARTITIONED BY (event_date) TBLPROPERTIES ({lake.sql_properties(properties)})"
     )
+    check_column_types(spark, path)
     existing = lake.properties(spark, path)
     if existing.get(EVENT_ID_PROPERTY) != scheme:
         if not spark.read.format("delta").load(path).isEmpty():  # its events would not match re-read ones
@@ -98,6 +102,21 @@ def ensure_events_table(spark: SparkSession, path: str, scheme: str = EVENT_ID_S
     for name, check in CHECK_CONSTRAINTS.items():
         if f"delta.constraints.{name}" not in existing:
             spark.sql(f"ALTER TABLE {lake.sql_name(path)} ADD CONSTRAINT {name} CHECK ({check})")
+
+
+def check_column_types(spark: SparkSession, path: str) -> None:
+    """Refuse, with the way out, an events table whose columns have other types than EVENTS_SCHEMA: one written
+    before product and category ids were kept as text (as the log writes them) could not take a SKU."""
+    table = spark.read.format("delta").load(path).schema
+    differing = [f.name for f in EVENTS_SCHEMA if f.name in table.names and table[f.name].dataType != f.dataType]
+    if differing:
+        name = differing[0]
+        raise IngestError(
+            f"the events table at {path} keeps {name} as {table[name].dataType.simpleString()}, where this version "
+            f"keeps {EVENTS_SCHEMA[name].dataType.simpleString()} (ids as the log writes them); rebuild it from the "
+            "raw files: remove the events, events_quarantine, ingest_audit, ingested_files and customer_days tables "
+            "and run ingest again"
+        )
 
 
 def set_properties(spark: SparkSession, path: str, properties: dict[str, str]) -> None:
