@@ -87,7 +87,7 @@ def run_ingest(tree: Path, settings: list[str]) -> tuple[float, int, int]:
     )
     if done.returncode != 0:
         raise RuntimeError(f"ingest failed in {tree}:\n{done.stderr[-3000:]}")
-    if f"{tree}/behavior_spark/ingest.py" not in done.stderr:
+    if f"{tree}/behavior_spark/ingest" not in done.stderr:  # ingest.py, or the ingest/ package
         raise RuntimeError(f"the run in {tree} imported another checkout's package:\n{done.stderr[-500:]}")
     seconds, rows_read, clean = done.stdout.strip().splitlines()[-1].split()
     return float(seconds), int(rows_read), int(clean)

@@ -24,6 +24,18 @@ import pytest
 
 ROOT = Path(__file__).resolve().parents[1]
 LOCK = ROOT / "requirements" / "lock.txt"
+DEV_LOCK = ROOT / "requirements" / "dev-lock.txt"
+DEV_TOOLS = {
+    "pytest",
+    "pytest-timeout",
+    "hypothesis",
+    "ruff",
+    "mypy",
+    "mkdocs",
+    "nbclient",
+    "ipykernel",
+    "databricks-bundles",
+}
 DATABRICKS_INIT = ROOT / "deploy" / "databricks" / "init"
 
 
@@ -60,11 +72,16 @@ TARGETS = {
         ("-r", str(LOCK), "-r", str(ROOT / "requirements" / "gpu.txt"), "-c", str(LOCK)),
         (("pyspark", "4.0.1"),),
     ),
+    # A developer's machine and CI (Debian 12, glibc 2.36): the runtime lock and the dev tools' lock, as set-up.
+    "dev": NodeEnvironment(
+        "3.12", 36, ("-r", str(LOCK), "-r", str(DEV_LOCK), "-c", str(LOCK)), (("pyspark", "4.0.1"),)
+    ),
 }
 
 
-def locked_versions() -> dict[str, str]:
-    pins = (line.split("==") for line in LOCK.read_text().splitlines() if "==" in line and not line.startswith("#"))
+def locked_versions(*locks: Path) -> dict[str, str]:
+    lines = [line for lock in (locks or (LOCK,)) for line in lock.read_text().splitlines()]
+    pins = (line.split("==") for line in lines if "==" in line and not line.startswith("#"))
     return {normalise(name): version for name, version in pins}
 
 
@@ -116,7 +133,7 @@ def resolve(target: NodeEnvironment, scratch: Path) -> dict[str, str]:
 def test_each_deploy_environment_resolves_to_wheels_for_its_python(name, tmp_path):
     target = TARGETS[name]
     resolved = resolve(target, tmp_path)
-    lock = locked_versions()
+    lock = locked_versions(LOCK, DEV_LOCK) if name == "dev" else locked_versions()
     provided = {normalise(package) for package, _ in target.provided}
     differing = {p: (v, lock[p]) for p, v in resolved.items() if p in lock and p not in provided and v != lock[p]}
     if name != "databricks-cpu":  # the wheel alone names ranges; every other target is held to the lock
@@ -125,6 +142,13 @@ def test_each_deploy_environment_resolves_to_wheels_for_its_python(name, tmp_pat
     if name.endswith("gpu"):
         assert resolved["tensorflow"] == lock["tensorflow"] and resolved["tf-keras"] == lock["tf-keras"]
         assert any(p.startswith("nvidia-cudnn") for p in resolved), "the CUDA build of TensorFlow is not installed"
+
+
+def test_cluster_nodes_install_no_dev_or_test_tool():
+    runtime, dev = locked_versions(LOCK), locked_versions(DEV_LOCK)
+    assert not DEV_TOOLS & runtime.keys(), "a dev tool in the runtime lock that cluster nodes install"
+    assert DEV_TOOLS <= dev.keys() and not runtime.keys() & dev.keys()  # each pin in one lock
+    assert "--node" in (ROOT / "deploy" / "emr" / "bootstrap.sh").read_text()  # nodes skip the dev lock
 
 
 def test_gpu_nodes_build_the_horovod_that_setup_built_here():

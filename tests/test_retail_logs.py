@@ -111,6 +111,7 @@ def test_two_products_of_one_invoice_at_the_same_quantity_and_price_are_two_even
 
 @pytest.fixture(scope="module")
 def complete_journey(spark, tmp_path_factory):
+    """The whole log (1,469,307 lines) ingested once: about a minute, so in the `large` tier (`make check`)."""
     assert COMPLETE_JOURNEY.exists(), "the Complete Journey log is fetched by scripts/setup.sh (make test runs it)"
     folder = tmp_path_factory.mktemp("complete-journey")
     (folder / "raw").mkdir()
@@ -122,6 +123,7 @@ def complete_journey(spark, tmp_path_factory):
     return result, settings
 
 
+@pytest.mark.large
 def test_every_grocery_line_is_an_event_or_quarantined_as_counted_by_pyarrow(spark, complete_journey):
     result, settings = complete_journey
     table = pq.read_table(COMPLETE_JOURNEY)

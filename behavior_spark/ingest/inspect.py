@@ -83,20 +83,21 @@ def render(look: dict) -> str:
     """One screen: what ingest would do with the log."""
     read = look["rows_read"] or 1
     sampled = f", a {look['sample']:.0%} sample of the rows" if look["sample"] else ""
+    raw_lines = f"{look['raw_lines']:,}" if look["raw_lines"] is not None else "not counted (Parquet)"
     lines = [
         f"inspect: {look['files']} files read with the mapping '{look['mapping']}'{sampled}; nothing written",
-        f"  rows read        {look['rows_read']:>12,}   raw lines {look['raw_lines'] or '-'}, books: {look['books']}",
+        f"  {'rows read':<24}{look['rows_read']:>12,}   raw lines: {raw_lines}; books: {look['books']}",
     ]
     for outcome, rows in sorted(look["outcomes"].items(), key=lambda item: -item[1]):
-        lines.append(f"  {outcome:<24} {rows:>12,}  {rows / read:6.1%}")
+        lines.append(f"  {outcome:<24}{rows:>12,}  {rows / read:6.1%}")
         if outcome in look["examples"]:
-            lines.append(f"      e.g. {look['examples'][outcome][:200]}")
+            lines.append(f"      e.g. {look['examples'][outcome][:110]}")
     spread = look["events_per_customer"]
     lines += [
-        f"  customers        {look['customers']:>12,}   events per customer: quartiles {spread['quartiles']}, "
+        f"  {'customers':<24}{look['customers']:>12,}   events each: quartiles {spread['quartiles']}, "
         f"most {spread['most']}",
-        f"  dates            {look['first_event']} .. {look['last_event']}",
-        f"  event types      {look['event_types']}",
+        f"  {'dates':<24}{look['first_event']} .. {look['last_event']}",
+        f"  {'event types':<24}{look['event_types']}",
     ]
     lines += [f"  warning: {w}" for w in look["warnings"]]
     lines += [f"  WOULD STOP: {f}" for f in look["would_stop"]] or ["  guard rails: ingest would go ahead"]
