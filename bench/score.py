@@ -117,8 +117,13 @@ def stock_udf(rows: DataFrame, metadata: ModelMetadata, model_dir: str) -> DataF
                 numeric.astype(np.float32),
                 *(s.astype(np.int32) for s in (seq_event_type, seq_category, seq_gap_bucket)),
             ]
-            propensity, embedding = model(inputs, training=False)
-            return {"propensity": propensity.numpy()[:, 0], "embedding": embedding.numpy()}
+            propensity, embedding, purchases, revenue = model(inputs, training=False)
+            return {
+                "propensity": propensity.numpy()[:, 0],
+                "embedding": embedding.numpy(),
+                "expected_purchases": purchases.numpy()[:, 0],
+                "expected_revenue": revenue.numpy()[:, 0],
+            }
 
         return predict
 
