@@ -257,7 +257,7 @@ def expected_from(invoices: list[list[list[str]]], rate: int | None) -> dict:
 
 
 @pytest.mark.parametrize("rate", [None, 1], ids=["no-bot-rule", "orders-per-minute"])
-@settings(max_examples=4, deadline=None, suppress_health_check=[HealthCheck.function_scoped_fixture])
+@settings(max_examples=3, deadline=None, suppress_health_check=[HealthCheck.function_scoped_fixture])
 @given(invoices=st.lists(invoice(), min_size=1, max_size=6))
 def test_invoice_lines_returns_and_large_orders_keep_their_meaning(spark, pseudonym_key, rate, invoices):
     """Every distinct line with a customer is a purchase or a return of its own (SKUs as written), a large order is

@@ -133,7 +133,7 @@ def test_on_a_known_signal_the_model_beats_the_recency_frequency_heuristic(spark
     """
     root = tmp_path / "lake"
     shutil.copytree(features_lake, root, ignore=shutil.ignore_patterns("model", "mlruns"))
-    settings = tiny_settings(root, "features.cutoffs=4", "features.cutoff_step_days=14", "train.epochs=8")
+    settings = tiny_settings(root, "features.cutoffs=4", "features.cutoff_step_days=14", "train.epochs=6")
     pipeline.run_stage("featurize", spark, settings)
     version = lake.version(spark, settings.lake, lake.FEATURES)
     planted = ((F.col("cart_7d") > 0) & (F.col("purchase_7d") == 0)).cast("int")
