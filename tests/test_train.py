@@ -143,7 +143,8 @@ def test_on_a_known_signal_the_model_beats_the_recency_frequency_heuristic(spark
     train.run(spark, settings)
     metrics = model_artifact.load_metadata(settings.train.model_dir).test_metrics
     assert metrics["model"]["roc_auc"] > 0.9
-    assert metrics["model"]["roc_auc"] > metrics["recency_frequency"]["roc_auc"] + 0.05  # measured: 0.999 vs 0.855
+    # measured at 8 epochs: 0.999 against 0.855
+    assert metrics["model"]["roc_auc"] > metrics["recency_frequency"]["roc_auc"] + 0.05
 
 
 def test_drift_beyond_the_threshold_fails_before_anything_is_scored(spark, trained, tmp_path):
