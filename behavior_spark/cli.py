@@ -8,7 +8,11 @@ import os
 import sys
 import warnings
 from pathlib import Path
+from typing import IO
 
+from rich.console import Console
+
+from behavior_spark import console
 from behavior_spark.config import ConfigError, Settings, load_settings
 
 STAGE_NAMES = ["generate", "inspect", "ingest", "featurize", "train", "score", "segment", "export", "report", "run"]
@@ -63,20 +67,24 @@ def main(argv: list[str] | None = None) -> int:
     except ConfigError as error:
         print(f"behavior-spark: bad configuration: {error}", file=sys.stderr)
         return EXIT_BAD_CONFIG
-    configure_logging(settings)
+    log_file, terminal = console.open_log_file(settings.log.dir, args.stage)
+    configure_logging(settings, terminal)
+    screen = Console(file=terminal, width=None if terminal.isatty() else 120)
+    screen.print(f"behavior-spark {args.stage}: the full log is in {log_file}")
     try:
-        run(args.stage, settings, args.sample)
+        run(args.stage, settings, screen, args.sample)
     except ConfigError as error:
         log.error("bad configuration: %s", error)
         return EXIT_BAD_CONFIG
     except Exception as error:  # the last line a user reads names the stage and the cause
         log.debug("traceback", exc_info=True)
-        log.error("%s failed: %s: %s", args.stage, type(error).__name__, _first_line(error))
+        log.error("%s failed: %s: %s (more in %s)", args.stage, type(error).__name__, _first_line(error), log_file)
         return EXIT_FAILED
     return 0
 
 
-def run(stage: str, settings: Settings, sample: float | None = None) -> dict:
+def run(stage: str, settings: Settings, screen: Console, sample: float | None = None) -> object:
+    """Run `stage` (or `run`: the pipeline); print what a person reads to standard output."""
     from behavior_spark import pipeline
     from behavior_spark.session import get_spark
 
@@ -87,18 +95,22 @@ def run(stage: str, settings: Settings, sample: float | None = None) -> dict:
         look = inspect.run(spark, settings, sample)
         print(inspect.render(look))
         return look
-    if stage == "run":
-        results = pipeline.run_all(spark, settings)
-        print(pipeline.summary(results, settings))
-        return results
-    return pipeline.run_stage(stage, spark, settings)
+    lake_root = settings.lake.root
+    if stage != "run":
+        return {stage: pipeline.run_stage(stage, spark, settings, screen)}  # its line on the console says it all
+    results = pipeline.run_all(spark, settings, screen)
+    print(console.summary(results, lake_root), end="")
+    return results
 
 
-def configure_logging(settings: Settings) -> None:
-    """Our own progress at the configured level; every library's chatter only from WARNING up."""
+def configure_logging(settings: Settings, terminal: IO[str]) -> None:
+    """Everything into the log file (standard error now points there): our own progress at the configured level,
+    every library's from WARNING up; warnings and errors of any logger on the terminal as well."""
     logging.basicConfig(
         level=logging.WARNING, format="%(asctime)s %(levelname)s %(name)s: %(message)s", stream=sys.stderr
     )
+    logging.getLogger().addHandler(console.console_handler(terminal))
+    logging.captureWarnings(True)  # Python warnings through logging: in the file, and on the terminal
     log.setLevel(settings.log.level)
     logging.getLogger("petastorm").setLevel(logging.ERROR)  # advice about file sizes of its own cache
     # Inherited by Spark's Python workers and the Horovod processes, which start after this.

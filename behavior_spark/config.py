@@ -155,6 +155,7 @@ class WarehouseSettings(Section):
 
 class LogSettings(Section):
     level: Literal["DEBUG", "INFO", "WARNING", "ERROR"] = "INFO"
+    dir: str = "logs"  # a local folder: each command's full log, its path printed on the console
 
 
 class Settings(Section):

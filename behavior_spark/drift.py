@@ -1,33 +1,64 @@
-"""Drift: the population stability index (PSI) of each model input between training and scoring data.
+"""Drift: the population stability index (PSI) of each model input between a snapshot and the one before it.
 
-Bin edges are the training data's deciles of each feature (as the model sees it, `features.model_input_value`);
-both populations are counted into those bins in one aggregation each, and
+Like is compared with like. The scoring snapshot is compared with the previous scoring snapshot, through the profile
+the score stage kept of it (each feature's decile edges and the share of customers between them; no rows are kept);
+on the first scoring date, with the latest training snapshot, which is built the same way some weeks before. Both are
+counted into the reference's bins in one aggregation, and
 
-    PSI = sum over bins of (scoring share - training share) * ln(scoring share / training share)
+    PSI = sum over bins of (share now - share before) * ln(share now / share before)
 
 Rules of thumb: below 0.1 stable, 0.1-0.2 shifting, above 0.2 drifted (a warning; `score.drift_fail_psi` makes it
 fail the job).
 
-Like is compared with like: a feature measured against the calendar (`tenure_days`) grows with the history behind a
-snapshot, so a scoring snapshot a month after the training one would always look drifted (PSI 0.38 on the demo
-before this). Such features are compared as a share of their snapshot's history (tenure over the longest tenure in
-that snapshot): customers arriving at a steady rate give the same shares at any date; a flood of new ones does not.
+Totals over a customer's whole history (tenure, lifetime events, sessions, distinct categories...) grow with the
+history behind a snapshot: a month later every customer has had a month more, so they "drift" by construction (the
+demo's steady log showed PSI 0.65-1.4 for sessions and the mean gap; divided by tenure they drift the other way, as
+small counts over short histories are noisy rates). They are recorded, not judged (`LIFETIME_FEATURES`); the windowed
+counts, recency, shares and ratios carry the same behaviour without the calendar in it, and are judged.
 """
 
 from __future__ import annotations
 
+import dataclasses
 import math
 
 from pyspark.sql import Column, DataFrame
 from pyspark.sql import functions as F
 
 from behavior_spark.features import model_input_value
-from behavior_spark.lake import one_row
 
 BINS = 10
 WARN_PSI = 0.2
 _SHARE_FLOOR = 1e-4  # an empty bin counts as this share, so the logarithm stays finite
-CALENDAR_FEATURES = ["tenure_days"]  # grows with the history behind a snapshot, not with behaviour
+LIFETIME_FEATURES = frozenset(
+    [
+        "tenure_days", "events", "purchases", "revenue", "sessions", "mean_gap_hours", "distinct_categories",
+        "distinct_brands", "category_entropy",
+    ]
+)  # fmt: skip
+
+
+@dataclasses.dataclass(frozen=True)
+class Profile:
+    """A snapshot as drift sees it: per feature, its inner decile edges and the share of rows in each bin."""
+
+    edges: dict[str, list[float]]
+    shares: dict[str, list[float]]
+
+
+def profile(snapshot: DataFrame, names: list[str]) -> Profile:
+    edges = decile_edges(snapshot, names)
+    return Profile(edges, bin_shares(snapshot, edges))
+
+
+def compare(reference: Profile, snapshot: DataFrame) -> dict[str, float]:
+    """PSI of each feature of `snapshot` against the reference, counted into the reference's bins."""
+    actual = bin_shares(snapshot, reference.edges)
+    return {name: psi(reference.shares[name], actual[name]) for name in reference.edges}
+
+
+def judged(name: str) -> bool:
+    return name not in LIFETIME_FEATURES
 
 
 def decile_edges(training: DataFrame, names: list[str]) -> dict[str, list[float]]:
@@ -66,20 +97,9 @@ def psi(expected: list[float], actual: list[float]) -> float:
     return total
 
 
-def feature_psi(training: DataFrame, scoring: DataFrame, names: list[str]) -> dict[str, float]:
-    training, scoring = relative_to_history(training), relative_to_history(scoring)
-    edges = decile_edges(training, names)
-    expected, actual = bin_shares(training, edges), bin_shares(scoring, edges)
-    return {name: psi(expected[name], actual[name]) for name in names}
-
-
-def relative_to_history(snapshot: DataFrame) -> DataFrame:
-    """Calendar features as a share of the snapshot's longest value (one aggregation; other columns unchanged)."""
-    present = [c for c in CALENDAR_FEATURES if c in snapshot.columns]
-    if not present:
-        return snapshot
-    spans = one_row(snapshot.agg(*(F.max(c).alias(c) for c in present)))
-    return snapshot.withColumns({c: F.col(c) / F.lit(float(spans[c] or 1.0)) for c in present})
+def feature_psi(before: DataFrame, now: DataFrame, names: list[str]) -> dict[str, float]:
+    """PSI of each feature of `now` against `before` (the reference's deciles as bins)."""
+    return compare(profile(before, names), now)
 
 
 def _bin(value: Column, bounds: list[float]) -> Column:

@@ -21,9 +21,10 @@ from functools import reduce
 from pyspark.sql import Column, DataFrame, Row, SparkSession
 from pyspark.sql import functions as F
 
-from behavior_spark import lake, summaries
+from behavior_spark import console, lake, summaries
 from behavior_spark.config import FeatureSettings, Settings
 from behavior_spark.contracts import EVENT_TYPE_IDS, FUNNEL_EVENTS
+from behavior_spark.results import FeaturizeResult
 from behavior_spark.run_record import recorded_run
 from behavior_spark.session import in_utc, materialized
 
@@ -78,7 +79,7 @@ def numeric_feature_names() -> list[str]:
     ]
 
 
-def run(spark: SparkSession, settings: Settings) -> dict:
+def run(spark: SparkSession, settings: Settings) -> FeaturizeResult:
     """Build, in one commit, the training snapshots (the configured cutoffs, labelled) and the scoring snapshot (as
     of the scoring date, split `score`, no label). A training snapshot of the previous version whose inputs did not
     change since (`reusable_cutoffs`) is kept as it is, not rebuilt."""
@@ -100,6 +101,7 @@ def run(spark: SparkSession, settings: Settings) -> dict:
     }
     kept = [cutoff for cutoff in reusable_cutoffs(spark, settings, record, commits) if cutoff != as_of]
     built = [cutoff for cutoff in cutoffs if cutoff not in kept]
+    console.step("featurize", f"{len(built) + 1} snapshots to build, {len(kept)} kept")
     with materialized(days) if built else nullcontext(days) as days:  # every training snapshot reads all of it
         snapshots = [build_features(days, cutoff, cfg) for cutoff in built]
         totals = summaries.totals_before(spark, settings, days, events_version, as_of, commits)
@@ -108,16 +110,16 @@ def run(spark: SparkSession, settings: Settings) -> dict:
         excluded = sum(customers_without_history(days, cutoff, cfg.label_window_days) for cutoff in built)
     written = lake.read(spark, settings.lake, lake.FEATURES)
     counts = {r["split"]: r["count"] for r in written.groupBy("split").count().collect()}  # four splits
-    return {
-        "cutoffs": record["cutoffs"],
-        "kept_cutoffs": [c.isoformat() for c in kept],
-        "scoring_date": record["scoring_date"],
-        "events_version": events_version,
-        "rows": sum(counts.values()),
-        "rows_by_split": counts,
-        "customers_without_history": excluded,
-        "features_version": lake.version(spark, settings.lake, lake.FEATURES),
-    }
+    return FeaturizeResult(
+        cutoffs=record["cutoffs"],
+        kept_cutoffs=[c.isoformat() for c in kept],
+        scoring_date=record["scoring_date"],
+        events_version=events_version,
+        rows=sum(counts.values()),
+        rows_by_split=counts,
+        customers_without_history=excluded,
+        features_version=lake.version(spark, settings.lake, lake.FEATURES),
+    )
 
 
 def definition(cfg: FeatureSettings) -> dict:

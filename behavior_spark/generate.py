@@ -23,6 +23,7 @@ from pyspark.sql import functions as F
 
 from behavior_spark import artifacts
 from behavior_spark.config import ConfigError, GenerateSettings, Settings
+from behavior_spark.results import GenerateResult
 
 GENERATED_MARKER = "_GENERATED_BY_BEHAVIOR_SPARK"  # in generate's output folder: it may be replaced by a new run
 
@@ -106,7 +107,7 @@ DIRT = {  # share of rows given each defect, as cumulative bands of one uniform 
 DUPLICATE_SHARE = 0.01
 
 
-def run(spark: SparkSession, settings: Settings) -> dict:
+def run(spark: SparkSession, settings: Settings) -> GenerateResult:
     """Write the generated raw logs to `generate.output`; return where and how many rows.
 
     Refuses to write into a folder that holds anything it did not write itself: raw data is never overwritten.
@@ -116,7 +117,7 @@ def run(spark: SparkSession, settings: Settings) -> dict:
     write_raw(generate_events(spark, cfg), cfg)
     artifacts.write_bytes(artifacts.join(cfg.output, GENERATED_MARKER), b"written by behavior-spark generate\n")
     reader = spark.read.option("header", True).csv if cfg.format == "csv" else spark.read.json
-    return {"output": cfg.output, "format": cfg.format, "raw_rows": reader(cfg.output).count()}
+    return GenerateResult(output=cfg.output, format=cfg.format, raw_rows=reader(cfg.output).count())
 
 
 def check_output_is_ours(output: str) -> None:

@@ -21,13 +21,14 @@ from behavior_spark import artifacts, lake, model_artifact, run_record
 from behavior_spark.config import Settings
 from behavior_spark.drift import WARN_PSI
 from behavior_spark.model_artifact import ModelMetadata
+from behavior_spark.results import ReportResult
 
 log = logging.getLogger(__name__)
 
 HISTOGRAM_BINS = 20
 
 
-def run(spark: SparkSession, settings: Settings) -> dict:
+def run(spark: SparkSession, settings: Settings) -> ReportResult:
     metadata = model_artifact.load_metadata(settings.train.model_dir)
     scores = lake.read(spark, settings.lake, lake.SCORES)
     scoring_date = run_record.scoring_date(spark, settings)  # the date the score stage scored
@@ -41,7 +42,7 @@ def run(spark: SparkSession, settings: Settings) -> dict:
     location = artifacts.join(lake.path(settings.lake, "reports"), f"report-{scoring_date}.html")
     artifacts.write_bytes(location, page.encode())
     log.info("report written to %s", location)
-    return {"report": location}
+    return ReportResult(report=location)
 
 
 def propensity_histogram(scores) -> list[int]:

@@ -9,14 +9,15 @@ import logging
 from pyspark.sql import DataFrame, SparkSession
 from pyspark.sql import functions as F
 
-from behavior_spark import drift, features, lake, model_artifact, predict, run_record
+from behavior_spark import console, drift, features, lake, model_artifact, predict, run_record
 from behavior_spark.config import Settings
 from behavior_spark.model_artifact import ModelMetadata
+from behavior_spark.results import ScoreResult
 
 log = logging.getLogger(__name__)
 
 
-def run(spark: SparkSession, settings: Settings) -> dict:
+def run(spark: SparkSession, settings: Settings) -> ScoreResult:
     """Score the scoring snapshot (every customer as of the scoring date) with the published model; replace that
     date's scores in one commit."""
     metadata = model_artifact.load_metadata(settings.train.model_dir)
@@ -28,7 +29,9 @@ def run(spark: SparkSession, settings: Settings) -> dict:
         )
     scoring_date = run_record.scoring_date(spark, settings)
     table = scoring_snapshot(spark, settings, scoring_date)
+    console.step("score", f"drift of the scoring snapshot of {scoring_date}")
     drifted = check_drift(spark, settings, metadata, table, scoring_date)
+    console.step("score", f"scoring every customer as of {scoring_date}")
     scores = predict.predictions(
         table, metadata, settings.train.model_dir, settings.score.batch_size, keep=["customer_id", "cutoff_date"]
     ).select(
@@ -43,12 +46,12 @@ def run(spark: SparkSession, settings: Settings) -> dict:
     )
     lake.replace(scores, settings.lake, lake.SCORES, f"scoring_date = '{scoring_date}'", partition_by=["scoring_date"])
     written = lake.read(spark, settings.lake, lake.SCORES).filter(F.col("scoring_date") == F.lit(scoring_date))
-    return {
-        "scoring_date": scoring_date.isoformat(),
-        "model_version": metadata.model_version,
-        "drifted_features": drifted,
-        "customers_scored": written.count(),
-    }
+    return ScoreResult(
+        scoring_date=scoring_date.isoformat(),
+        model_version=metadata.model_version,
+        drifted_features=drifted,
+        customers_scored=written.count(),
+    )
 
 
 def scoring_snapshot(spark: SparkSession, settings: Settings, scoring_date: dt.date) -> DataFrame:
@@ -71,27 +74,71 @@ class DriftError(RuntimeError):
 def check_drift(
     spark: SparkSession, settings: Settings, metadata: ModelMetadata, table: DataFrame, scoring_date: dt.date
 ) -> dict[str, float]:
-    """PSI of every model input, training split (the model's features version) against the rows to score.
-
-    Written to the feature-drift table before any score; returns the drifted features (PSI above 0.2).
-    """
-    training = lake.read(spark, settings.lake, lake.FEATURES, version=metadata.features_version)
-    values = drift.feature_psi(training.filter(F.col("split") == "train"), table, metadata.feature_names)
+    """PSI of every model input, the snapshot to score against the one before it (`drift`); written to the feature
+    drift table, with this snapshot's profile for the next date's check, before any score. Returns the judged
+    features that drifted (PSI above 0.2)."""
+    names = metadata.feature_names
+    reference, described = drift_reference(spark, settings, metadata, scoring_date)
+    values = drift.compare(reference, table) if reference else {}
+    today = drift.profile(table, names)
     rows = [
-        (scoring_date, metadata.model_version, name, value, value > drift.WARN_PSI) for name, value in values.items()
+        (
+            scoring_date,
+            metadata.model_version,
+            name,
+            described,
+            values.get(name),
+            drift.judged(name),
+            drift.judged(name) and values.get(name, 0.0) > drift.WARN_PSI,
+            today.edges[name],
+            today.shares[name],
+        )
+        for name in names
     ]
-    schema = "scoring_date date, model_version string, feature string, psi double, drifted boolean"
     lake.replace(
-        spark.createDataFrame(rows, schema), settings.lake, lake.FEATURE_DRIFT, f"scoring_date = '{scoring_date}'"
+        spark.createDataFrame(rows, DRIFT_SCHEMA), settings.lake, lake.FEATURE_DRIFT, f"scoring_date = '{scoring_date}'"
     )
-    drifted = {name: round(value, 3) for name, value in values.items() if value > drift.WARN_PSI}
+    judged = {name: value for name, value in values.items() if drift.judged(name)}
+    drifted = {name: round(value, 3) for name, value in judged.items() if value > drift.WARN_PSI}
     if drifted:
-        log.warning("features drifted since training (PSI > %.1f): %s", drift.WARN_PSI, drifted)
+        log.warning("features drifted since the %s (PSI > %.1f): %s", described, drift.WARN_PSI, drifted)
     limit = settings.score.drift_fail_psi
-    if limit is not None and max(values.values()) > limit:
-        worst = max(values, key=lambda name: values[name])
+    if limit is not None and judged and max(judged.values()) > limit:
+        worst = max(judged, key=lambda name: judged[name])
         raise DriftError(
-            f"feature {worst!r} drifted with PSI {values[worst]:.3f} > score.drift_fail_psi={limit}; "
-            f"nothing scored (see the {lake.FEATURE_DRIFT} table)"
+            f"feature {worst!r} drifted with PSI {judged[worst]:.3f} > score.drift_fail_psi={limit} since the "
+            f"{described}; nothing scored (see the {lake.FEATURE_DRIFT} table)"
         )
     return drifted
+
+
+DRIFT_SCHEMA = (
+    "scoring_date date, model_version string, feature string, compared_with string, psi double, judged boolean, "
+    "drifted boolean, edges array<double>, shares array<double>"
+)
+
+
+def drift_reference(
+    spark: SparkSession, settings: Settings, metadata: ModelMetadata, scoring_date: dt.date
+) -> tuple[drift.Profile | None, str]:
+    """The profile to compare the scoring snapshot with, and what it is: the previous scoring snapshot's, kept in
+    the drift table; else the latest training snapshot of the model's features; else none."""
+    if lake.exists(spark, settings.lake, lake.FEATURE_DRIFT):
+        kept = lake.read(spark, settings.lake, lake.FEATURE_DRIFT).filter(
+            (F.col("scoring_date") < F.lit(scoring_date)) & F.col("edges").isNotNull()
+        )
+        before = lake.one_row(kept.agg(F.max("scoring_date")))[0]
+        if before is not None:
+            rows = kept.filter(F.col("scoring_date") == F.lit(before)).collect()  # one row per feature
+            if {r["feature"] for r in rows} >= set(metadata.feature_names):
+                edges = {r["feature"]: list(r["edges"]) for r in rows}
+                shares = {r["feature"]: list(r["shares"]) for r in rows}
+                return drift.Profile(edges, shares), f"scoring snapshot of {before}"
+    training = lake.read(spark, settings.lake, lake.FEATURES, version=metadata.features_version).filter(
+        F.col("split") != features.SCORE_SPLIT
+    )
+    latest = lake.one_row(training.agg(F.max("cutoff_date")))[0]
+    if latest is None:
+        return None, "nothing (no snapshot before this one)"
+    snapshot = training.filter(F.col("cutoff_date") == F.lit(latest))
+    return drift.profile(snapshot, metadata.feature_names), f"training snapshot of {latest}"

@@ -27,24 +27,25 @@ from pyspark.ml.evaluation import ClusteringEvaluator
 from pyspark.ml.feature import StandardScaler
 from pyspark.ml.functions import array_to_vector, vector_to_array
 from pyspark.ml.stat import Summarizer
-from pyspark.sql import Column, DataFrame, SparkSession, Window
+from pyspark.sql import DataFrame, SparkSession, Window
 from pyspark.sql import functions as F
 from scipy.optimize import linear_sum_assignment
 
-from behavior_spark import features, lake, run_record
+from behavior_spark import features, lake, naming, run_record
 from behavior_spark.config import SegmentSettings, Settings
+from behavior_spark.results import SegmentResult
 
 log = logging.getLogger(__name__)
 
 SCORE_COLUMNS = ["propensity", "expected_purchases", "expected_revenue"]  # the model's answers
-HISTORY_COLUMNS = ["days_since_last_event", "purchases", "revenue", "events"]  # from the scoring snapshot's features
+HISTORY_COLUMNS = ["days_since_last_event", "purchases", "revenue", "events", "activity_trend"]  # the snapshot's
 PROFILE_COLUMNS = [*SCORE_COLUMNS, *HISTORY_COLUMNS]  # averaged per segment
 VALUE_DECILES = 10
 TOP_CATEGORIES = 3
 SUPPRESSED = "suppressed (too few customers)"
 
 
-def run(spark: SparkSession, settings: Settings) -> dict:
+def run(spark: SparkSession, settings: Settings) -> SegmentResult:
     cfg = settings.segment
     scores = lake.read(spark, settings.lake, lake.SCORES)
     scoring_date = run_record.scoring_date(spark, settings)  # the date the score stage scored
@@ -71,12 +72,25 @@ def run(spark: SparkSession, settings: Settings) -> dict:
         profile(assigned, cfg.min_segment_size, settings.features.label_window_days)
         .transform(with_category_labels, lake.read(spark, settings.lake, lake.EVENTS))
         .withColumn("scoring_date", F.lit(scoring_date))
+        .cache()
     )
-    named = assigned.join(profiles.select("segment_id", "segment_name"), on="segment_id", how="inner")
+    names = naming.name_segments(
+        [r.asDict() for r in profiles.collect()], previous_names(spark, settings, scoring_date)
+    )  # k rows
+    profiles = with_names(profiles, names)
+    named = assigned.join(profiles.select("segment_id", "segment_name", "segment_description"), "segment_id", "inner")
     moved = moves(spark, settings, named, scoring_date)
     where = f"scoring_date = '{scoring_date}'"
     lake.replace(
-        named.select("customer_id", "segment_id", "segment_name", *SCORE_COLUMNS, "value_decile", "scoring_date"),
+        named.select(
+            "customer_id",
+            "segment_id",
+            "segment_name",
+            "segment_description",
+            *SCORE_COLUMNS,
+            "value_decile",
+            "scoring_date",
+        ),
         settings.lake,
         lake.SEGMENTS,
         where,
@@ -91,8 +105,9 @@ def run(spark: SparkSession, settings: Settings) -> dict:
         where,
     )
     customers.unpersist()
+    profiles.unpersist()
     sizes = {r["segment_name"]: r["customers"] for r in profiles.orderBy("segment_id").collect()}  # k rows
-    return {"k": k, "segments": sizes, "customers_moved": moved, "matched_previous_run": bool(previous)}
+    return SegmentResult(k=k, segments=sizes, customers_moved=moved, matched_previous_run=bool(previous))
 
 
 def with_segment_features(customers: DataFrame) -> DataFrame:
@@ -249,8 +264,8 @@ def with_category_labels(profiles: DataFrame, events: DataFrame) -> DataFrame:
 
 
 def profile(assigned: DataFrame, min_segment_size: int, window_days: int) -> DataFrame:
-    """Size, mean profile, expected revenue and revenue at risk, top categories and a plain-words name per segment;
-    small segments suppressed.
+    """Size, mean profile, expected revenue and revenue at risk and top categories per segment; small segments
+    suppressed.
 
     Revenue at risk: what the segment's customers spent per `window_days` so far (their revenue over their tenure,
     at least one window) beyond what the model expects them to spend in the next window, summed."""
@@ -276,33 +291,38 @@ def profile(assigned: DataFrame, min_segment_size: int, window_days: int) -> Dat
     hidden = [f"mean_{c}" for c in PROFILE_COLUMNS] + ["expected_revenue", "revenue_at_risk", "top_categories"]
     return profiles.select(
         "segment_id",
-        F.when(small, F.concat(F.lit(f"{SUPPRESSED} #"), F.col("segment_id").cast("string")))
-        .otherwise(segment_name())
-        .alias("segment_name"),
         "customers",
         "suppressed",
         *(F.when(small, F.lit(None)).otherwise(F.col(c)).alias(c) for c in hidden),
     )
 
 
-def segment_name() -> Column:
-    """Plain words from how a segment ranks against the other shown segments (there are only k), plus its id."""
-    every = Window.partitionBy(F.lit(0))
-
-    def shown(column: str) -> Column:
-        return F.when(~F.col("suppressed"), F.col(column))
-
-    def is_top(column: str) -> Column:
-        return F.col(column) == F.max(shown(column)).over(every)
-
-    name = (
-        F.when(is_top("mean_propensity"), "likely buyers")
-        .when(is_top("mean_revenue"), "loyal high spenders")
-        .when(is_top("mean_days_since_last_event"), "at risk")
-        .when(F.col("mean_purchases") == F.min(shown("mean_purchases")).over(every), "window shoppers")
-        .otherwise("regulars")
+def with_names(profiles: DataFrame, names: dict[int, naming.Named]) -> DataFrame:
+    """`segment_name` and `segment_description` of each segment (`naming`); a suppressed segment is named so, by id."""
+    suppressed = F.concat(F.lit(f"{SUPPRESSED} #"), F.col("segment_id").cast("string"))
+    if not names:
+        return profiles.withColumns({"segment_name": suppressed, "segment_description": F.lit(None).cast("string")})
+    by_id = lambda field: F.create_map(  # noqa: E731
+        *[F.lit(x) for segment_id, named in names.items() for x in (segment_id, getattr(named, field))]
+    )[F.col("segment_id")]
+    return profiles.withColumns(
+        {
+            "segment_name": F.when(F.col("suppressed"), suppressed).otherwise(by_id("name")),
+            "segment_description": F.when(~F.col("suppressed"), by_id("description")),
+        }
     )
-    return F.concat(name, F.lit(" #"), F.col("segment_id").cast("string"))
+
+
+def previous_names(spark: SparkSession, settings: Settings, scoring_date: dt.date) -> dict[int, str]:
+    """segment_id -> name on the latest scoring date before this one (k rows), or nothing."""
+    if not lake.exists(spark, settings.lake, lake.SEGMENT_PROFILES):
+        return {}
+    stored = lake.read(spark, settings.lake, lake.SEGMENT_PROFILES).filter(F.col("scoring_date") < scoring_date)
+    latest = lake.one_row(stored.agg(F.max("scoring_date")))[0]
+    if latest is None:
+        return {}
+    rows = stored.filter(F.col("scoring_date") == latest).select("segment_id", "segment_name").collect()
+    return {r["segment_id"]: r["segment_name"] for r in rows}
 
 
 def _lookup(mapping: dict[int, int]):

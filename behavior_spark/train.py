@@ -13,10 +13,10 @@ from __future__ import annotations
 
 import dataclasses
 import datetime as dt
-import json
 import logging
 import os
 import re
+import sys
 import tempfile
 import time
 import warnings
@@ -24,9 +24,10 @@ import warnings
 from pyspark.sql import DataFrame, SparkSession
 from pyspark.sql import functions as F
 
-from behavior_spark import artifacts, evaluate, features, feed, lake, model_artifact, run_record, tracking
+from behavior_spark import artifacts, evaluate, features, feed, lake, model_artifact, ranks, run_record, tracking
 from behavior_spark.config import ConfigError, Settings
 from behavior_spark.contracts import EVENT_TYPE_IDS
+from behavior_spark.results import TrainResult
 from behavior_spark.session import is_connect
 
 log = logging.getLogger(__name__)
@@ -35,10 +36,6 @@ CHECKPOINTS = "checkpoints"
 TARGET_COLUMNS = ["label", *features.VALUE_LABELS]  # the label columns the feed delivers beside the inputs
 EARLY_STOPPING = "val_propensity_loss"  # the propensity decides when training stops; the value heads follow it
 _CHECKPOINT_NAME = re.compile(r"^epoch-(\d+)\.h5$")
-
-
-class TrainingError(RuntimeError):
-    """A Horovod rank failed; the message names the rank and its error."""
 
 
 @dataclasses.dataclass(frozen=True)
@@ -66,7 +63,7 @@ class TrainingSpec:
         return {"numeric": self.numeric_dim, **{name: self.sequence_length for name in features.SEQUENCE_COLUMNS}}
 
 
-def run(spark: SparkSession, settings: Settings) -> dict:
+def run(spark: SparkSession, settings: Settings) -> TrainResult:
     """Train with `train.num_proc` Horovod processes; write the model artifact to `train.model_dir`; evaluate it."""
     if is_connect(spark):
         raise ConfigError(
@@ -105,19 +102,17 @@ def run(spark: SparkSession, settings: Settings) -> dict:
         metadata = metadata.model_copy(update={"mlflow_run_id": run_id})
         model_artifact.save_model(cfg.model_dir, chief["model_bytes"], metadata)
     artifacts.delete_folder(spec.checkpoint_dir)  # the run is finished: a later --resume starts afresh
-    return {
-        "model_dir": cfg.model_dir,
-        "model_version": metadata.model_version,
-        "train_rows": spec.train_rows,
-        "validation_rows": spec.validation_rows,
-        "processes": len(results),
-        "epochs_run": chief["epochs_run"],
-        "mlflow_run_id": metadata.mlflow_run_id,
-        "final_metrics": {k: round(v[-1], 4) for k, v in chief["history"].items()},
-        "test_metrics": {
-            k: round(v, 4) for k, v in evaluation["test_metrics"]["model"].items() if isinstance(v, float)
-        },
-    }
+    return TrainResult(
+        model_dir=cfg.model_dir,
+        model_version=metadata.model_version,
+        train_rows=spec.train_rows,
+        validation_rows=spec.validation_rows,
+        processes=len(results),
+        epochs_run=chief["epochs_run"],
+        mlflow_run_id=metadata.mlflow_run_id,
+        final_metrics={k: round(v[-1], 4) for k, v in chief["history"].items()},
+        test_metrics={k: round(v, 4) for k, v in evaluation["test_metrics"]["model"].items() if isinstance(v, float)},
+    )
 
 
 def mean_positive_revenue(train: DataFrame) -> float:
@@ -259,44 +254,7 @@ def fit(
     ):
         train_fn = make_train_fn(spec, train_data.file_urls, validation_data.file_urls)
         errors = artifacts.join(settings.lake.table("_train_errors"), dt.datetime.now(dt.UTC).strftime("%Y%m%d%H%M%S"))
-        return run_workers(train_fn, settings.train.num_proc, errors)
-
-
-def run_workers(train_fn, num_proc: int, error_dir: str) -> list[dict]:
-    """`horovod.spark.run` with Gloo; results sorted by rank. A failed rank raises TrainingError with its error."""
-    import horovod.spark
-
-    try:
-        results = horovod.spark.run(_guarded(train_fn, error_dir), num_proc=num_proc, use_gloo=True, verbose=0)
-    except Exception as error:
-        raise TrainingError(_first_failure(error_dir) or f"Horovod training failed: {error}") from error
-    finally:
-        artifacts.delete_folder(error_dir)
-    return sorted(results, key=lambda r: r["rank"])
-
-
-def _guarded(train_fn, error_dir: str):
-    """Wrap a worker function so its exception is written to `error_dir` before the process exits."""
-
-    def guarded():
-        try:
-            return train_fn()
-        except BaseException as error:
-            rank = os.environ.get("HOROVOD_RANK", "?")
-            record = {"rank": rank, "error": f"{type(error).__name__}: {error}", "at": time.time()}
-            artifacts.write_bytes(artifacts.join(error_dir, f"rank-{rank}.json"), json.dumps(record).encode())
-            raise
-
-    return guarded
-
-
-def _first_failure(error_dir: str) -> str | None:
-    """The earliest recorded error: the rank that failed first, not the ones that lost their peer after it."""
-    records = [json.loads(artifacts.read_bytes(artifacts.join(error_dir, n))) for n in artifacts.list_names(error_dir)]
-    if not records:
-        return None
-    first = min(records, key=lambda r: r["at"])
-    return f"Horovod rank {first['rank']} failed: {first['error']}"
+        return ranks.run_workers(train_fn, settings.train.num_proc, errors)
 
 
 def make_train_fn(spec: TrainingSpec, train_urls: list[str], validation_urls: list[str]):
@@ -393,13 +351,15 @@ def compiled_model(spec: TrainingSpec, hvd, tf):
         },
         loss_weights=heads.LOSS_WEIGHTS,
         metrics={heads.PROPENSITY_LAYER: [tf.keras.metrics.AUC(name="auc")]},
+        # The rows' weights are the propensity's class weights, one per class, which leave a ROC-AUC unchanged.
+        weighted_metrics=[],
     )
     return model
 
 
 def worker_callbacks(spec: TrainingSpec, hvd, tf, steps: int) -> tuple:
     """(a counter of the steps this rank ran, every callback of the fit): Horovod's broadcast, metric averaging and
-    warm-up, early stopping, the step counter, and on rank 0 a checkpoint after each epoch."""
+    warm-up, early stopping, the step counter, and on rank 0 a checkpoint and an epoch line after each epoch."""
 
     class CountSteps(tf.keras.callbacks.Callback):  # the steps this rank ran, not the ones it was told to
         count = 0
@@ -411,6 +371,7 @@ def worker_callbacks(spec: TrainingSpec, hvd, tf, steps: int) -> tuple:
         def on_epoch_end(self, epoch, logs=None):
             location = artifacts.join(spec.checkpoint_dir, checkpoint_name(epoch + 1))
             artifacts.write_bytes(location, model_artifact.model_bytes(self.model))
+            print(ranks.epoch_line(epoch + 1, spec.epochs, logs or {}), flush=True)  # the driver's progress line
 
     counter = CountSteps()
     scaled_lr = spec.learning_rate * hvd.size()
@@ -433,7 +394,6 @@ def _import_horovod_keras():
     `keras` package is Keras 3, which has no `backend.get_value`. In this worker process the model is tf-keras
     (TF_USE_LEGACY_KERAS=1), so `keras` is made to name tf-keras before Horovod is imported.
     """
-    import sys
 
     import tf_keras
 

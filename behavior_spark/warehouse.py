@@ -22,6 +22,7 @@ from pyspark.sql import functions as F
 from behavior_spark import lake, run_record
 from behavior_spark.config import ConfigError, Settings, WarehouseSettings
 from behavior_spark.privacy import redact_url
+from behavior_spark.results import ExportResult
 
 log = logging.getLogger(__name__)
 
@@ -33,10 +34,10 @@ class WarehouseError(RuntimeError):
     """The warehouse is unreachable, refused the credentials, or failed the write; the message says which."""
 
 
-def run(spark: SparkSession, settings: Settings) -> dict:
+def run(spark: SparkSession, settings: Settings) -> ExportResult:
     cfg = settings.warehouse
     if cfg.url is None:
-        return {"exported": 0, "skipped": "warehouse.url is not set"}
+        return ExportResult(exported=0, skipped="warehouse.url is not set")
     if not _IDENTIFIER.match(cfg.table):
         raise ConfigError(f"setting 'warehouse.table' must be a table name like schema.table, got {cfg.table!r}")
     user, password = credentials(cfg)
@@ -46,7 +47,7 @@ def run(spark: SparkSession, settings: Settings) -> dict:
         rows = reidentified(spark, settings, rows)
     exported = replace_date(spark, rows, cfg, user, password, scoring_date)
     log.info("exported %d customers for %s to %s", exported, scoring_date, cfg.table)
-    return {"exported": exported, "table": cfg.table, "scoring_date": str(scoring_date)}
+    return ExportResult(exported=exported, table=cfg.table, scoring_date=str(scoring_date))
 
 
 def credentials(cfg: WarehouseSettings) -> tuple[str, str]:
@@ -66,6 +67,7 @@ def export_rows(spark: SparkSession, settings: Settings, scoring_date: dt.date) 
         "customer_id",
         "segment_id",
         "segment_name",
+        "segment_description",
         "propensity",
         "expected_purchases",
         "expected_revenue",
@@ -104,6 +106,7 @@ def replace_date(
         link.execute(  # one transaction: a failed statement leaves the target as it was
             "BEGIN",
             f"CREATE TABLE IF NOT EXISTS {cfg.table} (LIKE {staging})",
+            *new_columns(link, cfg.table, staging),
             f"DELETE FROM {cfg.table} WHERE scoring_date = DATE '{scoring_date}'",
             f"INSERT INTO {cfg.table} ({columns}) SELECT {columns} FROM {staging}",
             "COMMIT",
@@ -115,6 +118,19 @@ def replace_date(
         raise WarehouseError(f"writing {cfg.table} at {redact_url(cfg.url)} failed: {_message(error)}") from None
     finally:
         _drop(link, staging)
+
+
+def new_columns(link: Link, table: str, staging: str) -> list[str]:
+    """`ALTER TABLE .. ADD COLUMN` for each staged column the target, made by an earlier version, lacks."""
+
+    def columns(name: str) -> dict[str, str]:
+        sql = "SELECT column_name, data_type FROM information_schema.columns WHERE table_name = '{}'"
+        return {r["column_name"]: r["data_type"] for r in link.query(sql.format(name.split(".")[-1].lower()))}
+
+    existing = columns(table)
+    if not existing:  # no target yet: CREATE TABLE .. (LIKE staging) makes it whole
+        return []
+    return [f"ALTER TABLE {table} ADD COLUMN {c} {kind}" for c, kind in columns(staging).items() if c not in existing]
 
 
 class Link:

@@ -29,7 +29,8 @@ spark = local_session(settings.spark)
 started = time.monotonic()
 result = ingest.run(spark, settings)
 print(ingest.__file__, file=sys.stderr)
-print(round(time.monotonic() - started, 1), result["rows_read"], result["clean"])
+counts = result if isinstance(result, dict) else result.as_dict()  # a dict before stage results were typed
+print(round(time.monotonic() - started, 1), counts["rows_read"], counts["clean"])
 """
 
 

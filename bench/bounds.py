@@ -72,4 +72,4 @@ def measure(size: int, folder: Path) -> tuple:
 
     spark.stop()
     shutil.rmtree(folder, ignore_errors=True)
-    return result["rows_read"], ingest_s, core_s, summaries_s, floor_s, scoring_rows, write_s
+    return result.rows_read, ingest_s, core_s, summaries_s, floor_s, scoring_rows, write_s

@@ -71,7 +71,7 @@ def measure(size: int, folder: Path) -> tuple[tuple, tuple]:
     spark.stop()
     shutil.rmtree(folder, ignore_errors=True)
     return (
-        (result["rows_read"], ingest_s, io_floor_s, ingest_core_s),
+        (result.rows_read, ingest_s, io_floor_s, ingest_core_s),
         (n_events, featurize_s, shuffle_floor_s, featurize_core_s),
     )
 

@@ -19,6 +19,7 @@ import pytest
 from cluster import free_port
 
 from behavior_spark.config import Settings, SparkSettings, load_settings
+from behavior_spark.results import StageResult
 from behavior_spark.session import local_session
 
 TEST_KEY = "test-only-pseudonym-key-not-a-secret"
@@ -97,7 +98,7 @@ def pipeline_settings(root: Path, warehouse_url: str, *extra: str) -> Settings:
 @dataclasses.dataclass(frozen=True)
 class PipelineRun:
     settings: Settings
-    results: dict[str, dict]  # per stage, as `pipeline.run_all` returns them
+    results: dict[str, StageResult]  # per stage, as `pipeline.run_all` returns them
     summary: str  # what a user reads at the end of the run
 
 
@@ -107,7 +108,7 @@ def small_lake(spark, tmp_path_factory, postgres) -> PipelineRun:
 
     Tests read it; a test that changes it works on a copy (`copy_of`).
     """
-    from behavior_spark import generate, pipeline
+    from behavior_spark import console, generate, pipeline
 
     settings = pipeline_settings(tmp_path_factory.mktemp("small-lake") / "lakehouse", postgres.url)
     with pytest.MonkeyPatch.context() as patch:
@@ -116,7 +117,7 @@ def small_lake(spark, tmp_path_factory, postgres) -> PipelineRun:
         patch.setenv("BEHAVIOR_SPARK_WAREHOUSE_PASSWORD", postgres.password)
         generate.run(spark, settings)
         results = pipeline.run_all(spark, settings)
-    return PipelineRun(settings, results, pipeline.summary(results, settings))
+    return PipelineRun(settings, results, console.summary(results, settings.lake.root))
 
 
 def copy_of(settings: Settings, folder: Path) -> Settings:

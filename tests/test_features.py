@@ -154,7 +154,7 @@ def test_rebuild_from_the_recorded_events_version_is_identical(spark, tmp_path):
         lake.path(settings.lake, lake.EVENTS)
     )
     record = run_record.recorded_run(spark, settings)
-    assert record["events_version"] == first["events_version"] == 0
+    assert record["events_version"] == first.events_version == 0
     assert record["cutoffs"] == ["2026-01-30", "2026-03-01"]
     rebuilt = load_settings(
         None,

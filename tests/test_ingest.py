@@ -99,7 +99,7 @@ def test_taobao_headerless_epoch_seconds(spark, tmp_path, pseudonym_key):
         "purchase": dt.datetime(2017, 11, 24, 22, 15, 33),
         "wishlist": dt.datetime(2017, 11, 25, 1, 21, 25),
     }
-    assert result["rows_read"] == 3
+    assert result.rows_read == 3
 
 
 def test_taobao_with_runs_of_whitespace_and_gzip(spark, tmp_path, pseudonym_key):
@@ -110,7 +110,7 @@ def test_taobao_with_runs_of_whitespace_and_gzip(spark, tmp_path, pseudonym_key)
         None, [f"lake.root={tmp_path / 'lake'}", f"ingest.input={tmp_path / 'raw'}", f"ingest.source={mapping}"]
     )
     result = ingest.run(spark, settings)
-    assert result["clean"] == 1 and result["quarantined_by_reason"] == {"malformed_line": 1}
+    assert result.clean == 1 and result.quarantined_by_reason == {"malformed_line": 1}
 
 
 def test_retailrocket_epoch_milliseconds(spark, tmp_path, pseudonym_key):
@@ -157,7 +157,7 @@ def test_json_lines_and_parquet(spark, tmp_path, pseudonym_key):
     settings = load_settings(
         None, [f"lake.root={parquet_dir / 'lake'}", f"ingest.input={parquet_dir / 'raw'}", f"ingest.source={mapping}"]
     )
-    assert ingest.run(spark, settings)["clean"] == 1
+    assert ingest.run(spark, settings).clean == 1
 
 
 def ingest_raw_schema():
@@ -197,7 +197,7 @@ def test_every_quarantine_reason(spark, tmp_path, pseudonym_key):
         "invalid_price": 2,
         "bad_encoding": 1,
     }
-    assert result["clean"] == 2 and result["rows_read"] == 12
+    assert result.clean == 2 and result.rows_read == 12
     quarantined = lake.read(spark, settings.lake, lake.QUARANTINE)
     assert quarantined.filter(F.col("raw").isNull() | F.col("source_file").isNull()).count() == 0
 
@@ -205,14 +205,14 @@ def test_every_quarantine_reason(spark, tmp_path, pseudonym_key):
 def test_exact_copies_are_duplicates_and_lines_that_differ_are_kept(spark, tmp_path, pseudonym_key):
     rows = [view(), view(), view(price="10.50")]  # an exact copy; and the same key (customer, type, item, time)
     result, settings = ingest_files(spark, tmp_path, {"a.csv": rees46(*rows)})  # with another price: another line
-    assert (result["clean"], result["duplicates"], result["same_key_variants"]) == (2, 1, 1)
+    assert (result.clean, result.duplicates, result.same_key_variants) == (2, 1, 1)
     assert sorted(r["price"] for r in events(spark, settings).collect()) == [9.99, 10.5]
 
 
 def test_bots_are_dropped_and_counted(spark, tmp_path, pseudonym_key):
     burst = [view(user="bot", time=f"2026-01-05 10:00:{s:02d} UTC", product=str(s)) for s in range(40)]
     result, settings = ingest_files(spark, tmp_path, {"a.csv": rees46(view(user="human"), *burst)})
-    assert (result["clean"], result["bot_rows"]) == (1, 40)
+    assert (result.clean, result.bot_rows) == (1, 40)
 
 
 # --- sessions -----------------------------------------------------------------------------------------------------
@@ -269,10 +269,10 @@ def test_rerun_changes_nothing_even_without_the_record_of_ingested_files(spark, 
     _, settings = ingest_files(spark, tmp_path, files)
     before, quarantined = snapshot(spark, settings), reasons(spark, settings)
     again = ingest.run(spark, settings)  # the ingested-files table knows the file: nothing to do
-    assert again["batches"] == 0 and snapshot(spark, settings) == before
+    assert again.batches == 0 and snapshot(spark, settings) == before
     shutil.rmtree(lake.path(settings.lake, lake.INGESTED_FILES))
     replayed = ingest.run(spark, settings)  # the file is read again: every clean row is a replay
-    assert (replayed["clean"], replayed["replays"]) == (0, 2)
+    assert (replayed.clean, replayed.replays) == (0, 2)
     assert snapshot(spark, settings) == before and reasons(spark, settings) == quarantined
 
 
@@ -282,7 +282,7 @@ def test_a_later_file_is_ingested_once_and_joins_open_sessions(spark, tmp_path, 
     assert events(spark, settings).select("session_id").distinct().count() == 2
     late = rees46(view(time="2026-01-05 10:25:00 UTC", product="13"))  # bridges the two sessions
     result, _ = ingest_files(spark, tmp_path, {"day1-late.csv": late})
-    assert (result["batches"], result["rows_read"], result["clean"]) == (1, 1, 1)
+    assert (result.batches, result.rows_read, result.clean) == (1, 1, 1)
     table = events(spark, settings)
     assert table.count() == 3 and table.select("session_id").distinct().count() == 1
     assert lake.read(spark, settings.lake, lake.INGEST_AUDIT).count() == 2
@@ -389,7 +389,7 @@ def test_empty_input_is_an_error(spark, tmp_path, pseudonym_key):
 def test_a_file_lacking_a_mapped_column_is_rejected_whole_and_counted(spark, tmp_path, pseudonym_key):
     result, settings = ingest_files(spark, tmp_path, {"a.csv": rees46(view()), "b.csv": "when,what\n1,2\n\n3,4\n"})
     assert reasons(spark, settings) == {"missing_column": 3}  # every line, its header too; the blank line is not a row
-    assert (result["rows_read"], result["clean"]) == (4, 1)
+    assert (result.rows_read, result.clean) == (4, 1)
     rejected = lake.read(spark, settings.lake, lake.QUARANTINE).filter(F.col("reason") == "missing_column")
     assert {r["source_file"].rsplit("/", 1)[-1] for r in rejected.collect()} == {"b.csv"}
 
@@ -399,6 +399,6 @@ def test_garbage_file_is_quarantined_not_lost(spark, tmp_path, pseudonym_key):
     result, settings = ingest_files(
         spark, tmp_path, {"a.csv": rees46(view()), "b.csv": REES46_HEADER.encode() + garbage}
     )
-    assert result["clean"] == 1
-    assert result["rows_read"] == 1 + sum(reasons(spark, settings).values())
+    assert result.clean == 1
+    assert result.rows_read == 1 + sum(reasons(spark, settings).values())
     assert sum(reasons(spark, settings).values()) >= 1

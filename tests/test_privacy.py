@@ -180,7 +180,7 @@ def test_the_quarantine_keeps_no_raw_id_or_personal_value_for_any_reason_or_layo
         folder = tmp_path / f"layout{number}"
         folder.mkdir()
         result, settings = ingest_files(spark, folder, files, source=source)
-        assert result["quarantined"] >= 2, source
+        assert result.quarantined >= 2, source
         quarantine = lake.read(spark, settings.lake, lake.QUARANTINE)
         kept = quarantine.select(F.to_json(F.struct("*")).alias("row")).collect()
         assert all(USER not in r["row"] and PERSONAL not in r["row"] for r in kept), source

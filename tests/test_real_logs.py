@@ -34,13 +34,13 @@ def customer(raw_id: str) -> str:
 
 def test_a_clean_day_after_a_dirty_one_reconciles(spark, tmp_path, pseudonym_key):
     first, settings = ingest_files(spark, tmp_path, {"day1.csv": rees46(view(user="1"), view(user=""))})
-    assert first["quarantined"] == 1
+    assert first.quarantined == 1
     clean_day = rees46(view(user="2", time="2026-01-06 10:00:00 UTC"))
     second, _ = ingest_files(spark, tmp_path, {"day2.csv": clean_day})  # raised ReconciliationError before
-    assert (second["clean"], second["quarantined"]) == (1, 0)
+    assert (second.clean, second.quarantined) == (1, 0)
     assert reasons(spark, settings) == {"missing_user_id": 1}
     again = ingest.run(spark, settings)  # and the next run has nothing to do, rather than failing again
-    assert again["batches"] == 0
+    assert again.batches == 0
 
 
 def test_a_backfill_with_old_modification_times_is_read(spark, tmp_path, pseudonym_key):
@@ -49,7 +49,7 @@ def test_a_backfill_with_old_modification_times_is_read(spark, tmp_path, pseudon
     a_year_ago = (dt.datetime.now() - dt.timedelta(days=365)).timestamp()
     os.utime(tmp_path / "raw" / "backfill-2025.csv", (a_year_ago, a_year_ago))  # copied with its times preserved
     result = ingest.run(spark, settings)
-    assert (result["rows_read"], result["clean"]) == (1, 1)
+    assert (result.rows_read, result.clean) == (1, 1)
     assert events(spark, settings).count() == 2
 
 
@@ -59,7 +59,7 @@ def test_order_lines_that_differ_are_kept_and_only_exact_copies_are_duplicates(s
     result, settings = ingest_files(
         spark, tmp_path, {"orders.csv": header + "\n".join(lines) + "\n"}, source="purchases"
     )
-    assert (result["clean"], result["duplicates"], result["same_key_variants"]) == (3, 1, 2)
+    assert (result.clean, result.duplicates, result.same_key_variants) == (3, 1, 2)
     revenue = events(spark, settings).agg(F.sum(F.col("price") * F.col("quantity"))).first()[0]
     assert revenue == pytest.approx(10.0 + 25.0 + 10.0)  # every order's revenue; the exact copy once
 
@@ -71,7 +71,7 @@ def test_a_declared_source_id_tells_order_lines_apart(spark, tmp_path, pseudonym
     result, settings = ingest_files(
         spark, tmp_path, {"events.csv": header + "\n".join(lines) + "\n"}, source="retailrocket"
     )
-    assert (result["clean"], result["duplicates"]) == (2, 1)
+    assert (result.clean, result.duplicates) == (2, 1)
 
 
 def test_a_batch_whose_books_do_not_add_up_keeps_nothing_and_says_so(spark, tmp_path, pseudonym_key, monkeypatch):
@@ -96,14 +96,14 @@ def test_a_batch_whose_books_do_not_add_up_keeps_nothing_and_says_so(spark, tmp_
     audits = lake.read(spark, settings.lake, lake.INGEST_AUDIT).orderBy("batch_id").collect()
     assert [a["status"] for a in audits] == ["ok", "failed", "failed"]
     monkeypatch.setattr(ingest.tables, "write_quarantine", real_write_quarantine)
-    assert ingest.run(spark, settings)["clean"] == 1  # the files were not recorded as ingested: read again
+    assert ingest.run(spark, settings).clean == 1  # the files were not recorded as ingested: read again
 
 
 def test_blank_lines_and_line_breaks_in_quoted_fields_are_counted_from_the_raw_text(spark, tmp_path, pseudonym_key):
     quoted = view(user="2").replace(",electronics.audio,", ',"electronics\n\n  audio",')  # a blank line inside
     text = rees46(view(user="1")) + "\n   \n" + quoted + "\r\n\n" + view(user="3") + "\n"
     result, settings = ingest_files(spark, tmp_path, {"a.csv": text})
-    assert (result["rows_read"], result["clean"], result["quarantined"]) == (4, 3, 1)  # the CSV reader keeps "   "
+    assert (result.rows_read, result.clean, result.quarantined) == (4, 3, 1)  # the CSV reader keeps "   "
     audit = lake.read(spark, settings.lake, lake.INGEST_AUDIT).first()
     assert (audit["raw_lines"], audit["header_lines"], audit["blank_lines"]) == (9, 1, 2)  # 1 + 1 + 3 + 1 in records
 
@@ -126,7 +126,7 @@ def test_a_repeated_header_line_has_its_own_reason(spark, tmp_path, pseudonym_ke
     concatenated = rees46(view(user="1")) + REES46_HEADER + view(user="2") + "\n"  # two exports joined with `cat`
     result, settings = ingest_files(spark, tmp_path, {"joined.csv": concatenated})
     assert reasons(spark, settings) == {"repeated_header": 1}
-    assert (result["rows_read"], result["clean"]) == (3, 2)
+    assert (result.rows_read, result.clean) == (3, 2)
 
 
 def test_ids_are_trimmed_of_unicode_white_space_and_null_tokens_are_missing(spark, tmp_path, pseudonym_key):
@@ -135,7 +135,7 @@ def test_ids_are_trimmed_of_unicode_white_space_and_null_tokens_are_missing(spar
     rows += [view(user=token, product="99") for token in ("null", "NULL", "None", "NaN", "-")]
     result, settings = ingest_files(spark, tmp_path, {"ids.csv": rees46(*rows)})
     assert {r["customer_id"] for r in events(spark, settings).collect()} == {customer("5000")}
-    assert result["clean"] == len(same_customer)
+    assert result.clean == len(same_customer)
     assert reasons(spark, settings) == {"missing_user_id": 5}
 
 
@@ -154,7 +154,7 @@ def test_out_of_range_epochs_are_quarantined_and_category_ids_kept_as_written(sp
     )
     result, settings = ingest_files(spark, tmp_path, {"UserBehavior.csv": content}, source="taobao")
     assert reasons(spark, settings) == {"timestamp_out_of_range": 3}
-    assert result["clean"] == 2
+    assert result.clean == 2
     assert {r["category_id"] for r in events(spark, settings).collect()} == {"2520377", "abc"}
 
 
@@ -167,7 +167,7 @@ def test_quantities_must_be_whole_numbers(spark, tmp_path, pseudonym_key):
     )
     assert reasons(spark, settings) == {"unparseable_quantity": 2}
     quantities = {r["quantity"] for r in events(spark, settings).collect()}
-    assert quantities == {2, 1} and result["clean"] == 3
+    assert quantities == {2, 1} and result.clean == 3
 
 
 def test_a_session_made_in_another_time_zone_ingests_in_utc(spark, tmp_path, pseudonym_key):
@@ -290,7 +290,7 @@ def test_the_books_add_up_and_the_table_holds_exactly_the_good_lines(spark, pseu
                     else:
                         expected_reasons[reason] = expected_reasons.get(reason, 0) + 1
             result = ingest.run(spark, settings_for(tmp))
-            assert sum(result[k] for k in ingest.ACCOUNTED) == result["rows_read"]
+            assert sum(getattr(result, k) for k in ingest.ACCOUNTED) == result.rows_read
         current = settings_for(tmp)
         audits = lake.read(spark, current.lake, lake.INGEST_AUDIT).agg(F.sum("rows_read"), F.sum("raw_lines")).first()
         assert audits[0] == records_written  # against the records written, not against what the parser saw
@@ -345,7 +345,7 @@ def test_declared_identity_keeps_every_line_or_the_latest_of_each_key(spark, pse
                 lines_written += len(lines)
                 latest.update({(customer(u), t): float(p) for u, t, p in lines})
             result = ingest.run(spark, current)
-            assert sum(result[k] for k in ingest.ACCOUNTED) == result["rows_read"]
+            assert sum(getattr(result, k) for k in ingest.ACCOUNTED) == result.rows_read
         rows = events(spark, current).select("customer_id", "event_time", "price").collect()
         if keys.get("identity") == "line":
             assert len(rows) == lines_written
@@ -357,7 +357,7 @@ def test_declared_identity_keeps_every_line_or_the_latest_of_each_key(spark, pse
         before = sorted(tuple(r) for r in events(spark, current).collect())
         shutil.rmtree(lake.path(current.lake, lake.INGESTED_FILES))
         again = ingest.run(spark, current)
-        assert (again["clean"], again["corrections"]) == (0, 0)
+        assert (again.clean, again.corrections) == (0, 0)
         assert sorted(tuple(r) for r in events(spark, current).collect()) == before
 
 

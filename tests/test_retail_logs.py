@@ -66,12 +66,12 @@ def test_invoice_lines_are_purchases_and_cancellations_returns_as_counted_by_the
     purchases = {r for r in distinct if int(r[3]) > 0}
     returns = {r for r in distinct if int(r[3]) < 0}
     assert by_type(spark, settings) == {"purchase": len(purchases), "return": len(returns)}
-    assert result["returns"] == len(returns) and result["duplicates"] == len(with_customer) - len(distinct)
+    assert result.returns == len(returns) and result.duplicates == len(with_customer) - len(distinct)
     assert reasons(spark, settings) == {
         "missing_user_id": len(lines) - len(with_customer),
         "zero_quantity": sum(1 for r in distinct if int(r[3]) == 0),
     }
-    assert result["bot_rows"] == 0  # the wholesale customer's 100 lines in one minute are an order
+    assert result.bot_rows == 0  # the wholesale customer's 100 lines in one minute are an order
     table = events(spark, settings)
     invoices = {r[0] for r in purchases | returns}
     assert table.select("order_id").distinct().count() == len(invoices)
@@ -129,10 +129,10 @@ def test_every_grocery_line_is_an_event_or_quarantined_as_counted_by_pyarrow(spa
     table = pq.read_table(COMPLETE_JOURNEY)
     zero = pc.sum(pc.equal(table["quantity"], 0)).as_py()
     purchases = table.num_rows - zero  # no exact copies in this log: every line is a distinct purchase line
-    assert result["rows_read"] == table.num_rows
+    assert result.rows_read == table.num_rows
     assert by_type(spark, settings) == {"purchase": purchases}
     assert reasons(spark, settings) == {"zero_quantity": zero}
-    assert result["bot_rows"] == 0 and result["duplicates"] == 0 and result["warnings"] == []
+    assert result.bot_rows == 0 and result.duplicates == 0 and result.warnings == []
     kept = table.filter(pc.not_equal(table["quantity"], 0))
     table_events = events(spark, settings)
     assert table_events.select("customer_id").distinct().count() == len(pc.unique(kept["household_id"]))
@@ -160,24 +160,24 @@ def test_a_rule_removing_more_than_half_a_batch_stops_it_before_anything_is_writ
     audit = lake.read(spark, settings.lake, lake.INGEST_AUDIT).orderBy("batch_id").collect()
     assert [a["status"] for a in audit] == ["ok", "failed"]
     relaxed = settings.model_copy(update={"ingest": settings.ingest.model_copy(update={"fail_share": 0.9})})
-    assert ingest.run(spark, relaxed)["quarantined_by_reason"] == {"unparseable_timestamp": 5}  # read again
+    assert ingest.run(spark, relaxed).quarantined_by_reason == {"unparseable_timestamp": 5}  # read again
 
 
 def test_a_rule_removing_more_than_a_tenth_is_a_warning_in_the_audit_and_the_result(spark, tmp_path, pseudonym_key):
     rows = [view(user=str(u), product=str(u)) for u in range(8)] + [view(user=""), view(user="")]
     result, settings = ingest_files(spark, tmp_path, {"day1.csv": rees46(*rows)})
-    assert len(result["warnings"]) == 1 and "missing_user_id removes 20.0%" in result["warnings"][0]
+    assert len(result.warnings) == 1 and "missing_user_id removes 20.0%" in result.warnings[0]
     audit = lake.read(spark, settings.lake, lake.INGEST_AUDIT).first()
     assert "ingest.warn_share" in audit["warnings"] and audit["status"] == "ok"
 
 
-def test_lines_that_collapse_as_duplicates_beyond_one_percent_are_a_warning(spark, tmp_path, pseudonym_key):
+def test_lines_that_collapse_as_duplicates_beyond_two_percent_are_a_warning(spark, tmp_path, pseudonym_key):
     lines = "InvoiceNo,StockCode,Description,Quantity,InvoiceDate,UnitPrice,CustomerID,Country\n"
     lines += "".join(f"5000{i},2200{i},A,1,12/1/2010 8:26,1.00,17850,UK\n" for i in range(20))
     lines += "50001,22001,A,1,12/1/2010 8:26,1.00,17850,UK\n"  # one exact copy in 21 lines: 4.8%
     result, _ = ingest_files(spark, tmp_path, {"invoices.csv": lines}, source="online_retail")
-    assert result["duplicates"] == 1
-    assert any("duplicates or same-key variants" in w and "fields.event_id" in w for w in result["warnings"])
+    assert result.duplicates == 1
+    assert any("duplicates or same-key variants" in w and "fields.event_id" in w for w in result.warnings)
 
 
 def test_summaries_count_returns_beside_purchases(spark, online_retail):
@@ -272,10 +272,10 @@ def test_invoice_lines_returns_and_large_orders_keep_their_meaning(spark, pseudo
         settings = settings_for(tmp, str(mapping.with_suffix("")), fail_share="1.0")
         result = ingest.run(spark, settings)
         expected = expected_from(invoices, rate)
-        assert sum(result[k] for k in ingest.ACCOUNTED) == result["rows_read"]
+        assert sum(getattr(result, k) for k in ingest.ACCOUNTED) == result.rows_read
         got = by_type(spark, settings)
         assert (got.get("purchase", 0), got.get("return", 0)) == (expected["purchase"], expected["return"])
-        assert result["returns"] == expected["return"]
-        assert (result["bot_rows"] > 0) == bool(expected["bots"])
+        assert result.returns == expected["return"]
+        assert (result.bot_rows > 0) == bool(expected["bots"])
         products = {r["product_id"] for r in events(spark, settings).select("product_id").distinct().collect()}
         assert products <= set(SKUS)

@@ -180,11 +180,11 @@ def test_scheduled_days(spark, tmp_path, postgres, monkeypatch):
             if stage in KILLED.get(number, ()):
                 kill_mid_write(stage, stage_settings, tmp_path, first_write(stage, settings, postgres))
             results[stage] = pipeline.run_stage(stage, spark, stage_settings)
-        print(f"day {number}:", {stage: result["seconds"] for stage, result in results.items()})  # shown on failure
+        print(f"day {number}:", {stage: result.seconds for stage, result in results.items()})  # shown on failure
 
         if trains:
             metadata = model_artifact.load_metadata(settings.train.model_dir)
-            epochs = results["train"]["epochs_run"] + metadata.resumed_after_epoch
+            epochs = results["train"].epochs_run + metadata.resumed_after_epoch
             resumed_own_run = "train" in KILLED.get(number, ())  # only the killed run's retry continues it
             assert epochs >= 1 and (metadata.resumed_after_epoch == 0 or resumed_own_run), f"day {number}"
 
@@ -193,7 +193,7 @@ def test_scheduled_days(spark, tmp_path, postgres, monkeypatch):
         assert (books[0], books[1]) == (records_landed, lines_landed), f"day {number}: every line read once"
 
         scoring_date = day + dt.timedelta(days=1)
-        assert results["score"]["scoring_date"] == scoring_date.isoformat(), f"day {number}: today's picture"
+        assert results["score"].scoring_date == scoring_date.isoformat(), f"day {number}: today's picture"
         customers = (
             lake.read(spark, settings.lake, lake.EVENTS)
             .filter(F.col("event_date") < scoring_date)
@@ -206,7 +206,7 @@ def test_scheduled_days(spark, tmp_path, postgres, monkeypatch):
         assert {r[0] for r in scores.select("cutoff_date").distinct().collect()} == {scoring_date}
 
         segments = lake.read(spark, settings.lake, lake.SEGMENTS).filter(F.col("scoring_date") == scoring_date)
-        assert segments.count() == customers == results["export"]["exported"], f"day {number}: warehouse"
-        report = Path(results["report"]["report"]).read_text()
+        assert segments.count() == customers == results["export"].exported, f"day {number}: warehouse"
+        report = Path(results["report"].report).read_text()
         assert re.search(rf"\b{customers:,} customers scored", report), f"day {number}: report"
         assert staging_tables(postgres) == 0, f"day {number}: a staging table left in the warehouse"

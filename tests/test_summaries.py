@@ -72,14 +72,14 @@ def test_summaries_kept_by_ingest_equal_the_summaries_of_all_events(spark, tmp_p
         assertDataFrameEqual(comparable(kept), comparable(summaries.customer_days(events, 5)))
         result = features.run(spark, settings)
         with_rows = {r[0].isoformat() for r in training_cutoffs(spark, settings)}
-        kept_with_rows += [c for c in result["kept_cutoffs"] if c in with_rows]
+        kept_with_rows += [c for c in result.kept_cutoffs if c in with_rows]
         assert_features_equal_a_fresh_build(spark, settings, result)
         if n == 1:  # another writer (a compaction) commits to the events: the next batch cannot build on the table
             DeltaTable.forPath(spark, lake.path(settings.lake, lake.EVENTS)).optimize().executeCompaction()
 
     # a day later, with nothing new: the kept totals, now four days behind, serve without being written again
     totals_commits = len(lake.commits(spark, lake.path(settings.lake, lake.CUSTOMER_TOTALS)))
-    day_later = dt.date.fromisoformat(result["scoring_date"]) + dt.timedelta(days=1)
+    day_later = dt.date.fromisoformat(result.scoring_date) + dt.timedelta(days=1)
     later = settings.model_copy(update={"score": settings.score.model_copy(update={"scoring_date": day_later})})
     assert_features_equal_a_fresh_build(spark, later, features.run(spark, later))
     assert len(lake.commits(spark, lake.path(settings.lake, lake.CUSTOMER_TOTALS))) == totals_commits, "written again"
@@ -93,7 +93,7 @@ def test_summaries_kept_by_ingest_equal_the_summaries_of_all_events(spark, tmp_p
     assert rolled_from[0] is None, "the late lines of an old day did not make the kept totals anew"
     assert any(rolled_from), "no run rolled the kept totals forward: the incremental path did not run"
     assert kept_with_rows, "no delivery kept a training snapshot with rows: the incremental path did not run"
-    assert result["kept_cutoffs"] != result["cutoffs"]  # the last delivery's late lines reach one label window
+    assert result.kept_cutoffs != result.cutoffs  # the last delivery's late lines reach one label window
 
 
 def training_cutoffs(spark, settings):
@@ -107,10 +107,8 @@ def assert_features_equal_a_fresh_build(spark, settings, result):
     events = lake.read(spark, settings.lake, lake.EVENTS)
     from_events = summaries.customer_days(events, settings.features.sequence_length + 1)
     cfg = settings.features
-    expected = [features.build_features(from_events, dt.date.fromisoformat(c), cfg) for c in result["cutoffs"]]
-    expected.append(
-        features.build_features(from_events, dt.date.fromisoformat(result["scoring_date"]), cfg, scoring=True)
-    )
+    expected = [features.build_features(from_events, dt.date.fromisoformat(c), cfg) for c in result.cutoffs]
+    expected.append(features.build_features(from_events, dt.date.fromisoformat(result.scoring_date), cfg, scoring=True))
     built = lake.read(spark, settings.lake, lake.FEATURES)
     union = expected[0]
     for snapshot in expected[1:]:

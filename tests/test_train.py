@@ -17,7 +17,18 @@ import pytest
 from conftest import copy_of
 from pyspark.sql import functions as F
 
-from behavior_spark import artifacts, evaluate, features, lake, model_artifact, pipeline, run_record, tracking, train
+from behavior_spark import (
+    artifacts,
+    evaluate,
+    features,
+    lake,
+    model_artifact,
+    pipeline,
+    ranks,
+    run_record,
+    tracking,
+    train,
+)
 from behavior_spark.config import ConfigError, load_settings
 
 
@@ -56,7 +67,7 @@ def trained(small_lake):
 
 def test_both_ranks_ran_the_same_steps_and_ended_with_the_same_weights(trained):
     _, result, metadata = trained
-    assert result["processes"] == 2
+    assert result.processes == 2
     steps = metadata.steps_per_rank
     assert steps[0] == steps[1] > 0
     digests = metadata.weights_sha256_per_rank
@@ -164,7 +175,7 @@ def test_only_a_retry_of_an_unfinished_run_resumes_and_a_finished_run_trains_afr
     _, first, first_metadata = trained
     settings = tiny_settings(features_lake)
     shutil.copytree(trained[0].train.model_dir, settings.train.model_dir, dirs_exist_ok=True)  # the finished model
-    epochs = first["epochs_run"] + 1
+    epochs = first.epochs_run + 1
     killed = train.run_checkpoints(settings.train.model_dir, "job-run-41")  # a run killed after its first epochs
     model_bytes = artifacts.read_bytes(f"{settings.train.model_dir}/{first_metadata.model_file}")
     artifacts.write_bytes(f"{killed}/{train.checkpoint_name(first['epochs_run'])}", model_bytes)
@@ -172,14 +183,12 @@ def test_only_a_retry_of_an_unfinished_run_resumes_and_a_finished_run_trains_afr
     retry = tiny_settings(settings.lake.root, "train.resume=true", "train.run_id=job-run-41", f"train.epochs={epochs}")
     result = train.run(spark, retry)
     metadata = model_artifact.load_metadata(retry.train.model_dir)
-    assert metadata.resumed_after_epoch == first["epochs_run"] and result["epochs_run"] == 1  # the epoch left
+    assert metadata.resumed_after_epoch == first.epochs_run and result.epochs_run == 1  # the epoch left
     assert artifacts.list_names(killed) == []  # finished now
 
     scheduled = tiny_settings(settings.lake.root, "train.resume=true", "train.run_id=job-run-41", "train.epochs=1")
     result = train.run(spark, scheduled)  # the same id again, finished: nothing to continue
-    assert (
-        model_artifact.load_metadata(scheduled.train.model_dir).resumed_after_epoch == 0 and result["epochs_run"] == 1
-    )
+    assert model_artifact.load_metadata(scheduled.train.model_dir).resumed_after_epoch == 0 and result.epochs_run == 1
 
 
 def test_a_model_is_published_whole_by_its_metadata(tmp_path):
@@ -225,8 +234,8 @@ def test_a_failing_rank_fails_the_job_with_its_own_message(tmp_path):
         return {"rank": hvd.rank()}
 
     started = time.monotonic()
-    with pytest.raises(train.TrainingError, match="rank 1 failed: ValueError: shard 1 is unreadable"):
-        train.run_workers(train_fn, 2, str(tmp_path / "errors"))
+    with pytest.raises(ranks.TrainingError, match="rank 1 failed: ValueError: shard 1 is unreadable"):
+        ranks.run_workers(train_fn, 2, str(tmp_path / "errors"))
     assert time.monotonic() - started < 120
 
 
@@ -269,7 +278,7 @@ def test_the_difference_from_a_baseline_has_a_bootstrap_interval_and_a_verdict(s
     exact = evaluate.roc_auc(labels, informative) - evaluate.roc_auc(labels, noise)
     result = evaluate.auc_difference(first, second, seed=1, replicates=300)
     assert result["verdict"] == "better" and result["low_95"] < exact < result["high_95"]
-    assert result["roc_auc_difference"] == pytest.approx(exact, abs=0.005)  # 200 score bins: close to exact
+    assert result.roc_auc_difference == pytest.approx(exact, abs=0.005)  # 200 score bins: close to exact
     assert evaluate.auc_difference(second, first, seed=1, replicates=300)["verdict"] == "worse"
     same = evaluate.auc_difference(first, first, seed=1, replicates=300)
     assert (same["verdict"], same["low_95"], same["high_95"]) == ("level", 0.0, 0.0)

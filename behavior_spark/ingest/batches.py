@@ -11,13 +11,14 @@ from collections.abc import Callable
 from pyspark.sql import Column, DataFrame, SparkSession
 from pyspark.sql import functions as F
 
-from behavior_spark import artifacts, canonical, lake, privacy, sources, summaries
+from behavior_spark import artifacts, canonical, console, lake, privacy, sources, summaries
 from behavior_spark.config import ConfigError, IngestSettings, Settings
 from behavior_spark.ingest import books, guards
 from behavior_spark.ingest.checks import for_cache, reject_reason
 from behavior_spark.ingest.identity import event_id_scheme
 from behavior_spark.ingest.sessions import CLEAN, bot_customers, buckets_per_day, classify, with_checks
 from behavior_spark.ingest.tables import IngestError, check_key, ensure_events_table, write_batch, write_identity_map
+from behavior_spark.results import IngestResult
 from behavior_spark.session import in_utc, is_connect, materialized, timed
 from behavior_spark.sources import SourceMapping
 
@@ -27,7 +28,7 @@ log = logging.getLogger(__name__)
 FILE_COLUMNS = ["path", "size", "modified_ns"]  # what identifies a raw file as ingested
 
 
-def run(spark: SparkSession, settings: Settings) -> dict:
+def run(spark: SparkSession, settings: Settings) -> IngestResult:
     """Ingest every raw file not yet ingested, in batches of `ingest.max_files_per_trigger`; return their totals."""
     cfg = settings.ingest
     in_utc(spark)  # dates, midnights and zone-less timestamps: the same on any cluster
@@ -46,9 +47,11 @@ def run(spark: SparkSession, settings: Settings) -> dict:
     pending = new_files(spark, settings, source, found)
     first_batch = next_batch_id(spark, settings, mapping.name, cfg.input)
     audits: list[dict] = []
+    batches = -(-len(pending) // cfg.max_files_per_trigger)
     for offset in range(0, len(pending), cfg.max_files_per_trigger):
         batch_files = pending[offset : offset + cfg.max_files_per_trigger]
         batch_id = first_batch + len(audits)
+        console.step("ingest", f"batch {batch_id}, {len(batch_files)} files", len(audits), batches)
         batch = sources.read_files(spark, mapping, [path for path, _, _ in batch_files])
         audit = process_batch(spark, batch, batch_id, mapping, pseudonym, settings)
         record_files(spark, settings, source, batch_files, batch_id)  # after the batch's writes: a kill re-reads
@@ -63,15 +66,14 @@ def run(spark: SparkSession, settings: Settings) -> dict:
     for audit in audits:
         for reason, count in audit["quarantined_by_reason"].items():
             reasons[reason] = reasons.get(reason, 0) + count
-    return {
-        "batches": len(audits),
+    return IngestResult(
+        files=len(pending),
+        batches=len(audits),
         **totals,
-        "quarantined_by_reason": reasons,
-        "warnings": [
-            f"batch {a['batch_id']}: {w}" for a in audits if a["warnings"] for w in a["warnings"].split(" | ")
-        ],
-        "events_version": lake.version(spark, settings.lake, lake.EVENTS),
-    }
+        quarantined_by_reason=reasons,
+        warnings=[f"batch {a['batch_id']}: {w}" for a in audits if a["warnings"] for w in a["warnings"].split(" | ")],
+        events_version=lake.version(spark, settings.lake, lake.EVENTS),
+    )
 
 
 def new_files(
