@@ -62,7 +62,7 @@ def name_segments(profiles: list[Mapping], previous: Mapping[int, str] | None = 
         segment_id = p["segment_id"]
         label = chosen.get(segment_id)
         name = _name(*label) if label else f"{UNNAMED} {segment_id}"  # more segments than names
-        named[segment_id] = Named(name, describe(p, shown, scores[segment_id]))
+        named[segment_id] = Named(name, describe(p, shown, scores[segment_id], label[0] if label else None))
     return named
 
 
@@ -76,13 +76,14 @@ def standing(segment: Mapping, shown: list[Mapping]) -> dict[str, float]:
     return result
 
 
-def describe(segment: Mapping, shown: list[Mapping], scores: Mapping[str, float]) -> str:
-    """The two traits that set the segment apart most, in numbers against all shown customers, and its top
-    category: "expected revenue per customer 41.20 (all: 12.85); days since the last visit 3 (all: 19); mostly
-    electronics.audio"."""
+def describe(segment: Mapping, shown: list[Mapping], scores: Mapping[str, float], named: Trait | None = None) -> str:
+    """The trait it is named for and the other that sets the segment apart most, in numbers against all shown
+    customers, and its top category: "expected revenue per customer 41.20 (all: 12.85); days since the last visit 3
+    (all: 19); mostly electronics.audio"."""
     customers = sum(p["customers"] for p in shown)
     parts = []
-    for trait in sorted(TRAITS, key=lambda t: -abs(scores[t.column]))[:2]:
+    ranked = sorted(TRAITS, key=lambda t: (t != named, -abs(scores[t.column])))
+    for trait in ranked[:2]:
         overall = sum(p[trait.column] * p["customers"] for p in shown) / customers
         parts.append(f"{trait.words} {_reads(segment[trait.column], trait.unit)} (all: {_reads(overall, trait.unit)})")
     categories = segment.get("top_category_labels") or []

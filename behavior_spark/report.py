@@ -17,9 +17,8 @@ from matplotlib.figure import Figure
 from pyspark.sql import SparkSession
 from pyspark.sql import functions as F
 
-from behavior_spark import artifacts, lake, model_artifact, run_record
+from behavior_spark import artifacts, drift, lake, model_artifact, run_record
 from behavior_spark.config import Settings
-from behavior_spark.drift import WARN_PSI
 from behavior_spark.model_artifact import ModelMetadata
 from behavior_spark.results import ReportResult
 
@@ -34,15 +33,40 @@ def run(spark: SparkSession, settings: Settings) -> ReportResult:
     scoring_date = run_record.scoring_date(spark, settings)  # the date the score stage scored
     on_date = F.col("scoring_date") == F.lit(scoring_date)
     profiles = lake.read(spark, settings.lake, lake.SEGMENT_PROFILES).filter(on_date).orderBy("segment_id")
-    drift = lake.read(spark, settings.lake, lake.FEATURE_DRIFT).filter(on_date)
+    drift_rows = lake.read(spark, settings.lake, lake.FEATURE_DRIFT).filter(on_date)
     profile_rows = [r.asDict() for r in profiles.collect()]  # one row per segment
-    psi = {r["feature"]: r["psi"] for r in drift.collect()}  # one row per feature
+    features = [r.asDict() for r in drift_rows.select("feature", "psi", "judged", "compared_with").collect()]
     histogram = propensity_histogram(scores.filter(on_date))
-    page = render(metadata, scoring_date, profile_rows, histogram, psi)
+    before = lake.one_row(scores.filter(F.col("scoring_date") < F.lit(scoring_date)).agg(F.max("scoring_date")))[0]
+    shift = None
+    if before is not None:  # the score's own distribution against the previous scoring date's
+        earlier = propensity_histogram(scores.filter(F.col("scoring_date") == F.lit(before)))
+        shift = {"date": before, "psi": drift.psi(_shares(earlier), _shares(histogram))}
+    page = render(metadata, scoring_date, profile_rows, histogram, drift_summary(features, shift))
     location = artifacts.join(lake.path(settings.lake, "reports"), f"report-{scoring_date}.html")
     artifacts.write_bytes(location, page.encode())
     log.info("report written to %s", location)
     return ReportResult(report=location)
+
+
+def drift_summary(features: list[dict], score_shift: dict | None) -> dict:
+    """What changed since the snapshot before and whether it matters, from the drift table's rows of one date."""
+    judged = {f["feature"]: f["psi"] for f in features if f["judged"] and f["psi"] is not None}
+    largest = max(judged, key=lambda name: judged[name]) if judged else None
+    return {
+        "compared_with": next((f["compared_with"] for f in features), None),
+        "judged": judged,
+        "drifted": {name: psi for name, psi in judged.items() if psi > drift.WARN_PSI},
+        "largest": (largest, judged[largest]) if largest else None,
+        "not_judged": sum(1 for f in features if not f["judged"]),
+        "warn_psi": drift.WARN_PSI,
+        "score_shift": score_shift,
+    }
+
+
+def _shares(histogram: list[int]) -> list[float]:
+    total = sum(histogram) or 1
+    return [n / total for n in histogram]
 
 
 def propensity_histogram(scores) -> list[int]:
@@ -52,15 +76,15 @@ def propensity_histogram(scores) -> list[int]:
     return [counts.get(b, 0) for b in range(HISTOGRAM_BINS)]
 
 
-PROFILE_COLUMNS = [  # (column, heading, decimals): money to cents, days and counts to one decimal
-    ("customers", "customers", 0),
-    ("mean_propensity", "mean propensity", 3),
-    ("mean_days_since_last_event", "mean days since last event", 1),
-    ("mean_purchases", "mean purchases", 1),
-    ("mean_revenue", "mean revenue", 2),
-    ("mean_expected_revenue", "mean expected revenue", 2),
-    ("expected_revenue", "total expected revenue", 2),
-    ("revenue_at_risk", "revenue at risk", 2),
+PROFILE_COLUMNS = [  # (column, heading with its unit and whether a mean or a total, format): rounded for people
+    ("customers", "customers", "0"),
+    ("mean_propensity", "chance to buy (mean)", "%"),
+    ("mean_days_since_last_event", "days since last visit (mean)", "0"),
+    ("mean_purchases", "purchase days so far (mean)", "1"),
+    ("mean_revenue", "revenue so far (mean)", "0"),
+    ("mean_expected_revenue", "expected revenue, next window (mean)", "2"),
+    ("expected_revenue", "expected revenue, next window (total)", "0"),
+    ("revenue_at_risk", "revenue at risk (total)", "0"),
 ]
 _TEMPLATES = jinja2.Environment(
     loader=jinja2.PackageLoader("behavior_spark", "templates"),
@@ -71,26 +95,28 @@ _TEMPLATES = jinja2.Environment(
 )
 
 
-def _number(value, digits: int = 3) -> str:
-    """A number for people: thousands separated, `digits` decimals (integers as they are), "-" for none."""
+def _number(value, digits: int | str = 3) -> str:
+    """A number for people: thousands separated, `digits` decimals ("%": a share as a percentage), "-" for none."""
     if value is None:
         return "-"
-    if isinstance(value, int) or digits == 0:
+    if digits == "%":
+        return f"{value:.0%}"
+    if isinstance(value, int) or int(digits) == 0:
         return f"{round(value):,}"
-    return f"{value:,.{digits}f}"
+    return f"{value:,.{int(digits)}f}"
 
 
 _TEMPLATES.filters["number"] = _number
 
 
-def render(metadata: ModelMetadata, scoring_date, profiles: list[dict], histogram: list[int], drift: dict) -> str:
+def render(metadata: ModelMetadata, scoring_date, profiles: list[dict], histogram: list[int], changes: dict) -> str:
     """The page, from aggregates only (`templates/report.html.j2`, every value escaped)."""
     charts = {
         "segments": _png(_segment_sizes(profiles)),
         "propensity": _png(_propensity_chart(histogram)),
         "lift": _png(_lift_chart(metadata.lift_by_decile)),
         "calibration": _png(_calibration_chart(metadata.reliability)),
-        "drift": _png(_drift_chart(drift)),
+        "drift": _png(_drift_chart(changes["judged"], changes["compared_with"])),
     }
     return _TEMPLATES.get_template("report.html.j2").render(
         scoring_date=scoring_date,
@@ -104,6 +130,7 @@ def render(metadata: ModelMetadata, scoring_date, profiles: list[dict], histogra
         comparison=metadata.comparison,
         value_metrics=metadata.value_metrics,
         charts=charts,
+        changes=changes,
     )
 
 
@@ -161,13 +188,13 @@ def _calibration_chart(bins: list[dict]):
     return fig
 
 
-def _drift_chart(drift: dict[str, float]):
-    fig, ax = _figure(height=max(3.2, 0.18 * len(drift)))
-    names = sorted(drift, key=lambda name: drift[name])
-    colors = ["#c44e52" if drift[n] > WARN_PSI else "#8c8c8c" for n in names]
-    ax.barh(names, [drift[n] for n in names], color=colors)
-    ax.axvline(WARN_PSI, color="#c44e52", linestyle="--", linewidth=1)
-    ax.set_xlabel(f"population stability index (warning above {WARN_PSI})")
+def _drift_chart(judged: dict[str, float], compared_with: str | None):
+    fig, ax = _figure(height=max(3.2, 0.18 * len(judged)))
+    names = sorted(judged, key=lambda name: judged[name])
+    colors = ["#c44e52" if judged[n] > drift.WARN_PSI else "#8c8c8c" for n in names]
+    ax.barh(names, [judged[n] for n in names], color=colors)
+    ax.axvline(drift.WARN_PSI, color="#c44e52", linestyle="--", linewidth=1)
+    ax.set_xlabel(f"population stability index (warning above {drift.WARN_PSI})")
     ax.tick_params(axis="y", labelsize=7)
-    ax.set_title("Feature drift: training data against the customers scored")
+    ax.set_title(f"Feature drift against the {compared_with or 'snapshot before'}")
     return fig

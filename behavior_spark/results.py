@@ -94,10 +94,12 @@ class FeaturizeResult(StageResult):
 
     def went_in(self) -> str:
         built = len(self.cutoffs) - len(self.kept_cutoffs)
-        return f"events v{self.events_version}: {count(built, 'snapshot')} to build, {len(self.kept_cutoffs)} kept"
+        return f"events v{self.events_version}: {built} training snapshots built, {len(self.kept_cutoffs)} kept"
 
     def came_out(self) -> str:
-        splits = " / ".join(f"{n:,} {split}" for split, n in self.rows_by_split.items())
+        order = ["train", "validation", "test", "score"]
+        ordered = sorted(self.rows_by_split.items(), key=lambda item: order.index(item[0]) if item[0] in order else 9)
+        splits = " / ".join(f"{n:,} {split}" for split, n in ordered)
         return f"{count(self.rows, 'feature row')} ({splits})"
 
 

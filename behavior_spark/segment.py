@@ -74,10 +74,7 @@ def run(spark: SparkSession, settings: Settings) -> SegmentResult:
         .withColumn("scoring_date", F.lit(scoring_date))
         .cache()
     )
-    names = naming.name_segments(
-        [r.asDict() for r in profiles.collect()], previous_names(spark, settings, scoring_date)
-    )  # k rows
-    profiles = with_names(profiles, names)
+    profiles = with_names(profiles, segment_names(profiles.collect(), previous_names(spark, settings, scoring_date)))
     named = assigned.join(profiles.select("segment_id", "segment_name", "segment_description"), "segment_id", "inner")
     moved = moves(spark, settings, named, scoring_date)
     where = f"scoring_date = '{scoring_date}'"
@@ -295,6 +292,11 @@ def profile(assigned: DataFrame, min_segment_size: int, window_days: int) -> Dat
         "suppressed",
         *(F.when(small, F.lit(None)).otherwise(F.col(c)).alias(c) for c in hidden),
     )
+
+
+def segment_names(profiles: list, previous: dict[int, str]) -> dict[int, naming.Named]:
+    """The names of the profiled segments (k rows), last run's kept where still true."""
+    return naming.name_segments([r.asDict() for r in profiles], previous)
 
 
 def with_names(profiles: DataFrame, names: dict[int, naming.Named]) -> DataFrame:

@@ -234,7 +234,7 @@ def test_an_export_that_does_not_add_up_rolls_back_and_leaves_no_staging_table(
     assert tables.filter(F.col("table_name").contains("staging")).count() == 0
 
 
-def test_the_report_renders_with_its_images_and_no_customer_ids(small_lake, tmp_path):
+def test_the_report_renders_with_its_images_fits_a_window_and_holds_no_customer_ids(small_lake, tmp_path):
     settings = small_lake.settings
     report = Path(lake.path(settings.lake, "reports"), f"report-{settings.score.scoring_date}.html")
     html = report.read_text()
@@ -247,6 +247,12 @@ def test_the_report_renders_with_its_images_and_no_customer_ids(small_lake, tmp_
     assert counts, dom.stderr[-2000:]
     images, rendered = map(int, counts.groups())
     assert images >= 5 and rendered == images
+    in_a_window = [*headless, "--window-size=1280,900", "--dump-dom", report.as_uri()]
+    dom = subprocess.run(in_a_window, capture_output=True, text=True, timeout=120)
+    widths = re.search(r'data-page-width="(\d+)" data-window-width="(\d+)"', dom.stdout)
+    assert widths, dom.stderr[-2000:]
+    page, window = map(int, widths.groups())
+    assert 1200 < window <= 1280 and page <= window, f"a {page}-pixel page scrolls sideways in a {window}-pixel window"
     screenshot = tmp_path / "report.png"
     subprocess.run([*headless, f"--screenshot={screenshot}", "--window-size=1000,2400", report.as_uri()], timeout=120)
     assert screenshot.stat().st_size > 20_000

@@ -67,7 +67,7 @@ SENTINEL_KEY = "sentinel-key-Q7x9-never-in-a-log"
 SENTINEL_USERS = ["8800555", "8800556", "8800557"]  # low-entropy ids: the ones a leaked key would re-identify
 
 
-def test_no_key_raw_id_or_session_token_in_the_event_log_plans_or_driver_log(tmp_path):
+def test_no_key_raw_id_or_session_token_in_the_event_log_plans_log_file_or_console(tmp_path):
     rows = [view(user=u, product=str(i)) for i, u in enumerate(SENTINEL_USERS)]
     rows += [view(user="8800558", time="yesterday"), view(user="8800559") + ",extra,fields"]  # rejected rows too
     write_files(tmp_path, {"a.csv": "".join(line + "\n" for line in [ingest_header(), *rows])})
@@ -95,6 +95,8 @@ def test_no_key_raw_id_or_session_token_in_the_event_log_plans_or_driver_log(tmp
             str(conf),
             "--set",
             "log.level=DEBUG",
+            "--set",
+            f"log.dir={tmp_path / 'logs'}",
         ],
         capture_output=True,
         text=True,
@@ -112,7 +114,10 @@ def test_no_key_raw_id_or_session_token_in_the_event_log_plans_or_driver_log(tmp
     key = SENTINEL_KEY.encode()
     secrets = [SENTINEL_KEY, key.hex(), key.hex().upper(), *pads(key)]
     raw_values = [*SENTINEL_USERS, "8800558", "8800559", "sess-88005"]
-    for where, text in {"event log": event_log, "driver log": result.stderr + result.stdout}.items():
+    log_file = "".join(f.read_text() for f in (tmp_path / "logs").glob("ingest-*.log"))  # the run's full log
+    assert "ingest: finished" in log_file
+    console = result.stderr + result.stdout
+    for where, text in {"event log": event_log, "log file": log_file, "console": console}.items():
         for secret in secrets:
             assert secret not in text, f"key material in the {where}"
         for raw in raw_values:

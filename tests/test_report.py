@@ -8,6 +8,7 @@ from behavior_spark import model_artifact, report
 PROFILE = {
     "segment_id": 0,
     "segment_name": "<script>alert(1)</script> buyers",
+    "segment_description": "chance to buy 41% (all: 12%)",
     "customers": 1234,
     "mean_propensity": 0.41234,
     "mean_days_since_last_event": 12.3456,
@@ -33,7 +34,12 @@ def page() -> str:
                            "verdict": "level"},
         }
     )  # fmt: skip
-    return report.render(metadata, "2026-06-01", [PROFILE], [10] * report.HISTOGRAM_BINS, {"events": 0.05})
+    drift = [
+        {"feature": "events", "psi": 1.5, "judged": False, "compared_with": "training snapshot of 2026-05-01"},
+        {"feature": "purchase_30d", "psi": 0.05, "judged": True, "compared_with": "training snapshot of 2026-05-01"},
+    ]
+    changes = report.drift_summary(drift, {"date": "2026-05-25", "psi": 0.012})
+    return report.render(metadata, "2026-06-01", [PROFILE], [10] * report.HISTOGRAM_BINS, changes)
 
 
 def test_every_value_is_escaped():
@@ -44,8 +50,18 @@ def test_every_value_is_escaped():
 
 def test_column_headings_are_distinct_and_numbers_are_rounded_for_people():
     html = page()
-    headings = re.findall(r"<th>([^<]*)</th>", html.split("<h2>Propensity</h2>")[0])
-    assert len(headings) == len(set(headings)), headings
-    assert "mean expected revenue" in headings and "total expected revenue" in headings
-    assert ">1,234<" in html and ">0.412<" in html and ">12.3<" in html and ">68,555.56<" in html
+    for table in html.split("<h2>Propensity</h2>")[0].split("<table>")[1:]:
+        headings = re.findall(r"<th>([^<]*)</th>", table)
+        assert len(headings) == len(set(headings)), headings
+    headings = re.findall(r"<th>([^<]*)</th>", html)
+    assert "expected revenue, next window (mean)" in headings and "expected revenue, next window (total)" in headings
+    assert ">1,234<" in html and ">41%<" in html and ">12<" in html and ">68,556<" in html and ">55.56<" in html
     assert "+0.012" in html and "level" in html and html.count("data:image/png;base64,") == 5
+
+
+def test_the_report_says_what_changed_and_whether_it_matters():
+    html = page()
+    assert "against the training snapshot of 2026-05-01" in html
+    assert "no feature moved beyond PSI 0.2 (the largest: purchase 30d," in html  # events is a lifetime total
+    assert "1 lifetime totals" in html and "PSI\n0.01 (stable)" in html
+    assert "chance to buy 41% (all: 12%)" in html
