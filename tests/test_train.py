@@ -178,7 +178,7 @@ def test_only_a_retry_of_an_unfinished_run_resumes_and_a_finished_run_trains_afr
     epochs = first.epochs_run + 1
     killed = train.run_checkpoints(settings.train.model_dir, "job-run-41")  # a run killed after its first epochs
     model_bytes = artifacts.read_bytes(f"{settings.train.model_dir}/{first_metadata.model_file}")
-    artifacts.write_bytes(f"{killed}/{train.checkpoint_name(first['epochs_run'])}", model_bytes)
+    artifacts.write_bytes(f"{killed}/{train.checkpoint_name(first.epochs_run)}", model_bytes)
 
     retry = tiny_settings(settings.lake.root, "train.resume=true", "train.run_id=job-run-41", f"train.epochs={epochs}")
     result = train.run(spark, retry)
@@ -278,7 +278,7 @@ def test_the_difference_from_a_baseline_has_a_bootstrap_interval_and_a_verdict(s
     exact = evaluate.roc_auc(labels, informative) - evaluate.roc_auc(labels, noise)
     result = evaluate.auc_difference(first, second, seed=1, replicates=300)
     assert result["verdict"] == "better" and result["low_95"] < exact < result["high_95"]
-    assert result.roc_auc_difference == pytest.approx(exact, abs=0.005)  # 200 score bins: close to exact
+    assert result["roc_auc_difference"] == pytest.approx(exact, abs=0.005)  # 200 score bins: close to exact
     assert evaluate.auc_difference(second, first, seed=1, replicates=300)["verdict"] == "worse"
     same = evaluate.auc_difference(first, first, seed=1, replicates=300)
     assert (same["verdict"], same["low_95"], same["high_95"]) == ("level", 0.0, 0.0)
