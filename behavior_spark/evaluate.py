@@ -48,15 +48,16 @@ RANK_BUCKETS = 1000  # approximate-quantile buckets a continuous column is ranke
 SPEND_SAMPLE = 200_000  # training customers Gamma-Gamma is fitted on
 
 
-def run(spark: SparkSession, settings: Settings, table: DataFrame, metadata: ModelMetadata) -> dict:
-    """Metrics of the model and the baselines on the test split, written to Delta; importance on validation."""
+def run(spark: SparkSession, settings: Settings, table: DataFrame, metadata: ModelMetadata, model_dir: str) -> dict:
+    """Metrics of the model in `model_dir` and the baselines on the test split, written to Delta; importance on
+    validation."""
     cfg = settings.train
     inputs = table.transform(features.model_inputs, metadata.normalisation).withColumn(
         "label", F.col("label").cast("double")
     )
     train, validation, test = (inputs.filter(F.col("split") == name) for name in ("train", "validation", "test"))
     keep = [*KEY, "label", *features.VALUE_LABELS]
-    predicted = predict.predictions(test, metadata, cfg.model_dir, settings.score.batch_size, keep=keep)
+    predicted = predict.predictions(test, metadata, model_dir, settings.score.batch_size, keep=keep)
     predicted = predicted.persist(StorageLevel.MEMORY_AND_DISK)  # scored once: propensity and value read it
     days = summaries.for_events(spark, settings, metadata.events_version)
     purchase_days = days.filter(F.col("n_purchase") > 0).select("customer_id", "event_date", "revenue")
@@ -71,7 +72,7 @@ def run(spark: SparkSession, settings: Settings, table: DataFrame, metadata: Mod
     log.info("test-split metrics (%s):\n%s", metadata.model_version, format_table(metrics))
     log.info("customer value on the test split:\n%s", format_table(value))
     log.info("model against %s: %s", comparison["baseline"], comparison)
-    importance = permutation_importance(validation, metadata, cfg.model_dir, cfg.importance_rows, cfg.seed)
+    importance = permutation_importance(validation, metadata, model_dir, cfg.importance_rows, cfg.seed)
     return {
         "test_metrics": metrics,
         "value_metrics": value,

@@ -53,6 +53,7 @@ class ModelMetadata(BaseModel):
     reliability: list[dict[str, Any]] = []
     lift_by_decile: list[dict[str, Any]] = []
     permutation_importance: dict[str, float | None] = {}
+    gate: dict[str, Any] | None = None  # the champion gate's verdict of the last training run (`champion`)
     mlflow_run_id: str | None = None
 
     @property
@@ -110,6 +111,16 @@ def save_model(model_dir: str, weights: bytes, metadata: ModelMetadata) -> None:
     for name in artifacts.list_names(model_dir):
         if _MODEL_NAME.match(name) and name not in keep:
             artifacts.delete_file(artifacts.join(model_dir, name))
+
+
+def save_metadata(model_dir: str, metadata: ModelMetadata) -> None:
+    """Rewrite the published model's metadata (its weights unchanged), in one whole-file write."""
+    artifacts.write_bytes(artifacts.join(model_dir, METADATA_FILE), metadata.model_dump_json(indent=2).encode())
+
+
+def published_metadata(model_dir: str) -> ModelMetadata | None:
+    """The published model's metadata, or None where nothing is published yet."""
+    return load_metadata(model_dir) if artifacts.exists(artifacts.join(model_dir, METADATA_FILE)) else None
 
 
 def load_metadata(model_dir: str) -> ModelMetadata:

@@ -128,6 +128,7 @@ def render(metadata: ModelMetadata, scoring_date, profiles: list[dict], histogra
         profile_columns=[{"name": n, "heading": h, "digits": d} for n, h, d in PROFILE_COLUMNS],
         test_metrics=metadata.test_metrics,
         comparison=metadata.comparison,
+        gate=metadata.gate,
         value_metrics=metadata.value_metrics,
         charts=charts,
         changes=changes,

@@ -114,6 +114,9 @@ class TrainResult(StageResult):
     mlflow_run_id: str | None
     final_metrics: dict[str, float]
     test_metrics: dict[str, float]
+    resumed_after_epoch: int = 0  # a retry of a killed run continued from this epoch's checkpoint
+    published: bool = True
+    gate: dict[str, Any] | None = None  # the champion gate's verdict (`champion`)
 
     def went_in(self) -> str:
         return f"{self.train_rows:,} + {self.validation_rows:,} validation rows, {self.processes} processes"
@@ -121,7 +124,10 @@ class TrainResult(StageResult):
     def came_out(self) -> str:
         auc = self.test_metrics.get("roc_auc")
         quality = f"test ROC-AUC {auc:.3f}, " if auc is not None else ""
-        return f"model {self.model_version}: {quality}{count(self.epochs_run, 'epoch')}"
+        trained = f"model {self.model_version}: {quality}{count(self.epochs_run, 'epoch')}"
+        if self.published or not self.gate:
+            return trained
+        return f"{trained}; worse than the published {self.gate['champion']}, which stays"
 
 
 @dataclasses.dataclass(frozen=True, kw_only=True)

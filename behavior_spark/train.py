@@ -24,7 +24,18 @@ import warnings
 from pyspark.sql import DataFrame, SparkSession
 from pyspark.sql import functions as F
 
-from behavior_spark import artifacts, evaluate, features, feed, lake, model_artifact, ranks, run_record, tracking
+from behavior_spark import (
+    artifacts,
+    champion,
+    evaluate,
+    features,
+    feed,
+    lake,
+    model_artifact,
+    ranks,
+    run_record,
+    tracking,
+)
 from behavior_spark.config import ConfigError, Settings
 from behavior_spark.contracts import EVENT_TYPE_IDS
 from behavior_spark.results import TrainResult
@@ -33,6 +44,7 @@ from behavior_spark.session import is_connect
 log = logging.getLogger(__name__)
 
 CHECKPOINTS = "checkpoints"
+CANDIDATES = "candidates"  # a trained model's folder while it is evaluated and gated
 TARGET_COLUMNS = ["label", *features.VALUE_LABELS]  # the label columns the feed delivers beside the inputs
 EARLY_STOPPING = "val_propensity_loss"  # the propensity decides when training stops; the value heads follow it
 _CHECKPOINT_NAME = re.compile(r"^epoch-(\d+)\.h5$")
@@ -73,6 +85,8 @@ def run(spark: SparkSession, settings: Settings) -> TrainResult:
         )
     cfg = settings.train
     tracking.tracking_uri(settings)  # a setting with nowhere to record the run fails now, not after training
+    published = model_artifact.published_metadata(cfg.model_dir)  # the champion a new model must not fall below
+    artifacts.delete_folder(artifacts.join(cfg.model_dir, CANDIDATES))  # what a killed run left unjudged
     features_version = lake.version(spark, settings.lake, lake.FEATURES)
     stats = features.read_stats(spark, settings, features_version)
     table = lake.read(spark, settings.lake, lake.FEATURES, version=features_version)
@@ -92,15 +106,18 @@ def run(spark: SparkSession, settings: Settings) -> TrainResult:
     results = fit(spark, settings, spec, train, validation)
     chief = results[0]
     metadata = model_metadata(spark, settings, spec, results, stats, features_version, revenue_scale)
-    model_artifact.save_model(cfg.model_dir, chief["model_bytes"], metadata)
-    evaluation = evaluate.run(spark, settings, table, metadata)
-    metadata = metadata.model_copy(update=evaluation)
+    candidate = artifacts.join(cfg.model_dir, CANDIDATES, metadata.model_version)  # until the gate has spoken
+    model_artifact.save_model(candidate, chief["model_bytes"], metadata)
+    evaluation = evaluate.run(spark, settings, table, metadata, candidate)
+    gate = champion.verdict(table, metadata, candidate, published, cfg.model_dir, settings.score.batch_size, cfg.seed)
+    metadata = metadata.model_copy(update={**evaluation, "gate": gate})
     run_id = None
     try:
         run_id = tracking.log_training(settings, metadata, model_artifact.model_files(chief["model_bytes"], metadata))
-    finally:  # published complete even if MLflow refused
+    finally:  # published (or kept out) complete even if MLflow refused
         metadata = metadata.model_copy(update={"mlflow_run_id": run_id})
-        model_artifact.save_model(cfg.model_dir, chief["model_bytes"], metadata)
+        published_now = champion.publish_or_keep(cfg.model_dir, chief["model_bytes"], metadata, published)
+    artifacts.delete_folder(candidate)
     artifacts.delete_folder(spec.checkpoint_dir)  # the run is finished: a later --resume starts afresh
     return TrainResult(
         model_dir=cfg.model_dir,
@@ -112,6 +129,9 @@ def run(spark: SparkSession, settings: Settings) -> TrainResult:
         mlflow_run_id=metadata.mlflow_run_id,
         final_metrics={k: round(v[-1], 4) for k, v in chief["history"].items()},
         test_metrics={k: round(v, 4) for k, v in evaluation["test_metrics"]["model"].items() if isinstance(v, float)},
+        resumed_after_epoch=spec.initial_epoch,
+        published=published_now,
+        gate=gate,
     )
 
 

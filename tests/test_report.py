@@ -32,6 +32,8 @@ def page() -> str:
             "reliability": [{"mean_score": b / 10, "positive_rate": b / 10} for b in range(10)],
             "comparison": {"baseline": "logistic", "roc_auc_difference": 0.012, "low_95": -0.01, "high_95": 0.03,
                            "verdict": "level"},
+            "gate": {"champion": "v0", "challenger": "v2", "customers": 1500, "roc_auc_difference": -0.05,
+                     "low_95": -0.08, "high_95": -0.02, "verdict": "worse"},
         }
     )  # fmt: skip
     drift = [
@@ -65,3 +67,9 @@ def test_the_report_says_what_changed_and_whether_it_matters():
     assert "no feature moved beyond PSI 0.2 (the largest: purchase 30d," in html  # events is a lifetime total
     assert "1 lifetime totals" in html and "PSI\n0.01 (stable)" in html
     assert "chance to buy 41% (all: 12%)" in html
+
+
+def test_the_report_shows_the_champion_gate_and_which_model_stays():
+    html = page()
+    assert "model trained last (v2) against the one published before it\n(v0)" in html
+    assert "<b>worse</b>" in html and "model v0 stays published" in html

@@ -183,10 +183,12 @@ def test_scheduled_days(spark, tmp_path, postgres, monkeypatch):
         print(f"day {number}:", {stage: result.seconds for stage, result in results.items()})  # shown on failure
 
         if trains:
-            metadata = model_artifact.load_metadata(settings.train.model_dir)
-            epochs = results["train"].epochs_run + metadata.resumed_after_epoch
+            trained = results["train"]  # published, or kept out by the champion gate
+            epochs = trained.epochs_run + trained.resumed_after_epoch
             resumed_own_run = "train" in KILLED.get(number, ())  # only the killed run's retry continues it
-            assert epochs >= 1 and (metadata.resumed_after_epoch == 0 or resumed_own_run), f"day {number}"
+            assert epochs >= 1 and (trained.resumed_after_epoch == 0 or resumed_own_run), f"day {number}"
+            published = model_artifact.load_metadata(settings.train.model_dir).model_version
+            assert published == trained.model_version or not trained.published, f"day {number}: the gate's word"
 
         audits = lake.read(spark, settings.lake, lake.INGEST_AUDIT).filter(F.col("status") == "ok")
         books = audits.agg(F.sum("rows_read"), F.sum("raw_lines"), F.sum("clean"), F.sum("quarantined")).first()

@@ -136,7 +136,9 @@ def test_mlflow_defaults_to_a_store_in_a_local_lake_and_asks_for_a_server_otherw
     assert tracking.tracking_uri(load_settings(None, on_s3)) is None
 
 
-def test_on_a_known_signal_the_model_beats_the_recency_frequency_heuristic(spark, features_lake, tmp_path):
+def test_on_a_known_signal_the_model_beats_the_heuristic_and_the_gate_keeps_it_over_a_worse_one(
+    spark, features_lake, tmp_path
+):
     """Generated behaviour, with a label planted from what the heuristic does not look at: a cart abandoned last week.
 
     The heuristic ranks by purchases, recent activity and recency; the planted buyers are the customers who carted
@@ -151,11 +153,24 @@ def test_on_a_known_signal_the_model_beats_the_recency_frequency_heuristic(spark
     table = lake.read(spark, settings.lake, lake.FEATURES).withColumn("label", planted)
     record = json.dumps(run_record.recorded_run(spark, settings, version))
     lake.overwrite(table, settings.lake, lake.FEATURES, partition_by=["cutoff_date"], userMetadata=record)
-    train.run(spark, settings)
+    strong = train.run(spark, settings)
     metrics = model_artifact.load_metadata(settings.train.model_dir).test_metrics
     assert metrics["model"]["roc_auc"] > 0.9
     # measured at 8 epochs: 0.999 against 0.855
     assert metrics["model"]["roc_auc"] > metrics["recency_frequency"]["roc_auc"] + 0.05
+
+    # The champion gate: a model made worse on purpose (one epoch at a millionth of the learning rate) is not
+    # published; the strong one stays, and its metadata (what score and the report read) records both.
+    crippled = settings.model_copy(
+        update={"train": settings.train.model_copy(update={"epochs": 1, "learning_rate": 1e-9})}
+    )
+    weak = train.run(spark, crippled)
+    published = model_artifact.load_metadata(settings.train.model_dir)
+    assert not weak.published and weak.gate and weak.gate["verdict"] == "worse", weak.gate
+    assert published.model_version == strong.model_version != weak.model_version
+    assert published.gate == weak.gate and weak.gate["high_95"] < 0
+    assert "worse than the published" in weak.came_out()
+    assert artifacts.list_names(artifacts.join(settings.train.model_dir, train.CANDIDATES)) == []
 
 
 def test_drift_beyond_the_threshold_fails_before_anything_is_scored(spark, trained, tmp_path):
