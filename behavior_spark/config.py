@@ -124,6 +124,7 @@ class ScoreSettings(Section):
     batch_size: Positive = 8192
     scoring_date: Date | None = None  # None: the day after the last event (featurize records it)
     drift_fail_psi: Annotated[float, Field(ge=0)] | None = None  # fail before scoring above this PSI; None: warn
+    reason_steps: Annotated[int, Field(ge=0)] = 1  # integrated-gradient steps of each customer's reasons; 0: none
 
 
 class SegmentSettings(Section):

@@ -22,8 +22,22 @@ PREDICTION_TYPE = T.StructType(
 )
 
 
+REASON_TYPE = T.StructType(
+    [
+        T.StructField("reason_index", T.ArrayType(T.IntegerType()), True),  # into the model's feature names
+        T.StructField("reason_contribution", T.ArrayType(T.FloatType()), True),  # to the propensity's logit
+        T.StructField("reason_value", T.ArrayType(T.DoubleType()), True),  # the feature as the model reads it
+    ]
+)
+
+
 def predictions(
-    table: DataFrame, metadata: ModelMetadata, model_dir: str, batch_size: int, keep: list[str]
+    table: DataFrame,
+    metadata: ModelMetadata,
+    model_dir: str,
+    batch_size: int,
+    keep: list[str],
+    reason_steps: int = 0,
 ) -> DataFrame:
     """`keep` columns of a features DataFrame with the model's answers (`PREDICTION_TYPE`: propensity, embedding,
     expected purchases and revenue), batch by batch on the executors.
@@ -31,11 +45,13 @@ def predictions(
     An Arrow-batch UDF (`mapInArrow`): each Arrow batch's array columns become model inputs with one zero-copy
     reshape, and the outputs go back as Arrow arrays, where `predict_batch_udf` stacks arrays row by row in Python
     and rebuilds the embedding as a list per row (`bench score` measures both against the model in one process).
-    The model is loaded once per Python worker, with TensorFlow's threads sized to the task's cores.
+    The model is loaded once per Python worker, with TensorFlow's threads sized to the task's cores. With
+    `reason_steps`, each row's top reasons come in the same pass (`REASON_TYPE`, `reasons.attributions`).
     """
     inputs = table.transform(features.model_inputs, metadata.normalisation).select(*keep, *features.MODEL_INPUT_COLUMNS)
-    schema = T.StructType([*(inputs.schema[c] for c in keep), *PREDICTION_TYPE.fields])
-    return inputs.mapInArrow(_predict_batches(model_dir, metadata, batch_size, keep), schema)
+    fields = [*PREDICTION_TYPE.fields, *(REASON_TYPE.fields if reason_steps else [])]
+    schema = T.StructType([*(inputs.schema[c] for c in keep), *fields])
+    return inputs.mapInArrow(_predict_batches(model_dir, metadata, batch_size, keep, reason_steps), schema)
 
 
 _MODELS: dict[tuple[str, str], object] = {}  # per Python worker: (model dir, version) -> loaded scoring model
@@ -57,33 +73,52 @@ def _worker_model(model_dir: str, metadata: ModelMetadata):
     return _MODELS[key]
 
 
-def _predict_batches(model_dir: str, metadata: ModelMetadata, batch_size: int, keep: list[str]):
+def _predict_batches(model_dir: str, metadata: ModelMetadata, batch_size: int, keep: list[str], reason_steps: int):
     def predict(batches):
         import numpy as np
         import pyarrow as pa
 
         from behavior_spark.model import scoring_inputs
+        from behavior_spark.reasons import attributions, top_reasons
 
         model = _worker_model(model_dir, metadata)
+        normalisation = [metadata.normalisation[name] for name in metadata.feature_names]
         for batch in batches:
             for start in range(0, batch.num_rows, batch_size):
                 part = batch.slice(start, batch_size)
                 rows = part.num_rows
                 columns = {name: _matrix(part.column(name), rows) for name in features.MODEL_INPUT_COLUMNS}
-                propensity, embedding, purchases, revenue = model(scoring_inputs(columns), training=False)
-                flat = pa.array(np.ascontiguousarray(embedding.numpy(), dtype=np.float32).ravel())
+                inputs = scoring_inputs(columns)
+                why = []
+                if reason_steps:
+                    outputs, contributions = attributions(model, inputs, reason_steps)
+                    why = [_lists(m) for m in top_reasons(contributions, inputs[0], normalisation)]
+                else:
+                    outputs = model(inputs, training=False)
+                propensity, embedding, purchases, revenue = outputs
                 yield pa.RecordBatch.from_arrays(
                     [
                         *(part.column(name) for name in keep),
                         _column(propensity),
-                        pa.ListArray.from_arrays(pa.array(np.arange(rows + 1, dtype=np.int32) * EMBEDDING_DIM), flat),
+                        _lists(np.asarray(embedding)),
                         _column(purchases),
                         _column(revenue),
+                        *why,
                     ],
-                    names=[*keep, *PREDICTION_TYPE.names],
+                    names=[*keep, *PREDICTION_TYPE.names, *(REASON_TYPE.names if reason_steps else [])],
                 )
 
     return predict
+
+
+def _lists(matrix):
+    """A (rows, width) numpy matrix as an Arrow list array, one list per row, without a Python loop over rows."""
+    import numpy as np
+    import pyarrow as pa
+
+    rows, width = matrix.shape
+    flat = pa.array(np.ascontiguousarray(matrix).ravel())
+    return pa.ListArray.from_arrays(pa.array(np.arange(rows + 1, dtype=np.int32) * width), flat)
 
 
 def _column(output):
@@ -91,7 +126,7 @@ def _column(output):
     import numpy as np
     import pyarrow as pa
 
-    return pa.array(output.numpy()[:, 0].astype(np.float32))
+    return pa.array(np.asarray(output)[:, 0].astype(np.float32))
 
 
 def _matrix(column, rows: int):

@@ -1,8 +1,10 @@
 """Report: one self-contained HTML page per scoring date, for people who will never open a notebook.
 
-Segment sizes and profiles, the propensity distribution, the model's lift and calibration on the test split beside
-the baselines, and feature drift. Every number is an aggregate (small segments already suppressed by `segment`);
-the charts are PNGs drawn with matplotlib and embedded in the page, so the file can be mailed or attached as is.
+Segments (what sets each apart, the top reason of two of its customers, profiles), the propensity distribution, the
+model's quality beside the baselines and the champion gate, and what changed since the snapshot before. Every
+number is an aggregate (small segments already suppressed by `segment`, and shown with no reasons); the sample
+reasons are words about behaviour, never an id. The charts are PNGs drawn with matplotlib and embedded in the page,
+so the file can be mailed or attached as is.
 """
 
 from __future__ import annotations
@@ -14,7 +16,7 @@ import logging
 
 import jinja2
 from matplotlib.figure import Figure
-from pyspark.sql import SparkSession
+from pyspark.sql import SparkSession, Window
 from pyspark.sql import functions as F
 
 from behavior_spark import artifacts, drift, lake, model_artifact, run_record
@@ -37,6 +39,10 @@ def run(spark: SparkSession, settings: Settings) -> ReportResult:
     profile_rows = [r.asDict() for r in profiles.collect()]  # one row per segment
     features = [r.asDict() for r in drift_rows.select("feature", "psi", "judged", "compared_with").collect()]
     histogram = propensity_histogram(scores.filter(on_date))
+    why = sample_reasons(lake.read(spark, settings.lake, lake.SEGMENTS).filter(on_date))
+    profile_rows = [
+        {**p, "sample_reasons": [] if p["suppressed"] else why.get(p["segment_id"], [])} for p in profile_rows
+    ]
     before = lake.one_row(scores.filter(F.col("scoring_date") < F.lit(scoring_date)).agg(F.max("scoring_date")))[0]
     shift = None
     if before is not None:  # the score's own distribution against the previous scoring date's
@@ -47,6 +53,27 @@ def run(spark: SparkSession, settings: Settings) -> ReportResult:
     artifacts.write_bytes(location, page.encode())
     log.info("report written to %s", location)
     return ReportResult(report=location)
+
+
+SAMPLE_CUSTOMERS = 2  # per segment, whose reasons the report shows (never their ids)
+
+
+def sample_reasons(segments) -> dict[int, list[str]]:
+    """segment_id -> the top reason of each of a few customers drawn by hash (k x SAMPLE_CUSTOMERS rows)."""
+    if "reasons" not in segments.columns:
+        return {}
+    drawn = Window.partitionBy("segment_id").orderBy(F.xxhash64("customer_id"))
+    rows = (
+        segments.filter(F.size("reasons") > 0)
+        .withColumn("n", F.row_number().over(drawn))
+        .filter(F.col("n") <= SAMPLE_CUSTOMERS)
+        .select("segment_id", F.col("reasons")[0]["text"].alias("text"))
+        .collect()
+    )
+    found: dict[int, list[str]] = {}
+    for r in rows:
+        found.setdefault(r["segment_id"], []).append(r["text"])
+    return found
 
 
 def drift_summary(features: list[dict], score_shift: dict | None) -> dict:

@@ -9,7 +9,7 @@ import logging
 from pyspark.sql import DataFrame, SparkSession
 from pyspark.sql import functions as F
 
-from behavior_spark import console, drift, features, lake, model_artifact, predict, run_record
+from behavior_spark import console, drift, features, lake, model_artifact, predict, reasons, run_record
 from behavior_spark.config import Settings
 from behavior_spark.model_artifact import ModelMetadata
 from behavior_spark.results import ScoreResult
@@ -30,17 +30,22 @@ def run(spark: SparkSession, settings: Settings) -> ScoreResult:
     scoring_date = run_record.scoring_date(spark, settings)
     table = scoring_snapshot(spark, settings, scoring_date)
     console.step("score", f"drift of the scoring snapshot of {scoring_date}")
-    drifted = check_drift(spark, settings, metadata, table, scoring_date)
+    drifted, deciles = check_drift(spark, settings, metadata, table, scoring_date)
     console.step("score", f"scoring every customer as of {scoring_date}")
-    scores = predict.predictions(
-        table, metadata, settings.train.model_dir, settings.score.batch_size, keep=["customer_id", "cutoff_date"]
-    ).select(
+    cfg = settings.score
+    scored = predict.predictions(
+        table, metadata, settings.train.model_dir, cfg.batch_size, ["customer_id", "cutoff_date"], cfg.reason_steps
+    )
+    if cfg.reason_steps:
+        scored = reasons.with_reasons(scored, metadata.feature_names, deciles)
+    scores = scored.select(
         "customer_id",
         "cutoff_date",
         "propensity",
         "embedding",
         "expected_purchases",
         "expected_revenue",
+        *(["reasons"] if cfg.reason_steps else []),
         F.lit(metadata.model_version).alias("model_version"),
         F.lit(scoring_date).alias("scoring_date"),
     )
@@ -73,10 +78,10 @@ class DriftError(RuntimeError):
 
 def check_drift(
     spark: SparkSession, settings: Settings, metadata: ModelMetadata, table: DataFrame, scoring_date: dt.date
-) -> dict[str, float]:
+) -> tuple[dict[str, float], drift.Profile]:
     """PSI of every model input, the snapshot to score against the one before it (`drift`); written to the feature
     drift table, with this snapshot's profile for the next date's check, before any score. Returns the judged
-    features that drifted (PSI above 0.2)."""
+    features that drifted (PSI above 0.2), and this snapshot's profile (its deciles rank the reasons' values)."""
     names = metadata.feature_names
     reference, described = drift_reference(spark, settings, metadata, scoring_date)
     values = drift.compare(reference, table) if reference else {}
@@ -109,7 +114,7 @@ def check_drift(
             f"feature {worst!r} drifted with PSI {judged[worst]:.3f} > score.drift_fail_psi={limit} since the "
             f"{described}; nothing scored (see the {lake.FEATURE_DRIFT} table)"
         )
-    return drifted
+    return drifted, today
 
 
 DRIFT_SCHEMA = (

@@ -40,6 +40,8 @@ log = logging.getLogger(__name__)
 SCORE_COLUMNS = ["propensity", "expected_purchases", "expected_revenue"]  # the model's answers
 HISTORY_COLUMNS = ["days_since_last_event", "purchases", "revenue", "events", "activity_trend"]  # the snapshot's
 PROFILE_COLUMNS = [*SCORE_COLUMNS, *HISTORY_COLUMNS]  # averaged per segment
+MEMBER_COLUMNS = ["customer_id", "segment_id", "segment_name", "segment_description", *SCORE_COLUMNS]
+DATED = ["value_decile", "scoring_date"]  # after the customer's reasons (from score), where scoring made them
 VALUE_DECILES = 10
 TOP_CATEGORIES = 3
 SUPPRESSED = "suppressed (too few customers)"
@@ -79,15 +81,7 @@ def run(spark: SparkSession, settings: Settings) -> SegmentResult:
     moved = moves(spark, settings, named, scoring_date)
     where = f"scoring_date = '{scoring_date}'"
     lake.replace(
-        named.select(
-            "customer_id",
-            "segment_id",
-            "segment_name",
-            "segment_description",
-            *SCORE_COLUMNS,
-            "value_decile",
-            "scoring_date",
-        ),
+        named.select(*MEMBER_COLUMNS, *(["reasons"] if "reasons" in named.columns else []), *DATED),
         settings.lake,
         lake.SEGMENTS,
         where,

@@ -58,11 +58,17 @@ def credentials(cfg: WarehouseSettings) -> tuple[str, str]:
 
 
 def export_rows(spark: SparkSession, settings: Settings, scoring_date: dt.date) -> DataFrame:
-    """One row per customer: pseudonymous id, segment, propensity, expected purchases and revenue, value decile,
-    model version, scoring date."""
+    """One row per customer: pseudonymous id, segment, propensity, expected purchases and revenue, the top three
+    reasons in words, value decile, model version, scoring date."""
     on_date = F.col("scoring_date") == F.lit(scoring_date)
     segments = lake.read(spark, settings.lake, lake.SEGMENTS).filter(on_date)
     scores = lake.read(spark, settings.lake, lake.SCORES).filter(on_date).select("customer_id", "model_version")
+    reasons = [
+        (F.col("reasons")[i]["text"] if "reasons" in segments.columns else F.lit(None).cast("string")).alias(
+            f"reason_{i + 1}"
+        )
+        for i in range(3)
+    ]  # the words of each customer's top three reasons: plain text columns any warehouse holds
     return segments.join(scores, on="customer_id", how="inner").select(
         "customer_id",
         "segment_id",
@@ -71,6 +77,7 @@ def export_rows(spark: SparkSession, settings: Settings, scoring_date: dt.date) 
         "propensity",
         "expected_purchases",
         "expected_revenue",
+        *reasons,
         "value_decile",
         "model_version",
         "scoring_date",

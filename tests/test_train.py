@@ -15,6 +15,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 from conftest import copy_of
+from pyspark.sql import Window
 from pyspark.sql import functions as F
 
 from behavior_spark import (
@@ -136,7 +137,7 @@ def test_mlflow_defaults_to_a_store_in_a_local_lake_and_asks_for_a_server_otherw
     assert tracking.tracking_uri(load_settings(None, on_s3)) is None
 
 
-def test_on_a_known_signal_the_model_beats_the_heuristic_and_the_gate_keeps_it_over_a_worse_one(
+def test_on_a_known_signal_the_model_beats_the_heuristic_its_reasons_name_it_and_the_gate_keeps_it(
     spark, features_lake, tmp_path
 ):
     """Generated behaviour, with a label planted from what the heuristic does not look at: a cart abandoned last week.
@@ -171,6 +172,39 @@ def test_on_a_known_signal_the_model_beats_the_heuristic_and_the_gate_keeps_it_o
     assert published.gate == weak.gate and weak.gate["high_95"] < 0
     assert "worse than the published" in weak.came_out()
     assert artifacts.list_names(artifacts.join(settings.train.model_dir, train.CANDIDATES)) == []
+
+    # Reasons: the planted feature tops the model's importances and the reasons of most planted buyers; scored with
+    # the feature shuffled among the customers, it no longer does.
+    importance = published.permutation_importance
+    assert max(importance, key=lambda name: importance[name] or 0.0) in PLANTED_FEATURES, importance
+    snapshot = lake.read(spark, settings.lake, lake.FEATURES).filter(F.col("split") == "score")
+    assert top_reason_share(snapshot, snapshot, published, settings) > 0.5
+    assert top_reason_share(snapshot, with_cart_7d_shuffled(snapshot), published, settings) < 0.25
+
+
+PLANTED_FEATURES = {"cart_7d", "purchase_7d"}
+
+
+def top_reason_share(truth, scored_rows, metadata, settings) -> float:
+    """The share of planted buyers (by `truth`) whose top reason, scored on `scored_rows`, is a planted feature."""
+    from behavior_spark import drift, predict, reasons
+
+    profile = drift.profile(scored_rows, metadata.feature_names)
+    scored = predict.predictions(scored_rows, metadata, settings.train.model_dir, 512, ["customer_id"], reason_steps=1)
+    top = reasons.with_reasons(scored, metadata.feature_names, profile).select(
+        "customer_id", F.col("reasons")[0]["feature"].alias("top")
+    )
+    planted = truth.filter((F.col("cart_7d") > 0) & (F.col("purchase_7d") == 0)).select("customer_id")
+    shares = planted.join(top, "customer_id").agg(F.avg(F.col("top").isin(*PLANTED_FEATURES).cast("double")))
+    return shares.first()[0]
+
+
+def with_cart_7d_shuffled(snapshot):
+    order = Window.orderBy(F.rand(seed=3))
+    shuffled = snapshot.select("cart_7d").withColumn("n", F.row_number().over(order))
+    return (
+        snapshot.drop("cart_7d").withColumn("n", F.row_number().over(Window.orderBy("customer_id"))).join(shuffled, "n")
+    )
 
 
 def test_drift_beyond_the_threshold_fails_before_anything_is_scored(spark, trained, tmp_path):
