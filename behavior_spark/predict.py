@@ -5,6 +5,8 @@ Used by the score stage (every customer) and by evaluation (the test split).
 
 from __future__ import annotations
 
+from collections.abc import Callable
+
 from pyspark.sql import DataFrame
 from pyspark.sql import types as T
 
@@ -94,8 +96,8 @@ def _predict_batches(model_dir: str, metadata: ModelMetadata, batch_size: int, k
                     outputs, contributions = attributions(model, inputs, reason_steps)
                     why = [_lists(m) for m in top_reasons(contributions, inputs[0], normalisation)]
                 else:
-                    outputs = model(inputs, training=False)
-                propensity, embedding, purchases, revenue = outputs
+                    outputs = _forward(model)(*inputs)
+                propensity, embedding, purchases, revenue = (np.asarray(o) for o in outputs)
                 yield pa.RecordBatch.from_arrays(
                     [
                         *(part.column(name) for name in keep),
@@ -109,6 +111,18 @@ def _predict_batches(model_dir: str, metadata: ModelMetadata, batch_size: int, k
                 )
 
     return predict
+
+
+_FORWARD: dict[int, Callable] = {}  # per Python worker: model -> its forward pass traced into one graph
+
+
+def _forward(model) -> Callable:
+    """The model's answers as one traced graph: Keras's eager call runs layer by layer in Python."""
+    if id(model) not in _FORWARD:
+        import tensorflow as tf
+
+        _FORWARD[id(model)] = tf.function(lambda *inputs: model(list(inputs), training=False), reduce_retracing=True)
+    return _FORWARD[id(model)]
 
 
 def _lists(matrix):

@@ -14,6 +14,8 @@ deciles the drift check keeps of the scoring snapshot), and whether it raises or
 
 from __future__ import annotations
 
+from collections.abc import Callable
+
 from pyspark.sql import Column, DataFrame
 from pyspark.sql import functions as F
 
@@ -59,29 +61,42 @@ PHRASES = {  # feature -> (what its value reads as, with %s for the value; decim
 }
 
 
+_COMPILED: dict[tuple[int, int], Callable] = {}  # per Python worker: (model, steps) -> the traced attribution
+
+
 def attributions(model, inputs: list, steps: int):
     """(the model's four outputs at `inputs`, each numeric input's contribution to the propensity's logit), by
-    integrated gradients from the all-zero numeric input; TensorFlow, on a worker."""
+    integrated gradients from the all-zero numeric input; TensorFlow, on a worker, traced into one graph."""
+    key = (id(model), steps)
+    if key not in _COMPILED:
+        _COMPILED[key] = _traced(model, steps)
+    outputs, contributions = _COMPILED[key](*inputs)
+    return outputs, contributions.numpy()
+
+
+def _traced(model, steps: int):
     import tensorflow as tf
 
-    numeric = tf.convert_to_tensor(inputs[0])
-    rest = [tf.convert_to_tensor(x) for x in inputs[1:]]
-    total = tf.zeros_like(numeric)
-    outputs = None
-    for step in range(steps):
-        alpha = 1.0 if steps == 1 else (step + 0.5) / steps  # midpoints; one step: at the customer
-        point = numeric * alpha
-        with tf.GradientTape() as tape:
-            tape.watch(point)
-            answered = model([point, *rest], training=False)
-            p = tf.clip_by_value(answered[0], 1e-6, 1 - 1e-6)
-            logit = tf.math.log(p) - tf.math.log1p(-p)
-        total += tape.gradient(logit, point)
-        if steps == 1:
-            outputs = answered
-    if outputs is None:
-        outputs = model([numeric, *rest], training=False)
-    return outputs, (numeric * total / steps).numpy()
+    @tf.function(reduce_retracing=True)
+    def attribute(numeric, *rest):
+        total = tf.zeros_like(numeric)
+        outputs = None
+        for step in range(steps):
+            alpha = 1.0 if steps == 1 else (step + 0.5) / steps  # midpoints; one step: at the customer
+            point = numeric * alpha
+            with tf.GradientTape() as tape:
+                tape.watch(point)
+                answered = model([point, *rest], training=False)
+                p = tf.clip_by_value(answered[0], 1e-6, 1 - 1e-6)
+                logit = tf.math.log(p) - tf.math.log1p(-p)
+            total += tape.gradient(logit, point)
+            if steps == 1:
+                outputs = answered
+        if outputs is None:
+            outputs = model([numeric, *rest], training=False)
+        return outputs, numeric * total / steps
+
+    return attribute
 
 
 def top_reasons(contributions, numeric, normalisation: list[tuple[float, float]], k: int = TOP):
