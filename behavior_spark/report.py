@@ -151,7 +151,7 @@ def render(metadata: ModelMetadata, scoring_date, profiles: list[dict], histogra
         features_version=metadata.features_version,
         customers_scored=sum(histogram),
         generated=f"{dt.datetime.now(dt.UTC):%Y-%m-%d %H:%M}",
-        profiles=profiles,
+        profiles=[{"sample_reasons": [], **p} for p in profiles],  # a lakehouse scored without reasons has none
         profile_columns=[{"name": n, "heading": h, "digits": d} for n, h, d in PROFILE_COLUMNS],
         test_metrics=metadata.test_metrics,
         comparison=metadata.comparison,
