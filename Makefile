@@ -3,7 +3,7 @@
 .PHONY: setup demo test check cluster-test lint types docs bench gpu-check lock clean
 
 # The slow tiers (pyproject.toml's markers): left out of `make test`, run by `make check`.
-SLOW_TIERS = cluster or connect or submit or network or large
+SLOW_TIERS = cluster or connect or submit or network or large or bench
 
 setup:
 	@scripts/setup.sh

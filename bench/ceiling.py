@@ -49,6 +49,9 @@ def main(sizes: list[int], workdir: Path) -> str:
         shutil.rmtree(folder, ignore_errors=True)
         settings = bench_settings(folder, size, f"train.model_dir={folder / 'model'}")
         spark = local_session(settings.spark)
+        # GBT's 200 rounds cut their lineage at a checkpoint every 10 (checkpointInterval), only where there is a
+        # checkpoint folder; without one the 200th round's plan overflowed the task's stack (tiny-size run, make check)
+        spark.sparkContext.setCheckpointDir(str(folder / "checkpoints"))
         for stage in ("generate", "ingest", "featurize", "train"):
             pipeline.run_stage(stage, spark, settings)
         metadata = model_artifact.load_metadata(settings.train.model_dir)
