@@ -105,8 +105,10 @@ class FeatureSettings(Section):
 class TrainSettings(Section):
     num_proc: Positive = 2
     epochs: Positive = 20  # at most: early stopping ends training when validation loss stops improving
-    batch_size: Positive = 512
+    batch_size: Positive = 512  # per process; smaller where a small training split would give < 32 steps an epoch
     learning_rate: Annotated[float, Field(gt=0)] = 0.001  # per process; scaled by the processes, one epoch of warm-up
+    # How numeric inputs enter the network: standardised as they are, or each embedded from its quantile bins
+    numeric_encoding: Literal["raw", "piecewise_linear"] = "raw"
     seed: int = 7
     class_weight: Literal["balanced", "none"] = "balanced"  # how the rare positive label is weighted in the loss
     patience: Positive = 3  # early stopping: epochs without a better validation loss

@@ -411,6 +411,18 @@ def model_inputs(features: DataFrame, stats: dict[str, tuple[float, float]]) -> 
     return features.withColumn("numeric", numeric)
 
 
+def bin_edges(train: DataFrame, stats: dict[str, tuple[float, float]], bins: int) -> list[list[float]]:
+    """Per numeric input in the model's order, the distinct approximate quantiles (0, 1/bins, ..., 1) of its
+    standardised values on `train`, one pass (the piecewise-linear encoding's bins); a constant input gets one bin."""
+    names = numeric_feature_names()
+    standardised = train.transform(model_inputs, stats).select(
+        *(F.col("numeric")[i].alias(f"_x{i}") for i in range(len(names)))
+    )
+    quantiles = standardised.approxQuantile(list(standardised.columns), [k / bins for k in range(bins + 1)], 0.001)
+    edges = [sorted(set(q)) for q in quantiles]
+    return [e if len(e) > 1 else [e[0] if e else 0.0, (e[0] if e else 0.0) + 1.0] for e in edges]
+
+
 def read_stats(spark: SparkSession, settings: Settings, version: int) -> dict[str, tuple[float, float]]:
     """The normalisation statistics of a features version's training split, computed from that version (one
     aggregation), so statistics and rows can never come from two different runs."""

@@ -29,11 +29,23 @@ LOSS_WEIGHTS = {PROPENSITY_LAYER: 1.0, PURCHASES_LAYER: 0.5, REVENUE_LAYER: 0.25
 
 
 def build_model(
-    numeric_dim: int, sequence_length: int, event_types: int, category_buckets: int, gap_buckets: int
+    numeric_dim: int,
+    sequence_length: int,
+    event_types: int,
+    category_buckets: int,
+    gap_buckets: int,
+    numeric_edges: list[list[float]] | None = None,
 ) -> tf.keras.Model:
-    """numeric -> 128 -> 64; sequence embeddings -> 2 x Conv1D(64, 3) -> max pool; concat -> 64 -> the three heads."""
+    """numeric -> 128 -> 64; sequence embeddings -> 2 x Conv1D(64, 3) -> max pool; concat -> 64 -> the three heads.
+    With `numeric_edges` (bin edges per numeric input, `features.bin_edges`), each numeric input enters the tower
+    embedded (`PiecewiseLinearEmbedding`) rather than raw."""
     layers = tf.keras.layers
     numeric = layers.Input((numeric_dim,), name="numeric", dtype="float32")
+    numeric_in = numeric
+    if numeric_edges is not None:
+        numeric_in = layers.Flatten(name="numeric_flat")(
+            PiecewiseLinearEmbedding(numeric_edges, name="numeric_ple")(numeric)
+        )
     seq_inputs = {
         name: layers.Input((sequence_length,), name=name, dtype="int32")
         for name in ("seq_event_type", "seq_category", "seq_gap_bucket")
@@ -48,7 +60,7 @@ def build_model(
     sequence = layers.Conv1D(64, 3, activation="relu", padding="same", name="conv_1")(embedded)
     sequence = layers.Conv1D(64, 3, activation="relu", padding="same", name="conv_2")(sequence)
     sequence = layers.GlobalMaxPooling1D(name="sequence_pool")(sequence)
-    tower = layers.Dense(128, activation="relu", name="dense_128")(numeric)
+    tower = layers.Dense(128, activation="relu", name="dense_128")(numeric_in)
     tower = layers.Dense(64, activation="relu", name="dense_64")(tower)
     joined = layers.Concatenate(name="joined")([tower, sequence])
     embedding = layers.Dense(64, activation="relu", name=EMBEDDING_LAYER)(joined)
@@ -58,6 +70,42 @@ def build_model(
         layers.Dense(3, name=REVENUE_LAYER)(embedding),  # logit of buying, mu, raw sigma of the log amount
     ]
     return tf.keras.Model(inputs=[numeric, *seq_inputs.values()], outputs=heads, name="customer_model")
+
+
+@tf.keras.utils.register_keras_serializable(package="behavior_spark")
+class PiecewiseLinearEmbedding(tf.keras.layers.Layer):
+    """Each numeric input as a vector (Gorishniy, Rubachev and Babenko, "On Embeddings for Numerical Features in
+    Tabular Deep Learning", 2022: PLE with quantile bins, then a linear layer and ReLU per feature).
+
+    A value x of a feature with bin edges e_0 < ... < e_T becomes T numbers, bin t's clip((x - e_(t-1)) / (e_t -
+    e_(t-1)), 0, 1): 1 for every bin below x, x's place in its own bin, 0 above. Each feature has its own linear map
+    of those to `width` numbers. A feature with fewer distinct edges has its unused bins masked to 0. The edges are
+    in the layer's configuration, so a saved model carries them.
+    """
+
+    def __init__(self, edges: list[list[float]], width: int = 8, **kwargs):
+        super().__init__(**kwargs)
+        self.edges = [[float(e) for e in feature] for feature in edges]
+        self.width = width
+        bins = max(len(feature) - 1 for feature in self.edges)
+        lower, span, mask = (np.zeros((len(self.edges), bins), np.float32) for _ in range(3))
+        span += 1.0
+        for f, feature in enumerate(self.edges):
+            n = len(feature) - 1
+            lower[f, :n], span[f, :n], mask[f, :n] = feature[:-1], np.diff(feature), 1.0
+        self.lower, self.span, self.mask = (tf.constant(a) for a in (lower, span, mask))
+
+    def build(self, input_shape) -> None:
+        features, bins = self.lower.shape
+        self.kernel = self.add_weight(name="kernel", shape=(features, bins, self.width), initializer="glorot_uniform")
+        self.bias = self.add_weight(name="bias", shape=(features, self.width), initializer="zeros")
+
+    def call(self, inputs: tf.Tensor) -> tf.Tensor:
+        encoded = tf.clip_by_value((inputs[:, :, None] - self.lower) / self.span, 0.0, 1.0) * self.mask
+        return tf.nn.relu(tf.einsum("bft,ftw->bfw", encoded, self.kernel) + self.bias)
+
+    def get_config(self) -> dict:
+        return {**super().get_config(), "edges": self.edges, "width": self.width}
 
 
 def ziln_loss(labels: tf.Tensor, outputs: tf.Tensor) -> tf.Tensor:

@@ -46,6 +46,9 @@ log = logging.getLogger(__name__)
 CHECKPOINTS = "checkpoints"
 CANDIDATES = "candidates"  # a trained model's folder while it is evaluated and gated
 TARGET_COLUMNS = ["label", *features.VALUE_LABELS]  # the label columns the feed delivers beside the inputs
+MIN_STEPS_PER_EPOCH = 32  # a small log's epoch still takes this many optimiser steps per process: its batch shrinks
+MIN_BATCH = 32
+PIECEWISE_BINS = 16  # quantile bins per numeric input where train.numeric_encoding is piecewise_linear
 EARLY_STOPPING = "val_propensity_loss"  # the propensity decides when training stops; the value heads follow it
 _CHECKPOINT_NAME = re.compile(r"^epoch-(\d+)\.h5$")
 
@@ -67,6 +70,7 @@ class TrainingSpec:
     patience: int
     reader_threads: int
     checkpoint_dir: str
+    numeric_edges: list[list[float]] | None = None  # the piecewise-linear encoding's bins; None: raw inputs
     initial_epoch: int = 0
     initial_model: bytes | None = dataclasses.field(default=None, repr=False)
 
@@ -94,6 +98,9 @@ def run(spark: SparkSession, settings: Settings) -> TrainResult:
     inputs = training_inputs(table, stats, revenue_scale)
     counts = {(r["split"], r["label"]): r["count"] for r in table.groupBy("split", "label").count().collect()}  # 6
     spec = training_spec(settings, counts, reader_threads(spark, cfg.reader_threads))
+    if cfg.numeric_encoding == "piecewise_linear":
+        train_rows = table.filter(F.col("split") == "train")
+        spec = dataclasses.replace(spec, numeric_edges=features.bin_edges(train_rows, stats, PIECEWISE_BINS))
     log.info(
         "training on %d rows (validation %d), %d processes, class weights %s%s",
         spec.train_rows,
@@ -213,7 +220,7 @@ def training_spec(settings: Settings, counts: dict[tuple[str, int], int], thread
         sequence_length=settings.features.sequence_length,
         category_buckets=settings.features.category_buckets,
         epochs=cfg.epochs,
-        batch_size=cfg.batch_size,
+        batch_size=batch_size(cfg.batch_size, train_rows, cfg.num_proc),
         learning_rate=cfg.learning_rate,
         seed=cfg.seed,
         train_rows=train_rows,
@@ -225,6 +232,14 @@ def training_spec(settings: Settings, counts: dict[tuple[str, int], int], thread
         initial_epoch=initial_epoch,
         initial_model=initial_model,
     )
+
+
+def batch_size(configured: int, train_rows: int, num_proc: int) -> int:
+    """`train.batch_size`, or smaller where the training split would give each process fewer than
+    MIN_STEPS_PER_EPOCH steps an epoch (not below MIN_BATCH). With 1,700 training customers (a year of The Complete
+    Journey) and the default 512 on two processes, an epoch was one step: twenty steps in all, the value heads left
+    near their start (revenue ranked backwards, its sum 35x the truth; docs/train.md)."""
+    return min(configured, max(MIN_BATCH, train_rows // (num_proc * MIN_STEPS_PER_EPOCH)))
 
 
 def reader_threads(spark: SparkSession, configured: int | None) -> int:
@@ -355,7 +370,12 @@ def compiled_model(spec: TrainingSpec, hvd, tf):
     from behavior_spark.features import GAP_BUCKETS
 
     model = heads.build_model(
-        spec.numeric_dim, spec.sequence_length, len(EVENT_TYPE_IDS) + 1, spec.category_buckets, GAP_BUCKETS
+        spec.numeric_dim,
+        spec.sequence_length,
+        len(EVENT_TYPE_IDS) + 1,
+        spec.category_buckets,
+        GAP_BUCKETS,
+        spec.numeric_edges,
     )
     if spec.initial_model is not None:
         with tempfile.NamedTemporaryFile(suffix=".h5") as saved:

@@ -27,10 +27,17 @@ def main() -> None:
     parser.add_argument("name", choices=sorted(BENCHES))
     parser.add_argument("--sizes", default="1000000,4000000,16000000", help="raw rows per step, comma separated")
     parser.add_argument("--workdir", default=".cache/bench", help="scratch folder for generated data and tables")
+    parser.add_argument("--logs", help="ceiling: the logs, comma separated (generated, cdnow, completejourney; all)")
     parser.add_argument("--results", default=str(Path(__file__).parent / "results"), help="where the table is saved")
     args = parser.parse_args()
+    if args.logs and args.name != "ceiling":
+        parser.error("--logs is for the ceiling bench")
     os.environ.setdefault("BEHAVIOR_SPARK_PSEUDONYM_KEY", "benchmark-only-key-not-a-secret")
-    table = BENCHES[args.name]([int(s) for s in args.sizes.split(",")], Path(args.workdir))
+    sizes, workdir = [int(s) for s in args.sizes.split(",")], Path(args.workdir)
+    if args.logs:
+        table = ceiling.main(sizes, workdir, tuple(args.logs.split(",")))
+    else:
+        table = BENCHES[args.name](sizes, workdir)
     print(table)
     results = Path(args.results)
     results.mkdir(parents=True, exist_ok=True)

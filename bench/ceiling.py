@@ -1,21 +1,24 @@
-"""How much ranking the data holds beyond the baselines: `make bench ARGS="ceiling --sizes 200000,1000000"`.
+"""Is the network ever the worse choice, on generated and real logs? `make bench ARGS="ceiling --sizes 4000000"`.
 
-Issue 17 asks the deep model to beat the best baseline's test ROC-AUC by 0.01. Whether any model can is a property
-of the data, so this bench measures it. On generated data of each size (the built-in settings: one labelled snapshot,
-a 30-day label window), after the pipeline's own training and evaluation, it fits on the same standardised inputs
-and scores on the same test rows:
-- the evaluation's baselines (logistic regression; gradient-boosted trees, 30 trees of depth 5);
+For each log and cutoff (`CASES`: generated data of each size at the built-in 30-day window; CDNOW at two cutoffs;
+The Complete Journey at two cutoffs), the pipeline ingests the log once, builds one labelled snapshot at the
+cutoff, and trains the network twice on it, once per numeric encoding (`train.numeric_encoding`: raw standardised
+inputs; piecewise-linear embeddings of their quantile bins). Then every learner scores the same test customers:
+- logistic regression and gradient-boosted trees (30 trees of depth 5), the evaluation's baselines;
 - stronger boosted trees (200 trees of depth 4, step 0.05, each tree on 80% of the rows);
-- the trained deep model's calibrated propensity;
-- an ensemble: the mean of the four probabilities.
-Then each of the model, the stronger trees and the ensemble against the best baseline: the ROC-AUC difference and
-its 95% paired-bootstrap interval (`evaluate.auc_difference`). Where the stronger learners and the ensemble land
-within a few thousandths of the baselines, the baselines already take what the inputs hold; where the interval is
-wider than 0.01, a lead of 0.01 cannot be told from noise on a test split of that size.
+- BG/NBD's expected purchase days in the window, fitted on the training customers, for the test customers who
+  bought before the cutoff (every customer of a purchase log; on generated data only those);
+- the two networks.
+The strongest learner is the one with the highest test ROC-AUC among those that score every test customer; each
+network is compared with it, and the embedded network with the raw one, by the ROC-AUC difference with its 95%
+paired-bootstrap interval (`evaluate.auc_difference`). A second table: customer value on the test customers who
+bought before (each network's expected purchase days and revenue against BG/NBD + Gamma-Gamma's, Spearman's rank
+correlation and the error of the summed forecast, `evaluate.customer_value`, net of returns where the log has them).
 """
 
 from __future__ import annotations
 
+import dataclasses
 import shutil
 from pathlib import Path
 
@@ -23,81 +26,189 @@ from pyspark.ml.classification import GBTClassifier
 from pyspark.sql import DataFrame
 from pyspark.sql import functions as F
 
-from behavior_spark import evaluate, features, lake, model_artifact, pipeline
-from behavior_spark.config import Settings
+from behavior_spark import evaluate, features, lake, model_artifact, pipeline, summaries
+from behavior_spark.config import Settings, load_settings
 from behavior_spark.model_artifact import ModelMetadata
 from behavior_spark.predict import predictions
 from behavior_spark.session import local_session
 from bench.common import bench_settings
+from bench.models import SOURCES, cdnow_log
 
-BASELINES = ["logistic_regression", "gradient_boosted_trees"]
-CHALLENGERS = ["model", "boosted_trees_200", "ensemble"]
+COMPLETE_JOURNEY = Path(__file__).resolve().parents[1] / ".cache" / "data" / "completejourney" / "transactions.parquet"
+LOGS = ("generated", "cdnow", "completejourney")
+ENCODINGS = {"raw": "network", "piecewise_linear": "network, embedded"}
+LEARNERS = ["logistic regression", "GBT 30x5", "GBT 200x4", "BG/NBD"]
 
 
-def main(sizes: list[int], workdir: Path) -> str:
-    lines = [
-        "Test ROC-AUC on generated data (built-in settings: one labelled snapshot, 30-day label window), every model "
-        "on the same test rows; the last three columns: minus the best baseline, with the 95% paired-bootstrap "
-        "interval.",
-        "",
-        "| raw rows | train rows | test rows | logistic | GBT 30x5 | GBT 200x4 | deep model | ensemble "
-        "| model - best | GBT 200x4 - best | ensemble - best |",
-        "|---:|---:|---:|---:|---:|---:|---:|---:|---|---|---|",
+@dataclasses.dataclass(frozen=True)
+class Case:
+    log: str  # the log's name in the table
+    cutoff: str | None  # None: the latest with a full label window
+    window: int  # label window, days
+
+
+def cases(log: str, sizes: list[int]) -> list[Case]:
+    if log == "generated":
+        return [Case(f"generated {size:,}", None, 30) for size in sizes]
+    if log == "cdnow":  # the classic 39-week calibration / holdout split, and a later cutoff to the log's end
+        return [Case("CDNOW", "1997-10-01", 273), Case("CDNOW", "1998-01-01", 180)]
+    return [Case("Complete Journey", "2017-09-04", 56), Case("Complete Journey", "2017-11-06", 56)]  # to 2018-01-01
+
+
+def main(sizes: list[int], workdir: Path, logs: tuple[str, ...] = LOGS) -> str:
+    ranking = [
+        "| log | cutoff | window | train / test | "
+        + " | ".join(LEARNERS)
+        + " | network | embedded | network - strongest | embedded - strongest | embedded - network |",
+        "|---|---|---:|---:|" + "---:|" * (len(LEARNERS) + 2) + "---|---|---|",
     ]
-    for size in sizes:
-        folder = workdir / f"ceiling-{size}"
+    value = [
+        "| log | cutoff | customers | purchases Spearman: network / embedded / BG/NBD | revenue Spearman: network / "
+        "embedded / BG/NBD + GG | revenue total error: network / embedded / BG/NBD + GG |",
+        "|---|---|---:|---|---|---|",
+    ]
+    for log in logs:
+        folder = workdir / f"ceiling-{log}"
         shutil.rmtree(folder, ignore_errors=True)
-        settings = bench_settings(folder, size, f"train.model_dir={folder / 'model'}")
-        spark = local_session(settings.spark)
-        # GBT's 200 rounds cut their lineage at a checkpoint every 10 (checkpointInterval), only where there is a
-        # checkpoint folder; without one the 200th round's plan overflowed the task's stack (tiny-size run, make check)
-        spark.sparkContext.setCheckpointDir(str(folder / "checkpoints"))
-        for stage in ("generate", "ingest", "featurize", "train"):
-            pipeline.run_stage(stage, spark, settings)
-        metadata = model_artifact.load_metadata(settings.train.model_dir)
-        table = lake.read(spark, settings.lake, lake.FEATURES, version=metadata.features_version)
-        scored = scored_test_rows(table, metadata, settings)
-        auc = {name: evaluate.binary_metrics(df, threshold=0.5)[0]["roc_auc"] for name, df in scored.items()}
-        best = max(BASELINES, key=auc.get)
-        differences = [evaluate.auc_difference(scored[name], scored[best], settings.train.seed) for name in CHALLENGERS]
-        rows = table.filter(F.col("split").isin("train", "test")).groupBy("split").count().collect()
-        counts = {r["split"]: r["count"] for r in rows}  # two rows
-        aucs = " | ".join(f"{auc[name]:.3f}" for name in [*BASELINES, "boosted_trees_200", "model", "ensemble"])
-        lines.append(
-            f"| {size:,} | {counts['train']:,} | {counts['test']:,} | {aucs} | "
-            + " | ".join(_difference(d) for d in differences)
-            + " |"
+        for size in sizes if log == "generated" else [0]:
+            settings = log_settings(log, folder, size)
+            spark = local_session(settings.spark)
+            spark.sparkContext.setCheckpointDir(str(folder / "checkpoints"))  # GBT's 200 rounds cut their lineage
+            for stage in ("generate", "ingest") if log == "generated" else ("ingest",):
+                pipeline.run_stage(stage, spark, settings)
+            for case in cases(log, [size]):
+                row, value_row = measure(spark, log, size, case, folder)
+                ranking.append(row)
+                value.append(value_row)
+            spark.stop()
+    return "\n".join(
+        [
+            "Test ROC-AUC, every learner on the same test customers; differences with their 95% paired-bootstrap "
+            "interval (BG/NBD: the customers who bought before the cutoff; strongest: of the learners scoring all).",
+            "",
+            *ranking,
+            "",
+            "Customer value in the label window, the test customers who bought before the cutoff.",
+            "",
+            *value,
+        ]
+    )
+
+
+def log_settings(log: str, folder: Path, size: int, *extra: str) -> Settings:
+    """The settings of a log's lakehouse in `folder` (the raw files put in place), with `extra` overrides."""
+    common = ["train.num_proc=2", "spark.driver_memory=12g", *extra]
+    if log == "generated":
+        return bench_settings(folder / str(size), size, *common)
+    raw = folder / "raw"
+    if log == "cdnow":
+        cdnow_log(folder)
+    elif not (raw / "transactions.parquet").exists():
+        raw.mkdir(parents=True, exist_ok=True)
+        shutil.copy(COMPLETE_JOURNEY, raw / "transactions.parquet")
+    return load_settings(
+        None,
+        [
+            f"lake.root={folder / 'lake'}",
+            f"ingest.input={raw}",
+            f"ingest.source={SOURCES / f'{log}.yaml'}",
+            f"ingest.earliest_event_date={'1997-01-01' if log == 'cdnow' else '2017-01-01'}",
+            "spark.shuffle_partitions=8",
+            *common,
+        ],
+    )
+
+
+def measure(spark, log: str, size: int, case: Case, folder: Path) -> tuple[str, str]:
+    """Featurize at the case's cutoff, train a network per encoding, score every learner: a row of each table."""
+    snapshot = [f"features.label_window_days={case.window}", "features.cutoffs=1"]
+    snapshot += [f"features.cutoff={case.cutoff}"] if case.cutoff else []
+    settings = log_settings(log, folder, size, *snapshot)
+    pipeline.run_stage("featurize", spark, settings)
+    networks: dict[str, tuple[ModelMetadata, str]] = {}
+    for encoding, name in ENCODINGS.items():
+        model_dir = str(folder / "models" / f"{case.log}-{case.cutoff}-{encoding}".replace(" ", "_"))
+        trained = log_settings(
+            log, folder, size, *snapshot, f"train.model_dir={model_dir}", f"train.numeric_encoding={encoding}"
         )
-        for df in scored.values():
-            df.unpersist()
-        spark.stop()
-    return "\n".join(lines)
+        pipeline.run_stage("train", spark, trained)
+        networks[name] = (model_artifact.load_metadata(model_dir), model_dir)
+    first = next(iter(networks.values()))[0]
+    table = lake.read(spark, settings.lake, lake.FEATURES, version=first.features_version)
+    scored, test_rows, train_rows = scored_test_rows(spark, settings, table, first, networks)
+    auc = {name: evaluate.binary_metrics(df, 0.5, probabilities=False)[0]["roc_auc"] for name, df in scored.items()}
+    full = [name for name in LEARNERS if name in scored and scored[name].count() == test_rows]
+    strongest = max(full, key=auc.get)
+    seed = settings.train.seed
+    differences = [
+        evaluate.auc_difference(scored["network"], scored[strongest], seed),
+        evaluate.auc_difference(scored["network, embedded"], scored[strongest], seed),
+        evaluate.auc_difference(scored["network, embedded"], scored["network"], seed),
+    ]
+    cells = [f"{auc[n]:.3f}" if n in auc else "-" for n in [*LEARNERS, *ENCODINGS.values()]]
+    cells[LEARNERS.index(strongest)] = f"**{cells[LEARNERS.index(strongest)]}**"
+    bg_rows = scored["BG/NBD"].count() if "BG/NBD" in scored else 0
+    if "BG/NBD" in scored and bg_rows < test_rows:
+        cells[LEARNERS.index("BG/NBD")] += f" ({bg_rows:,} rows)"
+    cutoff_label = case.cutoff or str(first.features_run["cutoffs"][-1])
+    ranking = (
+        f"| {case.log} | {cutoff_label} | {case.window} | {train_rows:,} / {test_rows:,} | "
+        + " | ".join(cells)
+        + " | "
+        + " | ".join(_difference(d) for d in differences)
+        + " |"
+    )
+    for df in scored.values():
+        df.unpersist()
+    return ranking, value_row(case.log, cutoff_label, bg_rows, networks)
 
 
-def scored_test_rows(table: DataFrame, metadata: ModelMetadata, settings: Settings) -> dict[str, DataFrame]:
-    """name -> (key, label, score) of every model on the test split."""
+def scored_test_rows(
+    spark, settings: Settings, table: DataFrame, metadata: ModelMetadata, networks: dict[str, tuple[ModelMetadata, str]]
+) -> tuple[dict[str, DataFrame], int, int]:
+    """(learner -> (key, label, score) on the test split, test rows, train rows)."""
     seed = settings.train.seed
     inputs = table.transform(features.model_inputs, metadata.normalisation).withColumn(
         "label", F.col("label").cast("double")
     )
     train, test = (inputs.filter(F.col("split") == name) for name in ("train", "test"))
     keep = [*evaluate.KEY, "label"]
-    stronger_trees = GBTClassifier(maxIter=200, maxDepth=4, stepSize=0.05, subsamplingRate=0.8, seed=seed)
-    fits = {**evaluate.mllib_baselines(seed), "boosted_trees_200": stronger_trees}
-    scored = {
-        **{name: evaluate.mllib_scores(fit, train, test) for name, fit in fits.items()},
-        "model": predictions(test, metadata, settings.train.model_dir, settings.score.batch_size, keep=keep).select(
-            *keep, F.col("propensity").cast("double").alias("score")
-        ),
+    baselines = evaluate.mllib_baselines(seed)
+    fits = {
+        "logistic regression": baselines["logistic_regression"],
+        "GBT 30x5": baselines["gradient_boosted_trees"],
+        "GBT 200x4": GBTClassifier(maxIter=200, maxDepth=4, stepSize=0.05, subsamplingRate=0.8, seed=seed),
     }
+    scored = {name: evaluate.mllib_scores(fit, train, test) for name, fit in fits.items()}
+    for name, (network, model_dir) in networks.items():
+        predicted = predictions(test, network, model_dir, settings.score.batch_size, keep=keep)
+        scored[name] = predicted.select(*keep, F.col("propensity").cast("double").alias("score"))
+    days = summaries.for_events(spark, settings, metadata.events_version)
+    purchase_days = days.filter(F.col("n_purchase") > 0).select("customer_id", "event_date", "revenue")
+    window = settings.features.label_window_days
+    forecasts = evaluate.btyd_forecasts(purchase_days, train, test, window, seed)
+    if forecasts is not None:
+        scored["BG/NBD"] = forecasts.select(*keep, F.col("expected_purchases").alias("score"))
     scored = {name: df.cache() for name, df in scored.items()}
-    joined = scored["model"]
-    for name in ("logistic_regression", "gradient_boosted_trees", "boosted_trees_200"):
-        joined = joined.join(scored[name].select(*evaluate.KEY, F.col("score").alias(name)), on=evaluate.KEY)
-    members = ["score", "logistic_regression", "gradient_boosted_trees", "boosted_trees_200"]
-    mean = sum(F.col(name) for name in members) / len(members)
-    scored["ensemble"] = joined.select(*keep, mean.alias("score")).cache()
-    return scored
+    return scored, scored["network"].count(), train.count()
+
+
+def value_row(log: str, cutoff: str, customers: int, networks: dict[str, tuple[ModelMetadata, str]]) -> str:
+    """Each network's value heads against BG/NBD + Gamma-Gamma on the same customers (the evaluation's numbers)."""
+    value = [metadata.value_metrics for metadata, _ in networks.values()]
+    classic = value[0].get("bg_nbd_gamma_gamma_purchasers")
+    if classic is None:
+        return f"| {log} | {cutoff} | 0 | - | - | - |"
+    rows = [*(v["model_purchasers"] for v in value), classic]
+
+    def cells(metric: str, percent: bool = False) -> str:
+        numbers = [r[metric] for r in rows]
+        return " / ".join("-" if n is None else f"{n:+.1%}" if percent else f"{n:.3f}" for n in numbers)
+
+    return (
+        f"| {log} | {cutoff} | {customers:,} | {cells('purchases_spearman')} | "
+        f"{cells('revenue_spearman')} | {cells('revenue_total_error', percent=True)} |"
+    )
 
 
 def _difference(d: dict) -> str:

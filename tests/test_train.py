@@ -288,6 +288,13 @@ def test_a_failing_rank_fails_the_job_with_its_own_message(tmp_path):
     assert time.monotonic() - started < 120
 
 
+def test_a_small_training_split_gets_a_smaller_batch_so_an_epoch_is_still_many_steps():
+    assert train.batch_size(512, train_rows=1_686, num_proc=2) == 32  # a year of grocery: 26 steps, not 1
+    assert train.batch_size(512, train_rows=16_428, num_proc=2) == 256  # CDNOW: 32 steps, not 16
+    assert train.batch_size(512, train_rows=77_862, num_proc=2) == 512  # as configured
+    assert train.batch_size(16, train_rows=100, num_proc=2) == 16  # never above what is configured
+
+
 def test_class_weights_balance_the_classes_and_the_prior_shift_undoes_them():
     from behavior_spark.model import prior_shift
 
@@ -359,3 +366,29 @@ def test_spearman_over_mid_ranks_is_exact_with_ties_and_none_without_rows(spark)
     errors = evaluate.forecast_errors(df.limit(0), "a", "b", "x")  # a split with no customers of that kind
     assert errors == {"x_spearman": None, "x_mae": None, "x_total_error": None}
     assert evaluate.spearman(df.withColumn("b", F.lit(1.0)), "a", "b") is None  # one value: no correlation (ANSI)
+
+
+def test_piecewise_linear_inputs_come_from_the_training_quantiles_and_travel_with_the_saved_model(trained, spark):
+    import tempfile
+
+    import tensorflow as tf
+
+    from behavior_spark.model import PiecewiseLinearEmbedding, build_model
+
+    settings, _, metadata = trained
+    table = lake.read(spark, settings.lake, lake.FEATURES, version=metadata.features_version)
+    edges = features.bin_edges(table.filter(F.col("split") == "train"), metadata.normalisation, bins=4)
+    assert len(edges) == len(features.numeric_feature_names())
+    assert all(len(e) >= 2 and e == sorted(set(e)) for e in edges)
+    layer = PiecewiseLinearEmbedding([[0.0, 1.0, 2.0], [5.0, 6.0]], width=2)
+    layer.build((None, 2))
+    layer.set_weights([np.tile(np.eye(2, dtype=np.float32), (2, 1, 1)), np.zeros((2, 2), np.float32)])
+    encoded = layer(tf.constant([[1.5, 9.0], [-3.0, 5.25]])).numpy()  # each bin: 1 below x, x's place in it, 0 above
+    np.testing.assert_allclose(encoded, [[[1.0, 0.5], [1.0, 0.0]], [[0.0, 0.0], [0.25, 0.0]]])
+    model = build_model(len(edges), 5, 5, 8, 4, edges)
+    inputs = [np.random.default_rng(1).normal(size=(8, len(edges))).astype(np.float32)]
+    inputs += [np.zeros((8, 5), np.int32) for _ in range(3)]
+    with tempfile.NamedTemporaryFile(suffix=".h5") as saved:
+        model.save(saved.name)
+        loaded = tf.keras.models.load_model(saved.name, compile=False)
+    np.testing.assert_allclose(loaded.predict(inputs, verbose=0)[0], model.predict(inputs, verbose=0)[0], rtol=1e-6)
