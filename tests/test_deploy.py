@@ -10,6 +10,7 @@ import json
 import os
 import re
 import subprocess
+import sys
 from pathlib import Path
 
 import botocore.session
@@ -55,7 +56,22 @@ def test_the_bundle_declares_every_variable_it_uses_and_both_targets():
     assert used <= set(main["variables"]), used - set(main["variables"])
     assert {"dev", "prod"} <= set(main["targets"])
     assert main["artifacts"]["behavior_spark_wheel"]["type"] == "whl"
+    assert main["artifacts"]["behavior_spark_jvm"]["type"] == "jar"
     assert (BUNDLE / "init" / "horovod.sh").is_file()
+
+
+def test_the_bundle_s_jar_build_makes_the_keyed_hash_the_ingest_task_installs(tmp_path):
+    """The artifact's own build command, run here against this venv's pyspark, makes the JAR the ingest task lists."""
+    main, *_ = bundle_documents()
+    artifact = main["artifacts"]["behavior_spark_jvm"]
+    command = artifact["build"].replace("python3", sys.executable).replace("dist/", f"{tmp_path}/")
+    subprocess.run(command.split(), cwd=(BUNDLE / artifact["path"]).resolve(), check=True)
+    listing = subprocess.run(["jar", "tf", str(tmp_path / "behavior-spark-jvm.jar")], capture_output=True, text=True)
+    assert "behaviorspark/KeyedHash.class" in listing.stdout.split()
+    (job,) = bundle_jobs().values()
+    ingest = next(task for task in job["tasks"] if task["task_key"] == "ingest")
+    assert {"jar": "../../../dist/behavior-spark-jvm.jar"} in ingest["libraries"]
+    assert artifact["files"] == [{"source": "../../dist/behavior-spark-jvm.jar"}]
 
 
 def test_the_job_chains_the_stages_in_order_training_on_the_gpu_cluster():

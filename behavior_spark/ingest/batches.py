@@ -34,7 +34,7 @@ def run(spark: SparkSession, settings: Settings) -> IngestResult:
     in_utc(spark)  # dates, midnights and zone-less timestamps: the same on any cluster
     mapping = sources.load_mapping(cfg.source)
     if is_connect(spark):  # the key stays on the server: its workers hash and fingerprint with their own
-        pseudonym, current = privacy.keyed_hash_on_workers(cfg), privacy.fingerprint_on_workers(spark, cfg)
+        pseudonym, current = privacy.keyed_hash_on_workers(spark, cfg), privacy.fingerprint_on_workers(spark, cfg)
     else:
         key = privacy.pseudonym_key(cfg)
         pseudonym, current = privacy.keyed_hash(spark, key), privacy.fingerprint(key)

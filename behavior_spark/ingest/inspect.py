@@ -38,7 +38,7 @@ def run(spark: SparkSession, settings: Settings, sample: float | None = None) ->
     if sample is not None:
         batch = dataclasses.replace(batch, rows=batch.rows.sample(fraction=sample, seed=SAMPLE_SEED))
     if is_connect(spark):  # the key stays on the server's workers, as in ingest
-        pseudonym = privacy.keyed_hash_on_workers(cfg)
+        pseudonym = privacy.keyed_hash_on_workers(spark, cfg)
     else:  # nothing is kept: where no key is set, any key will do
         key = os.environ.get(cfg.pseudonym_key_env) or secrets.token_hex(32)
         pseudonym = privacy.keyed_hash(spark, key.encode())

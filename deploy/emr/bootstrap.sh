@@ -11,7 +11,7 @@ HOME_DIR=/opt/behavior-spark
 sudo mkdir -p "$HOME_DIR" && sudo chown "$(id -u)" "$HOME_DIR"
 aws s3 cp "$SOURCE" /tmp/behavior-spark.tar.gz
 tar -xzf /tmp/behavior-spark.tar.gz -C "$HOME_DIR"
-sudo dnf install -y -q python3.12 python3.12-devel gcc-c++ cmake maven java-17-amazon-corretto-headless
+sudo dnf install -y -q python3.12 python3.12-devel gcc-c++ cmake maven java-17-amazon-corretto-devel
 if command -v nvidia-smi >/dev/null; then export HOROVOD_GPU_OPERATIONS=NCCL; fi
 cd "$HOME_DIR" && PYTHON=python3.12 scripts/setup.sh --node
 sudo install -m 0755 deploy/emr/run-stage /usr/local/bin/behavior-spark-stage
