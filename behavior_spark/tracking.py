@@ -80,11 +80,13 @@ def run_tags(metadata: ModelMetadata) -> dict[str, str]:
 
 def run_params(metadata: ModelMetadata) -> dict[str, str | int | float]:
     """What a run can be reproduced from: the training spec and the features it read (label, cutoffs, versions)."""
-    training = {k: v for k, v in metadata.training.items() if k not in ("checkpoint_dir", "class_weight")}
+    left_out = ("checkpoint_dir", "class_weight", "numeric_edges")  # edges: in the model's layer, too long a param
+    training = {k: v for k, v in metadata.training.items() if k not in left_out}
     data = metadata.features_run
     return {
         **{f"train.{k}": v for k, v in training.items()},
         "train.class_weight": json.dumps(metadata.training["class_weight"]),
+        "train.numeric_encoding": "piecewise_linear" if metadata.training.get("numeric_edges") else "raw",
         "train.num_proc": metadata.num_proc,
         "features.cutoffs": ",".join(data["cutoffs"]),
         "features.label_event": data["label_event"],

@@ -97,10 +97,8 @@ def run(spark: SparkSession, settings: Settings) -> TrainResult:
     revenue_scale = mean_positive_revenue(table.filter(F.col("split") == "train"))
     inputs = training_inputs(table, stats, revenue_scale)
     counts = {(r["split"], r["label"]): r["count"] for r in table.groupBy("split", "label").count().collect()}  # 6
-    spec = training_spec(settings, counts, reader_threads(spark, cfg.reader_threads))
-    if cfg.numeric_encoding == "piecewise_linear":
-        train_rows = table.filter(F.col("split") == "train")
-        spec = dataclasses.replace(spec, numeric_edges=features.bin_edges(train_rows, stats, PIECEWISE_BINS))
+    edges = numeric_edges(table, stats, cfg.numeric_encoding)
+    spec = training_spec(settings, counts, reader_threads(spark, cfg.reader_threads), edges)
     log.info(
         "training on %d rows (validation %d), %d processes, class weights %s%s",
         spec.train_rows,
@@ -196,7 +194,16 @@ def training_inputs(table: DataFrame, stats: dict[str, tuple[float, float]], rev
     )
 
 
-def training_spec(settings: Settings, counts: dict[tuple[str, int], int], threads: int) -> TrainingSpec:
+def numeric_edges(table: DataFrame, stats: dict[str, tuple[float, float]], encoding: str) -> list[list[float]] | None:
+    """The piecewise-linear encoding's bins from the training split, or None for raw inputs."""
+    if encoding != "piecewise_linear":
+        return None
+    return features.bin_edges(table.filter(F.col("split") == "train"), stats, PIECEWISE_BINS)
+
+
+def training_spec(
+    settings: Settings, counts: dict[tuple[str, int], int], threads: int, edges: list[list[float]] | None = None
+) -> TrainingSpec:
     """The worker's settings, with class weights from the training split's label counts and the resume point."""
     cfg = settings.train
     train_rows = counts.get(("train", 0), 0) + counts.get(("train", 1), 0)
@@ -229,6 +236,7 @@ def training_spec(settings: Settings, counts: dict[tuple[str, int], int], thread
         patience=cfg.patience,
         reader_threads=threads,
         checkpoint_dir=checkpoint_dir,
+        numeric_edges=edges,
         initial_epoch=initial_epoch,
         initial_model=initial_model,
     )
