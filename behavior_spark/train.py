@@ -196,9 +196,8 @@ def training_inputs(table: DataFrame, stats: dict[str, tuple[float, float]], rev
 
 def numeric_edges(table: DataFrame, stats: dict[str, tuple[float, float]], encoding: str) -> list[list[float]] | None:
     """The piecewise-linear encoding's bins from the training split, or None for raw inputs."""
-    if encoding != "piecewise_linear":
-        return None
-    return features.bin_edges(table.filter(F.col("split") == "train"), stats, PIECEWISE_BINS)
+    train = table.filter(F.col("split") == "train")
+    return features.bin_edges(train, stats, PIECEWISE_BINS) if encoding == "piecewise_linear" else None
 
 
 def training_spec(
@@ -243,10 +242,8 @@ def training_spec(
 
 
 def batch_size(configured: int, train_rows: int, num_proc: int) -> int:
-    """`train.batch_size`, or smaller where the training split would give each process fewer than
-    MIN_STEPS_PER_EPOCH steps an epoch (not below MIN_BATCH). With 1,700 training customers (a year of The Complete
-    Journey) and the default 512 on two processes, an epoch was one step: twenty steps in all, the value heads left
-    near their start (revenue ranked backwards, its sum 35x the truth; docs/train.md)."""
+    """`train.batch_size`, or smaller where a process would get fewer than MIN_STEPS_PER_EPOCH steps an epoch (a
+    year of grocery, 1,700 customers, was one step an epoch at 512: its value heads stayed untrained, docs/train.md)."""
     return min(configured, max(MIN_BATCH, train_rows // (num_proc * MIN_STEPS_PER_EPOCH)))
 
 
