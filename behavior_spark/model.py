@@ -99,6 +99,7 @@ class PiecewiseLinearEmbedding(tf.keras.layers.Layer):
         features, bins = self.lower.shape
         self.kernel = self.add_weight(name="kernel", shape=(features, bins, self.width), initializer="glorot_uniform")
         self.bias = self.add_weight(name="bias", shape=(features, self.width), initializer="zeros")
+        super().build(input_shape)
 
     def call(self, inputs: tf.Tensor) -> tf.Tensor:
         encoded = tf.clip_by_value((inputs[:, :, None] - self.lower) / self.span, 0.0, 1.0) * self.mask
