@@ -125,8 +125,15 @@ def arrival_order(m: SourceMapping) -> list[Column]:
 
 def missing_as_null(text: Column, null_tokens: tuple[str, ...]) -> Column:
     """`text` trimmed of ASCII and Unicode white space; null where that leaves nothing or one of `null_tokens`."""
-    trimmed = F.btrim(text, F.lit(UNICODE_SPACE))
+    trimmed = F.when(may_have_space_at_an_end(text), F.btrim(text, F.lit(UNICODE_SPACE))).otherwise(text)
     return F.when(~trimmed.isin("", *null_tokens), trimmed)
+
+
+def may_have_space_at_an_end(text: Column) -> Column:
+    """Whether `text` may begin or end with a character of UNICODE_SPACE (each is at most 32 or at least 133): a test
+    of two code points that spares nearly every field the trim, which cost a 4M-row ingest 3 s."""
+    first, last = F.ascii(text), F.ascii(F.substring(text, -1, 1))
+    return (first <= 32) | (first >= 133) | (last <= 32) | (last >= 133)
 
 
 def repeated_header(m: SourceMapping) -> Column:

@@ -45,7 +45,15 @@ def platform_session(spark: SparkSession, settings: SparkSettings) -> SparkSessi
     """The platform's session with the run-time settings a job relies on: UTC, redaction, and the shuffle partitions
     of `spark.shuffle_partitions` (Spark's 200 are too many for a small cluster and too few for a large one)."""
     spark.conf.set("spark.sql.shuffle.partitions", settings.shuffle_partitions)
+    spark.conf.set(*COMPILED_BY_THE_JVM)
     return redacting(in_utc(spark))
+
+
+# Whole-stage code generation fuses a stage's expressions into one Java method; a method over 8,000 bytes of
+# bytecode is never compiled by HotSpot's JIT and runs interpreted. Spark's limit (64 KB, the most a method may
+# hold) let ingest's parse run so: 19.5 s at 4M rows, 10.0 s with the stage split into methods HotSpot compiles (Spark's
+# documentation suggests 8,000 on HotSpot).
+COMPILED_BY_THE_JVM = ("spark.sql.codegen.hugeMethodLimit", "8000")
 
 
 def is_connect(spark: SparkSession) -> bool:
@@ -92,6 +100,7 @@ def local_session(settings: SparkSettings) -> SparkSession:
         .config("spark.ui.enabled", "false")
         .config("spark.ui.showConsoleProgress", str(sys.stderr.isatty()).lower())  # a progress bar in a terminal
         .config("spark.sql.session.timeZone", "UTC")
+        .config(*COMPILED_BY_THE_JVM)
         .config("spark.databricks.delta.snapshotPartitions", 2)
         .config("spark.sql.execution.arrow.pyspark.enabled", "true")
         .config("spark.redaction.regex", REDACTED_CONF_NAMES)
@@ -129,6 +138,30 @@ def materialized(df: DataFrame) -> Iterator[DataFrame]:
     finally:
         if not is_connect(df.sparkSession):  # a Connect server releases it when the client lets `kept` go
             kept._jdf.queryExecution().analyzed().rdd().unpersist(False)  # no public call releases a local checkpoint
+
+
+@contextlib.contextmanager
+def with_conf(spark: SparkSession, conf: dict[str, str]) -> Iterator[None]:
+    """SQL settings for the plans made inside the block, the session's own restored after it."""
+    before = {key: spark.conf.get(key) for key in conf}
+    for key, value in conf.items():
+        spark.conf.set(key, value)
+    try:
+        yield
+    finally:
+        for key, value in before.items():
+            spark.conf.set(key, value)
+
+
+# Rows `materialized` under these settings keep the partitioning they were shuffled to (adaptive plans hide it from
+# a checkpoint, and every later aggregation by the same keys would shuffle the rows again); give such a shuffle its
+# partition count, as nothing coalesces small partitions.
+PARTITIONING_KEPT = {"spark.sql.adaptive.enabled": "false"}
+
+
+# Joins of rows that share a partitioning on some of the join keys (a day and a customer bucket) join where they
+# are; Spark's default shuffles them to all the keys.
+JOINED_WHERE_THEY_ARE = {"spark.sql.requireAllClusterKeysForCoPartition": "false"}
 
 
 @contextlib.contextmanager

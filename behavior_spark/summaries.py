@@ -31,6 +31,7 @@ from pyspark.sql.window import WindowSpec
 from behavior_spark import lake
 from behavior_spark.config import Settings
 from behavior_spark.contracts import EVENT_TYPES
+from behavior_spark.session import JOINED_WHERE_THEY_ARE, with_conf
 
 log = logging.getLogger(__name__)
 
@@ -54,22 +55,30 @@ def recent_per_day(settings: Settings) -> int:
     return settings.features.sequence_length + 1
 
 
-def customer_days(events: DataFrame, recent: int) -> DataFrame:
+def customer_days(events: DataFrame, recent: int, partitioned_by: tuple[str, ...] = ()) -> DataFrame:
     """The summaries of `events`: one row per customer and day, keeping the day's last `recent` events.
 
     The events are shuffled once, by customer and day; the session, category and recent-event aggregations and
-    their joins all run on that partitioning.
+    their joins all run on that partitioning. Rows already hash-partitioned by columns that never split a customer's
+    day (`partitioned_by`: ingest's day and customer bucket) are not shuffled: the aggregations group by those
+    columns too and run where the rows are.
     """
-    by_day = events.repartition(*KEYS)
-    return day_activity(by_day).join(day_categories(by_day), on=KEYS).join(day_recent_events(by_day, recent), on=KEYS)
+    keys = [*KEYS, *(c for c in partitioned_by if c not in KEYS)]
+    by_day = events if partitioned_by else events.repartition(*KEYS)
+    activity, categories = day_activity(by_day, keys), day_categories(by_day, keys)
+    return (
+        activity.join(categories, on=keys)
+        .join(day_recent_events(by_day, recent, keys), on=keys)
+        .drop(*keys[len(KEYS) :])
+    )
 
 
-def day_activity(events: DataFrame) -> DataFrame:
+def day_activity(events: DataFrame, keys: list[str] = KEYS) -> DataFrame:
     """Counts by type and time of day, first and last times, revenue net of returns, and the day's sessions (count,
     summed length in seconds, how many had a purchase)."""
     is_type = {event: F.col("event_type") == event for event in EVENT_TYPES}
     hour = F.hour("event_time")
-    sessions = events.groupBy(*KEYS, "session_id").agg(
+    sessions = events.groupBy(*keys, "session_id").agg(
         F.count(F.lit(1)).alias("n"),
         *(F.count(F.when(is_type[event], 1)).alias(f"n_{event}") for event in EVENT_TYPES),
         F.count(F.when(hour.between(17, 22), 1)).alias("n_evening"),
@@ -84,7 +93,7 @@ def day_activity(events: DataFrame) -> DataFrame:
         ).alias("revenue"),  # net of returns
     )
     counts = ["n", *(f"n_{event}" for event in EVENT_TYPES), "n_evening", "n_night"]
-    return sessions.groupBy(*KEYS).agg(
+    return sessions.groupBy(*keys).agg(
         *(F.sum(c).alias(c) for c in counts),
         F.min("first").alias("first"),
         F.max("last").alias("last"),
@@ -96,23 +105,23 @@ def day_activity(events: DataFrame) -> DataFrame:
     )
 
 
-def day_categories(events: DataFrame) -> DataFrame:
+def day_categories(events: DataFrame, keys: list[str] = KEYS) -> DataFrame:
     """The day's categories with their events, and its distinct brands (sorted: the same day gives the same row)."""
-    per_category = events.groupBy(*KEYS, "category_id").agg(
+    per_category = events.groupBy(*keys, "category_id").agg(
         F.count(F.lit(1)).alias("n"), F.collect_set("brand").alias("brands")
     )
-    return per_category.groupBy(*KEYS).agg(
+    return per_category.groupBy(*keys).agg(
         F.collect_list(F.struct("category_id", "n")).alias("categories"),
         F.array_sort(F.array_distinct(F.flatten(F.collect_list("brands")))).alias("brands"),
     )
 
 
-def day_recent_events(events: DataFrame, recent: int) -> DataFrame:
+def day_recent_events(events: DataFrame, recent: int, keys: list[str] = KEYS) -> DataFrame:
     """The day's last `recent` events, in the order sequences rank them (time, then type and product)."""
     return (
-        events.withColumn("rank", F.row_number().over(latest_first(KEYS)))
+        events.withColumn("rank", F.row_number().over(latest_first(keys)))
         .filter(F.col("rank") <= recent)
-        .groupBy(*KEYS)
+        .groupBy(*keys)
         .agg(F.collect_list(F.struct(*RECENT_FIELDS)).alias("recent"))
     )
 
@@ -235,28 +244,56 @@ def kept_totals_date(
     return through
 
 
-def update(spark: SparkSession, settings: Settings, days: list[dt.date], events_before: int) -> str:
+def update(
+    spark: SparkSession,
+    settings: Settings,
+    days: list[dt.date],
+    events_before: int,
+    appended: DataFrame | None = None,
+    partitioned_by: tuple[str, ...] = (),
+) -> str:
     """After an ingest batch: replace the summaries of `days` if the table reflected the events as they were before
-    the batch (`events_before`); otherwise rebuild it. Returns what was done: unchanged, replaced or rebuilt."""
+    the batch (`events_before`); otherwise rebuild it. Returns what was done: unchanged, replaced or rebuilt.
+
+    `appended`: the batch's rows when it only appended to days the table did not hold, so they are exactly the
+    events of `days`; they are summarised where they are (partitioned by `partitioned_by`, see `customer_days`)
+    instead of read back from the table. A first load is summarised from them whole.
+    """
     events_now = lake.version(spark, settings.lake, lake.EVENTS)
     recorded = recorded_commit(spark, settings)
     wanted = recent_per_day(settings)
     if reflects(recorded, events_now, wanted):
         return "unchanged"
-    if not days or not reflects(recorded, events_before, wanted):
+    previous = reflects(recorded, events_before, wanted)
+    whole = appended is not None and not previous and _empty(spark, settings, events_before)  # a first load
+    if not whole and (not days or not previous):
         rebuild(spark, settings, events_now)
         return "rebuilt"
-    events = lake.read(spark, settings.lake, lake.EVENTS, version=events_now).filter(F.col("event_date").isin(days))
-    day_list = ", ".join(f"DATE'{day}'" for day in days)
-    (
-        one_file_per_day(customer_days(events, wanted))
-        .write.format("delta")
-        .mode("overwrite")
-        .option("replaceWhere", f"event_date IN ({day_list})")
-        .option("userMetadata", _metadata(events_now, wanted, days))
-        .save(lake.path(settings.lake, lake.CUSTOMER_DAYS))
-    )
+    if appended is not None:
+        summarised = customer_days(appended, wanted, partitioned_by)  # a task's days, a file each
+    else:
+        events = lake.read(spark, settings.lake, lake.EVENTS, version=events_now).filter(F.col("event_date").isin(days))
+        summarised = one_file_per_day(customer_days(events, wanted))
+    with with_conf(spark, JOINED_WHERE_THEY_ARE):
+        if whole:
+            metadata = _metadata(events_now, wanted)
+            lake.overwrite(
+                summarised, settings.lake, lake.CUSTOMER_DAYS, partition_by=["event_date"], userMetadata=metadata
+            )
+            return "rebuilt"
+        day_list = ", ".join(f"DATE'{day}'" for day in days)
+        (
+            summarised.write.format("delta")
+            .mode("overwrite")
+            .option("replaceWhere", f"event_date IN ({day_list})")
+            .option("userMetadata", _metadata(events_now, wanted, days))
+            .save(lake.path(settings.lake, lake.CUSTOMER_DAYS))
+        )
     return "replaced"
+
+
+def _empty(spark: SparkSession, settings: Settings, events_version: int) -> bool:
+    return lake.read(spark, settings.lake, lake.EVENTS, version=events_version).isEmpty()
 
 
 def rebuild(spark: SparkSession, settings: Settings, events_version: int) -> None:

@@ -24,7 +24,7 @@ from hypothesis import strategies as st
 from pyspark.sql import functions as F
 from test_ingest import REES46_HEADER, SOURCES, events, ingest_files, reasons, rees46, settings_for, view, write_files
 
-from behavior_spark import generate, ingest, lake, pipeline, session, sources
+from behavior_spark import canonical, generate, ingest, lake, pipeline, session, sources
 from behavior_spark.config import ConfigError, load_settings
 
 
@@ -137,6 +137,19 @@ def test_ids_are_trimmed_of_unicode_white_space_and_null_tokens_are_missing(spar
     assert {r["customer_id"] for r in events(spark, settings).collect()} == {customer("5000")}
     assert result.clean == len(same_customer)
     assert reasons(spark, settings) == {"missing_user_id": 5}
+
+
+@settings(max_examples=25, deadline=None, suppress_health_check=[HealthCheck.function_scoped_fixture])
+@given(texts=st.lists(st.text(st.sampled_from(canonical.UNICODE_SPACE) | st.characters(codec="utf-8")), max_size=30))
+def test_fields_are_trimmed_as_python_strips_the_same_characters(spark, texts):
+    """The trim skips fields whose end characters cannot be white space (`may_have_space_at_an_end`): never one
+    that can."""
+    assert all(ord(c) <= 32 or ord(c) >= 133 for c in canonical.UNICODE_SPACE)
+    df = spark.createDataFrame([(t,) for t in texts], "t string")
+    got = [r[0] for r in df.select(canonical.missing_as_null(F.col("t"), ("null",))).collect()]
+    assert got == [
+        None if t.strip(canonical.UNICODE_SPACE) in ("", "null") else t.strip(canonical.UNICODE_SPACE) for t in texts
+    ]
 
 
 def test_out_of_range_epochs_are_quarantined_and_category_ids_kept_as_written(spark, tmp_path, pseudonym_key):

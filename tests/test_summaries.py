@@ -96,6 +96,27 @@ def test_summaries_kept_by_ingest_equal_the_summaries_of_all_events(spark, tmp_p
     assert result.kept_cutoffs != result.cutoffs  # the last delivery's late lines reach one label window
 
 
+def test_days_appended_in_order_are_summarised_where_ingest_shuffled_them(spark, tmp_path, pseudonym_key):
+    """Deliveries of whole new days (no late lines: the batches append, nothing is MERGEd): each batch's summaries
+    are made from its rows in ingest's shuffle, not read back, and equal the summaries of all events."""
+    settings = load_settings(
+        None,
+        [f"lake.root={tmp_path}/lake", f"ingest.input={tmp_path}/raw", "generate.rows=2000", "generate.days=6"],
+    )
+    by_day = raw_lines_by_day(spark, settings)
+    days = sorted(by_day)
+    for n, chunk in enumerate((days[:2], days[2:4], days[4:])):
+        land(tmp_path / "raw" / f"day-{n}", "events.csv", [line for day in chunk for line in by_day[day]])
+        ingest.run(spark, settings)
+        events = lake.read(spark, settings.lake, lake.EVENTS)
+        kept = lake.read(spark, settings.lake, lake.CUSTOMER_DAYS)
+        from_events = summaries.customer_days(events, summaries.recent_per_day(settings))
+        assertDataFrameEqual(comparable(kept), comparable(from_events))
+    history = DeltaTable.forPath(spark, lake.path(settings.lake, lake.CUSTOMER_DAYS)).history()
+    replaced = history.filter(F.col("operationParameters")["predicate"].contains("event_date IN")).count()
+    assert (history.count(), replaced) == (3, 2)  # the first load made the table, each later batch replaced its days
+
+
 def training_cutoffs(spark, settings):
     """The cutoffs of the training snapshots that have rows."""
     table = lake.read(spark, settings.lake, lake.FEATURES).filter(F.col("split") != features.SCORE_SPLIT)

@@ -16,10 +16,18 @@ from behavior_spark.config import ConfigError, IngestSettings, Settings
 from behavior_spark.ingest import books, guards
 from behavior_spark.ingest.checks import for_cache, reject_reason
 from behavior_spark.ingest.identity import event_id_scheme
-from behavior_spark.ingest.sessions import CLEAN, bot_customers, buckets_per_day, classify, with_checks
+from behavior_spark.ingest.sessions import (
+    CLEAN,
+    PARTITION_KEYS,
+    bot_customers,
+    buckets_per_day,
+    classify,
+    partitions_for,
+    with_checks,
+)
 from behavior_spark.ingest.tables import IngestError, check_key, ensure_events_table, write_batch, write_identity_map
 from behavior_spark.results import IngestResult
-from behavior_spark.session import in_utc, is_connect, materialized, timed
+from behavior_spark.session import PARTITIONING_KEPT, in_utc, is_connect, materialized, timed, with_conf
 from behavior_spark.sources import SourceMapping
 
 log = logging.getLogger(__name__)
@@ -158,7 +166,10 @@ def classify_batch(
         rejected = kept.enter_context(materialized(parsed.filter(F.col("reject_reason").isNotNull())))
         valid = parsed.filter(F.col("reject_reason").isNull())
         buckets = buckets_per_day(tally.valid_rows, tally.days)
-        checked = kept.enter_context(materialized(with_checks(valid, mapping, cfg.session_gap_minutes, buckets)))
+        partitions = partitions_for(spark, tally.days, buckets)
+        with with_conf(spark, PARTITIONING_KEPT):  # bots, counts and summaries aggregate where the rows are
+            checks = with_checks(valid, mapping, cfg.session_gap_minutes, buckets, partitions)
+            checked = kept.enter_context(materialized(checks))
     bots = kept.enter_context(materialized(bot_customers(checked, mapping, cfg.bot_events_per_minute)))  # a few
     classified = classify(checked, bots)
     counts = books.status_counts(classified, tally)
@@ -199,14 +210,19 @@ def process_batch(
         written = write_batch(
             spark, settings, done.rejected, clean, tally.files, counts.clean_days, done.buckets, keep_latest
         )
-    version = lake.version(spark, settings.lake, lake.EVENTS)
-    audit = books.audit_row(batch_id, mapping.name, cfg.input, tally, counts, written, version, done.verdict.warnings)
-    problems = books.reconciliation_problems(audit)
-    if problems:
-        written.undo(spark)
-        books.raise_failed(spark, settings, batch_id, mapping, tally, counts, problems, audit)
-    with timed(log, "summaries"):
-        summarised = summaries.update(spark, settings, counts.clean_days, written.events_before)
+        version = lake.version(spark, settings.lake, lake.EVENTS)
+        audit = books.audit_row(
+            batch_id, mapping.name, cfg.input, tally, counts, written, version, done.verdict.warnings
+        )
+        problems = books.reconciliation_problems(audit)
+        if problems:
+            written.undo(spark)
+            books.raise_failed(spark, settings, batch_id, mapping, tally, counts, problems, audit)
+        with timed(log, "summaries"):  # appended rows are summarised where the shuffle left them, not read back
+            appended = clean if written.appended else None
+            summarised = summaries.update(
+                spark, settings, counts.clean_days, written.events_before, appended, PARTITION_KEYS
+            )
     log.info("ingest batch %d: customer-day summaries %s", batch_id, summarised)
     books.append_audit(spark, settings, audit)
     return audit

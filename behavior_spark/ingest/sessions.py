@@ -6,7 +6,7 @@ from __future__ import annotations
 import logging
 import math
 
-from pyspark.sql import DataFrame, Window
+from pyspark.sql import DataFrame, SparkSession, Window
 from pyspark.sql import functions as F
 from pyspark.sql.window import WindowSpec
 
@@ -38,7 +38,9 @@ WINDOW_KEYS = ["customer_id", *PARTITION_KEYS]
 ROWS_PER_FILE = 1_000_000
 
 
-def with_checks(valid: DataFrame, mapping: SourceMapping, gap_minutes: int, buckets_per_day: int) -> DataFrame:
+def with_checks(
+    valid: DataFrame, mapping: SourceMapping, gap_minutes: int, buckets_per_day: int, partitions: int | None = None
+) -> DataFrame:
     """Valid rows after one shuffle (by day and customer bucket) and one sort (by time and event id), with `is_copy`
     (a later exact copy of an event), `is_variant` (another event with the same key), `is_superseded` (a line a
     later one of its key corrects, under `same_key: keep_latest`) and `session_id`.
@@ -53,7 +55,7 @@ def with_checks(valid: DataFrame, mapping: SourceMapping, gap_minutes: int, buck
         rows.withColumn("ts", F.unix_micros("event_time"))
         .withColumnRenamed("source_order_id", "order_id")
         .drop("raw", "source_file", "source_modified", "reject_reason", "source_event_id")
-        .transform(shuffle_by_day, buckets_per_day)
+        .transform(shuffle_by_day, buckets_per_day, partitions)
     )
     if mapping.identity == "line":
         checked = one_event_per_line(checked)
@@ -100,11 +102,21 @@ def latest_of_each_key(rows: DataFrame) -> DataFrame:
     )
 
 
-def shuffle_by_day(rows: DataFrame, buckets_per_day: int) -> DataFrame:
-    """Hash rows into (day, customer bucket) partitions; windows over WINDOW_KEYS then need no further shuffle."""
+def shuffle_by_day(rows: DataFrame, buckets_per_day: int, partitions: int | None = None) -> DataFrame:
+    """Hash rows into (day, customer bucket) partitions; windows over WINDOW_KEYS then need no further shuffle.
+
+    Without `partitions`, spark.sql.shuffle.partitions sets their number and adaptive execution coalesces small ones.
+    """
     bucketed = rows.withColumn("bucket", F.pmod(F.xxhash64("customer_id"), F.lit(buckets_per_day)).cast("int"))
-    # No partition count: spark.sql.shuffle.partitions sets it, and adaptive execution coalesces small partitions.
+    if partitions:
+        return bucketed.repartition(partitions, *PARTITION_KEYS)
     return bucketed.repartition(*PARTITION_KEYS)
+
+
+def partitions_for(spark: SparkSession, days: int, buckets_per_day: int) -> int:
+    """Shuffle partitions for a batch of `days` with `buckets_per_day`: one per (day, bucket), at most the session's
+    spark.sql.shuffle.partitions (so a small batch writes few files without adaptive execution's coalescing)."""
+    return max(1, min(int(spark.conf.get("spark.sql.shuffle.partitions")), days * buckets_per_day))
 
 
 def buckets_per_day(valid_rows: int, days: int) -> int:
@@ -124,7 +136,8 @@ def bot_customers(checked: DataFrame, mapping: SourceMapping, default_rate: int)
     rate = rule.events_per_minute or default_rate
     counted = checked.filter(~F.col("is_copy") & ~F.col("is_superseded") & F.col("event_type").isin(*rule.event_types))
     order = F.when(F.col("event_type").isin(*ORDER_LINES), F.col("order_id"))
-    events = F.count(F.when(order.isNull(), 1)) + F.count_distinct(order)  # an order's lines count once
+    # An order's lines count once; a set, not a distinct count, which Spark plans as a second aggregation of a copy
+    events = F.count(F.when(order.isNull(), 1)) + F.size(F.collect_set(order))
     # The day and bucket keys change no group (a minute has one day, a customer one bucket) but let the counting
     # reuse the rows' partitioning instead of shuffling every event again.
     return (

@@ -151,6 +151,7 @@ class Written:
     events_before: int  # version
     quarantine_path: str
     quarantine_before: int  # version, -1 where the batch created the table
+    appended: bool = False  # the clean rows were appended to days the table did not hold (no MERGE)
 
     def undo(self, spark: SparkSession) -> None:
         """Put the events and the quarantine back as they were before the batch."""
@@ -180,7 +181,9 @@ def write_batch(
     rows_before = spark.read.format("delta").load(events_path).count()  # from the log's statistics: no scan
     with timed(log, "write events"):
         gap = settings.ingest.session_gap_minutes
-        inserted, relinked, corrected = write_events(spark, clean, clean_days, events_path, gap, buckets, keep_latest)
+        inserted, relinked, corrected, appended = write_events(
+            spark, clean, clean_days, events_path, gap, buckets, keep_latest
+        )
     rows_after = spark.read.format("delta").load(events_path).count()
     return Written(
         inserted,
@@ -192,6 +195,7 @@ def write_batch(
         events_before,
         quarantine_path,
         quarantine_before,
+        appended,
     )
 
 
@@ -203,8 +207,9 @@ def write_events(
     gap_minutes: int,
     buckets: int,
     keep_latest: bool = False,
-) -> tuple[int, int, int]:
-    """Add the batch's clean events (on `days`); return (rows inserted, sessions re-linked, events corrected).
+) -> tuple[int, int, int, bool]:
+    """Add the batch's clean events (on `days`); return (rows inserted, sessions re-linked, events corrected, whether
+    they were appended).
 
     Where the table holds nothing on the batch's days (a first load, a new day) an append is exactly what a MERGE
     would do, at a fraction of the cost. Otherwise the batch is MERGEd on its event id together with the table's
@@ -213,12 +218,12 @@ def write_events(
     shares with other content is replaced by that row (a correction).
     """
     if not days:
-        return 0, 0, 0
+        return 0, 0, 0, False
     same_days = spark.read.format("delta").load(path).filter(F.col("event_date").isin(days))
     before = lake.version_at(spark, path)
     if same_days.isEmpty():
         clean.select(*EVENTS_COLUMNS).write.format("delta").mode("append").save(path)
-        return int(lake.commit_metrics(spark, path, before).get("numOutputRows", 0)), 0, 0
+        return int(lake.commit_metrics(spark, path, before).get("numOutputRows", 0)), 0, 0, True
     new = clean.select(*(c for c in EVENTS_COLUMNS if c not in ("session_id", "session_index")))
     same_customer_days = new.select("event_date", "customer_id").distinct()
     context = same_days.join(same_customer_days, on=["event_date", "customer_id"], how="inner").select(*new.columns)
@@ -248,7 +253,7 @@ def write_events(
         )
     metrics = lake.commit_metrics(spark, path, before)
     updated = int(metrics.get("numTargetRowsUpdated", 0))
-    return int(metrics.get("numTargetRowsInserted", 0)), updated - corrected, corrected
+    return int(metrics.get("numTargetRowsInserted", 0)), updated - corrected, corrected, False
 
 
 def corrections(new: DataFrame, table_rows: DataFrame) -> int:
