@@ -143,7 +143,7 @@ def materialized(df: DataFrame) -> Iterator[DataFrame]:
 @contextlib.contextmanager
 def with_conf(spark: SparkSession, conf: dict[str, str]) -> Iterator[None]:
     """SQL settings for the plans made inside the block, the session's own restored after it."""
-    before = {key: spark.conf.get(key) for key in conf}
+    before = {key: str(spark.conf.get(key)) for key in conf}
     for key, value in conf.items():
         spark.conf.set(key, value)
     try:

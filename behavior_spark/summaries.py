@@ -23,6 +23,7 @@ from __future__ import annotations
 import datetime as dt
 import json
 import logging
+from collections.abc import Sequence
 
 from pyspark.sql import Column, DataFrame, SparkSession, Window
 from pyspark.sql import functions as F
@@ -55,7 +56,7 @@ def recent_per_day(settings: Settings) -> int:
     return settings.features.sequence_length + 1
 
 
-def customer_days(events: DataFrame, recent: int, partitioned_by: tuple[str, ...] = ()) -> DataFrame:
+def customer_days(events: DataFrame, recent: int, partitioned_by: Sequence[str] = ()) -> DataFrame:
     """The summaries of `events`: one row per customer and day, keeping the day's last `recent` events.
 
     The events are shuffled once, by customer and day; the session, category and recent-event aggregations and
@@ -250,7 +251,7 @@ def update(
     days: list[dt.date],
     events_before: int,
     appended: DataFrame | None = None,
-    partitioned_by: tuple[str, ...] = (),
+    partitioned_by: Sequence[str] = (),
 ) -> str:
     """After an ingest batch: replace the summaries of `days` if the table reflected the events as they were before
     the batch (`events_before`); otherwise rebuild it. Returns what was done: unchanged, replaced or rebuilt.

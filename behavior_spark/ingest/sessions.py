@@ -116,7 +116,7 @@ def shuffle_by_day(rows: DataFrame, buckets_per_day: int, partitions: int | None
 def partitions_for(spark: SparkSession, days: int, buckets_per_day: int) -> int:
     """Shuffle partitions for a batch of `days` with `buckets_per_day`: one per (day, bucket), at most the session's
     spark.sql.shuffle.partitions (so a small batch writes few files without adaptive execution's coalescing)."""
-    return max(1, min(int(spark.conf.get("spark.sql.shuffle.partitions")), days * buckets_per_day))
+    return max(1, min(int(str(spark.conf.get("spark.sql.shuffle.partitions"))), days * buckets_per_day))
 
 
 def buckets_per_day(valid_rows: int, days: int) -> int:
