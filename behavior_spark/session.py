@@ -22,6 +22,8 @@ from pyspark.sql import DataFrame, SparkSession
 from behavior_spark.config import SparkSettings
 from behavior_spark.privacy import REDACTED_CONF_NAMES, REDACTED_PLAN_TEXT
 
+log = logging.getLogger(__name__)
+
 DELTA_EXTENSION = "io.delta.sql.DeltaSparkSessionExtension"
 DELTA_CATALOG = "org.apache.spark.sql.delta.catalog.DeltaCatalog"
 JAR_CACHE_ENV = "BEHAVIOR_SPARK_JARS"
@@ -45,14 +47,25 @@ def platform_session(spark: SparkSession, settings: SparkSettings) -> SparkSessi
     """The platform's session with the run-time settings a job relies on: UTC, redaction, and the shuffle partitions
     of `spark.shuffle_partitions` (Spark's 200 are too many for a small cluster and too few for a large one)."""
     spark.conf.set("spark.sql.shuffle.partitions", settings.shuffle_partitions)
-    spark.conf.set(*COMPILED_BY_THE_JVM)
+    set_if_allowed(spark, *COMPILED_BY_THE_JVM)
     return redacting(in_utc(spark))
+
+
+def set_if_allowed(spark: SparkSession, key: str, value: str) -> bool:
+    """Set a SQL setting that only makes the jobs faster; a platform that refuses it (Databricks serverless lets a
+    session set a few) keeps its own, and the jobs run as they would."""
+    try:
+        spark.conf.set(key, value)
+    except Exception as refused:  # noqa: BLE001 - each platform refuses with its own exception
+        log.info("Spark setting %s left as the platform has it: %s", key, str(refused).splitlines()[0])
+        return False
+    return True
 
 
 # Whole-stage code generation fuses a stage's expressions into one Java method; a method over 8,000 bytes of
 # bytecode is never compiled by HotSpot's JIT and runs interpreted. Spark's limit (64 KB, the most a method may
-# hold) let ingest's parse run so: 19.5 s at 4M rows, 10.0 s with the stage split into methods HotSpot compiles (Spark's
-# documentation suggests 8,000 on HotSpot).
+# hold) let ingest's parse run so: 28 s at 4M rows, 15 s with the limit at 8,000, which Spark's documentation
+# suggests on HotSpot (the stage then runs as separate operators, each compiled).
 COMPILED_BY_THE_JVM = ("spark.sql.codegen.hugeMethodLimit", "8000")
 
 
@@ -142,15 +155,15 @@ def materialized(df: DataFrame) -> Iterator[DataFrame]:
 
 @contextlib.contextmanager
 def with_conf(spark: SparkSession, conf: dict[str, str]) -> Iterator[None]:
-    """SQL settings for the plans made inside the block, the session's own restored after it."""
+    """Settings that only make the plans made inside the block faster (`set_if_allowed`), the session's own restored
+    after it."""
     before = {key: str(spark.conf.get(key)) for key in conf}
-    for key, value in conf.items():
-        spark.conf.set(key, value)
+    changed = [key for key, value in conf.items() if set_if_allowed(spark, key, value)]
     try:
         yield
     finally:
-        for key, value in before.items():
-            spark.conf.set(key, value)
+        for key in changed:
+            spark.conf.set(key, before[key])
 
 
 # Rows `materialized` under these settings keep the partitioning they were shuffled to (adaptive plans hide it from

@@ -3,7 +3,8 @@
 A customer's day is closed under everything ingest does (sessions end at midnight; duplicates, replays, corrections
 and re-linked sessions stay within their day), so a summary row is a function of that customer's events of that
 day alone. Ingest therefore replaces only the days a batch touched (late events included): a daily run costs what
-the day brought, and featurize reads summaries instead of every event.
+the day brought, and featurize reads summaries instead of every event. A batch that only appended new days is
+summarised from its own kept rows, where ingest's shuffle left them; a MERGEd batch's days are read back.
 
 A row holds counts by event type and time of day, first, last and last purchase times, revenue, session counts and
 lengths, the day's categories (events in each) and brands (distinct), and the day's last events (as many as a
