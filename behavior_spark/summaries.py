@@ -24,7 +24,7 @@ from __future__ import annotations
 import datetime as dt
 import json
 import logging
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 
 from pyspark.sql import Column, DataFrame, SparkSession, Window
 from pyspark.sql import functions as F
@@ -168,20 +168,46 @@ def roll_up(rows: DataFrame, recent: int) -> DataFrame:
 
 
 def summed_by_category(entries: Column) -> Column:
-    """(category_id, n) entries merged: one per category (a missing category too), its events summed, in category
-    order (the same rows give the same array). Costs entries x distinct categories per customer."""
-    ids = F.array_sort(F.array_distinct(F.transform(entries, lambda c: c["category_id"])))
-    return F.transform(
-        ids,
-        lambda k: F.struct(
-            k.alias("category_id"),
-            F.aggregate(
-                F.filter(entries, lambda c: c["category_id"].eqNullSafe(k)),
-                F.lit(0).cast("long"),
-                lambda total, c: total + c["n"],
-            ).alias("n"),
-        ),
+    """(category_id, n) entries merged: one per category (a missing category too, last), its events summed, in
+    category order (the same rows give the same array). Sorted once, then each run of one category summed."""
+    ordered = F.sort_array(  # a missing category last
+        F.transform(
+            entries,
+            lambda c: F.struct(
+                c["category_id"].isNull().alias("missing"), c["category_id"].alias("category_id"), c["n"].alias("n")
+            ),
+        )
     )
+    return let(ordered, _summed_runs)
+
+
+def _summed_runs(ordered: Column) -> Column:
+    """Entries sorted by category -> one (category_id, n) per run of the same category, its n summed."""
+
+    def first_of_run(c: Column, i: Column) -> Column:  # i counts from 0: the element before c is element i
+        return (i == 0) | ~c["category_id"].eqNullSafe(F.get(ordered, F.greatest(i - 1, F.lit(0)))["category_id"])
+
+    starts = F.filter(F.transform(ordered, lambda c, i: F.when(first_of_run(c, i), i + 1)), lambda s: s.isNotNull())
+
+    def run_total(starts: Column) -> Column:
+        def total(start: Column, k: Column) -> Column:
+            end = F.coalesce(F.get(starts, k + 1), F.size(ordered) + 1)
+            return F.struct(
+                F.element_at(ordered, start)["category_id"].alias("category_id"),
+                F.aggregate(F.slice(ordered, start, end - start), F.lit(0).cast("long"), lambda t, c: t + c["n"]).alias(
+                    "n"
+                ),
+            )
+
+        return F.transform(starts, total)
+
+    return let(starts, run_total)
+
+
+def let(value: Column, body: Callable[[Column], Column]) -> Column:
+    """`body(value)`, computing `value` once: Spark computes an expression used inside a higher-order function's
+    lambda again for every element (a sort inside a lambda over the sorted array is quadratic)."""
+    return F.element_at(F.transform(F.array(value), body), 1)
 
 
 def newest_first(events: Column, keep: int) -> Column:

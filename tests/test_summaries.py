@@ -6,8 +6,11 @@ delivery."""
 import datetime as dt
 import json
 import random
+from collections import Counter
 
 from delta.tables import DeltaTable
+from hypothesis import HealthCheck, given, settings
+from hypothesis import strategies as st
 from pyspark.sql import functions as F
 from pyspark.testing import assertDataFrameEqual
 from test_schedule import land, raw_lines_by_day
@@ -136,6 +139,28 @@ def assert_features_equal_a_fresh_build(spark, settings, result):
         union = union.unionByName(snapshot)
     assert built.count() > 0
     assertDataFrameEqual(built.select(*union.columns), union)
+
+
+CATEGORY_ENTRIES = st.lists(st.tuples(st.sampled_from([None, "1", "10", "2", "a"]), st.integers(1, 5)), max_size=12)
+
+
+@settings(max_examples=30, deadline=None, suppress_health_check=[HealthCheck.function_scoped_fixture])
+@given(customers=st.lists(st.lists(CATEGORY_ENTRIES, min_size=1, max_size=4), min_size=1, max_size=4))
+def test_categories_rolled_up_are_summed_per_category_in_order_missing_last(spark, customers):
+    """Whatever the rows' (category, events) entries, repeated or missing categories included: one entry per
+    category, its events summed, categories in order and a missing one last (`summaries.summed_by_category`)."""
+    rows = [(str(c), entries) for c, days in enumerate(customers) for entries in days]
+    df = spark.createDataFrame(rows, "customer_id string, categories array<struct<category_id:string,n:bigint>>")
+    got = df.groupBy("customer_id").agg(
+        summaries.summed_by_category(F.flatten(F.collect_list("categories"))).alias("c")
+    )
+    for row in got.collect():
+        totals = Counter()
+        for entries in customers[int(row["customer_id"])]:
+            for category, n in entries:
+                totals[category] += n
+        expected = sorted(totals.items(), key=lambda kv: (kv[0] is None, kv[0] or ""))
+        assert [(e["category_id"], e["n"]) for e in row["c"]] == expected
 
 
 def test_changed_days_are_known_only_from_a_complete_history_of_day_replacements():
