@@ -223,10 +223,10 @@ def totals_before(
     """Every customer's summaries before `as_of`, rolled up (`roll_up`): the kept totals plus the days since.
 
     The customer-totals table keeps the summaries rolled up through a date `features.totals_lag_days` (the lag)
-    before the scoring date, or up to twice that: a run rolls up the kept totals with the days after them, so it
-    reads one row per customer and at most twice the lag in days, not the history, and it moves the kept totals
-    forward (writes one row per customer) only when they fall more than twice the lag behind, once every lag days
-    on a daily schedule. The kept totals serve while no day before their date has changed since (`changed_days`);
+    before the scoring date, or up to twice that: a run rolls the kept totals forward with the days after them
+    (`rolled_forward`), so it reads one row per customer and at most twice the lag in days, not the history, and it
+    moves the kept totals forward (writes one row per customer) only when they fall more than twice the lag behind,
+    once every lag days on a daily schedule. The kept totals serve while no day before their date has changed since (`changed_days`);
     late events for an earlier day, a rebuild of the summaries or another definition make them anew from every day.
     Runs on another events version than the summaries table's neither read nor write them. `commits` is the
     summaries table's `commit_log`.
@@ -239,9 +239,9 @@ def totals_before(
     through = kept_totals_date(spark, settings, events_version, as_of, commits)
     if through is None or through < target - lag:
         since = F.col("event_date") >= through if through else F.lit(True)
-        rows = day_rows(days.filter(since & (F.col("event_date") < target)))
+        totals = roll_up(day_rows(days.filter(since & (F.col("event_date") < target))), recent)
         if through is not None:
-            rows = lake.read(spark, settings.lake, lake.CUSTOMER_TOTALS).unionByName(rows)
+            totals = rolled_forward(lake.read(spark, settings.lake, lake.CUSTOMER_TOTALS), totals, recent)
         metadata = {
             "events_version": events_version,
             "recent_per_day": recent,
@@ -249,10 +249,35 @@ def totals_before(
             "rolled_from": through.isoformat() if through else None,  # None: made from every day
         }
         log.info("customer totals through %s: %s", target, f"rolled from {through}" if through else "made anew")
-        lake.overwrite(roll_up(rows, recent), settings.lake, lake.CUSTOMER_TOTALS, userMetadata=json.dumps(metadata))
+        lake.overwrite(totals, settings.lake, lake.CUSTOMER_TOTALS, userMetadata=json.dumps(metadata))
         through = target
-    days_since = day_rows(days.filter((F.col("event_date") >= through) & (F.col("event_date") < as_of)))
-    return roll_up(lake.read(spark, settings.lake, lake.CUSTOMER_TOTALS).unionByName(days_since), recent)
+    days_since = roll_up(
+        day_rows(days.filter((F.col("event_date") >= through) & (F.col("event_date") < as_of))), recent
+    )
+    return rolled_forward(lake.read(spark, settings.lake, lake.CUSTOMER_TOTALS), days_since, recent)
+
+
+def rolled_forward(totals: DataFrame, later: DataFrame, recent: int) -> DataFrame:
+    """Customer totals (`roll_up`) with the totals of later days (`later`: each customer's days there come after
+    all of theirs in `totals`), in the same columns: equal to rolling up all their days. One full outer join, each
+    array merged with at most one other, so the kept totals' arrays are never gathered into lists (the sort-based
+    aggregation that costs most of a roll-up); their recent events stay behind the later ones without a sort."""
+    old, new = totals.alias("old"), later.alias("new")
+
+    def merged(column: str, merge: Callable[[Column, Column], Column]) -> Column:
+        a, b = F.col(f"old.{column}"), F.col(f"new.{column}")
+        return F.when(a.isNull(), b).when(b.isNull(), a).otherwise(merge(a, b)).alias(column)
+
+    return old.join(new, F.col("old.customer_id") == F.col("new.customer_id"), "full").select(
+        F.coalesce(F.col("old.customer_id"), F.col("new.customer_id")).alias("customer_id"),
+        *(merged(c, lambda a, b: a + b) for c in [*COUNTS, "revenue"]),
+        merged("first", F.least),
+        merged("last", F.greatest),
+        merged("last_purchase", F.greatest),
+        merged("categories", lambda a, b: summed_by_category(F.concat(a, b))),
+        merged("brands", lambda a, b: F.array_sort(F.array_distinct(F.concat(a, b)))),
+        merged("recent", lambda a, b: F.slice(F.concat(b, a), 1, recent)),  # newest first: the later days' first
+    )
 
 
 def kept_totals_date(
