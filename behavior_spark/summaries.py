@@ -226,10 +226,10 @@ def totals_before(
     before the scoring date, or up to twice that: a run rolls the kept totals forward with the days after them
     (`rolled_forward`), so it reads one row per customer and at most twice the lag in days, not the history, and it
     moves the kept totals forward (writes one row per customer) only when they fall more than twice the lag behind,
-    once every lag days on a daily schedule. The kept totals serve while no day before their date has changed since (`changed_days`);
-    late events for an earlier day, a rebuild of the summaries or another definition make them anew from every day.
-    Runs on another events version than the summaries table's neither read nor write them. `commits` is the
-    summaries table's `commit_log`.
+    once every lag days on a daily schedule. The kept totals serve while no day before their date has changed since
+    (`changed_days`); late events for an earlier day, a rebuild of the summaries or another definition make them
+    anew from every day. Runs on another events version than the summaries table's neither read nor write them.
+    `commits` is the summaries table's `commit_log`.
     """
     recent = recent_per_day(settings)
     if not reflects(commits[0] if commits else {}, events_version, recent):
