@@ -184,7 +184,7 @@ def summed_by_category(entries: Column) -> Column:
 def _summed_runs(ordered: Column) -> Column:
     """Entries sorted by category -> one (category_id, n) per run of the same category, its n summed."""
 
-    def first_of_run(c: Column, i: Column) -> Column:  # i counts from 0: the element before c is element i
+    def first_of_run(c: Column, i: Column) -> Column:  # i counts from 0, as `F.get` does: c's neighbour is i - 1
         return (i == 0) | ~c["category_id"].eqNullSafe(F.get(ordered, F.greatest(i - 1, F.lit(0)))["category_id"])
 
     starts = F.filter(F.transform(ordered, lambda c, i: F.when(first_of_run(c, i), i + 1)), lambda s: s.isNotNull())
