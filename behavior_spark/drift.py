@@ -32,8 +32,8 @@ WARN_PSI = 0.2
 _SHARE_FLOOR = 1e-4  # an empty bin counts as this share, so the logarithm stays finite
 LIFETIME_FEATURES = frozenset(
     [
-        "tenure_days", "events", "purchases", "revenue", "sessions", "mean_gap_hours", "distinct_categories",
-        "distinct_brands", "category_entropy",
+        "tenure_days", "events", "purchases", "purchase_days", "purchase_span_days", "days_per_purchase_day", "revenue",
+        "sessions", "mean_gap_hours", "distinct_categories", "distinct_brands", "category_entropy",
     ]
 )  # fmt: skip
 

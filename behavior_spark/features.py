@@ -58,6 +58,10 @@ def numeric_feature_names() -> list[str]:
         "tenure_days",
         "events",
         "purchases",
+        "purchase_days",
+        "purchase_span_days",
+        "days_per_purchase_day",
+        "purchase_overdue",
         "revenue",
         "avg_order_value",
         *windowed,
@@ -272,6 +276,7 @@ def activity(cutoff: dt.date) -> list[Column]:
         days_before("last").alias("days_since_last_event"),
         F.coalesce(days_before("last_purchase"), F.lit(NO_PURCHASE_DAYS)).alias("days_since_last_purchase"),
         days_before("first").alias("tenure_days"),
+        *purchase_rhythm(cutoff),
         (revenue / F.greatest(F.col("n_purchase"), F.lit(1))).alias("avg_order_value"),
         (F.col("n_cart") / F.greatest(F.col("n_view"), F.lit(1))).alias("view_to_cart"),
         (F.col("n_purchase") / F.greatest(F.col("n_cart"), F.lit(1))).alias("cart_to_purchase"),
@@ -287,6 +292,27 @@ def activity(cutoff: dt.date) -> list[Column]:
         (F.col("n") / F.col("sessions")).alias("events_per_session"),
         (F.col("session_seconds") / 60.0 / F.col("sessions")).alias("avg_session_minutes"),
         (F.col("purchase_sessions") / F.col("sessions")).alias("purchase_session_share"),
+    ]
+
+
+def purchase_rhythm(cutoff: dt.date) -> list[Column]:
+    """How often a customer buys, in days with a purchase (a basket of many lines, or many baskets a day, is one;
+    what BG/NBD and the value labels count): the purchase days, first to last of them (BG/NBD's t_x), days a
+    purchase day since the first (BG/NBD's T over x + 1), and the days since the last against the usual gap between
+    them (1 = due now). All 0 for a customer without a purchase."""
+    bought = F.col("purchase_days") > 0
+    first, last = F.col("first_purchase_day"), F.to_date("last_purchase")
+    span = F.datediff(last, first)
+    usual_gap = F.greatest(span / F.greatest(F.col("purchase_days") - 1, F.lit(1)), F.lit(1.0))
+
+    def rhythm(value: Column) -> Column:
+        return F.when(bought, value).otherwise(F.lit(0.0))
+
+    return [
+        F.col("purchase_days"),
+        rhythm(span).alias("purchase_span_days"),
+        rhythm(F.datediff(F.lit(cutoff), first) / F.col("purchase_days")).alias("days_per_purchase_day"),
+        rhythm(F.datediff(F.lit(cutoff), last) / usual_gap).alias("purchase_overdue"),
     ]
 
 

@@ -48,8 +48,19 @@ COUNTS = [
     "sessions",
     "session_seconds",
     "purchase_sessions",
+    "purchase_days",
 ]
-TOTAL_COLUMNS = [*COUNTS, "first", "last", "last_purchase", "revenue", "categories", "brands", "recent"]
+TOTAL_COLUMNS = [
+    *COUNTS,
+    "first",
+    "last",
+    "last_purchase",
+    "first_purchase_day",
+    "revenue",
+    "categories",
+    "brands",
+    "recent",
+]
 
 
 def recent_per_day(settings: Settings) -> int:
@@ -136,12 +147,18 @@ def latest_first(partition: list[str]) -> WindowSpec:
 
 
 def day_rows(days: DataFrame) -> DataFrame:
-    """Customer-day summaries in the columns of customer totals (`roll_up`): their weekend events counted, the day
-    dropped."""
+    """Customer-day summaries in the columns of customer totals (`roll_up`): their weekend events counted, a day
+    with a purchase counted as a purchase day (what BG/NBD and the value labels count: a basket of many lines is
+    one) and its date kept as the first purchase day, the day dropped."""
     weekend = F.dayofweek("event_date").isin(1, 7)
-    return days.withColumn("n_weekend", F.when(weekend, F.col("n")).otherwise(F.lit(0)).cast("long")).select(
-        "customer_id", *TOTAL_COLUMNS
-    )
+    bought = F.col("n_purchase") > 0
+    return days.withColumns(
+        {
+            "n_weekend": F.when(weekend, F.col("n")).otherwise(F.lit(0)).cast("long"),
+            "purchase_days": F.when(bought, F.lit(1)).otherwise(F.lit(0)).cast("long"),
+            "first_purchase_day": F.when(bought, F.col("event_date")),
+        }
+    ).select("customer_id", *TOTAL_COLUMNS)
 
 
 def roll_up(rows: DataFrame, recent: int) -> DataFrame:
@@ -158,6 +175,7 @@ def roll_up(rows: DataFrame, recent: int) -> DataFrame:
             F.min("first").alias("first"),
             F.max("last").alias("last"),
             F.max("last_purchase").alias("last_purchase"),
+            F.min("first_purchase_day").alias("first_purchase_day"),
             F.sum("revenue").alias("revenue"),
             summed_by_category(F.flatten(F.collect_list("categories"))).alias("categories"),
             F.array_sort(F.array_distinct(F.flatten(F.collect_list("brands")))).alias("brands"),
@@ -245,6 +263,7 @@ def totals_before(
         metadata = {
             "events_version": events_version,
             "recent_per_day": recent,
+            "columns": TOTAL_COLUMNS,
             "through": target.isoformat(),
             "rolled_from": through.isoformat() if through else None,  # None: made from every day
         }
@@ -274,6 +293,7 @@ def rolled_forward(totals: DataFrame, later: DataFrame, recent: int) -> DataFram
         merged("first", F.least),
         merged("last", F.greatest),
         merged("last_purchase", F.greatest),
+        merged("first_purchase_day", F.least),
         merged("categories", lambda a, b: summed_by_category(F.concat(a, b))),
         merged("brands", lambda a, b: F.array_sort(F.array_distinct(F.concat(a, b)))),
         merged("recent", lambda a, b: F.slice(F.concat(b, a), 1, recent)),  # newest first: the later days' first
@@ -284,11 +304,14 @@ def kept_totals_date(
     spark: SparkSession, settings: Settings, events_version: int, as_of: dt.date, commits: list[dict]
 ) -> dt.date | None:
     """The date the kept customer totals reach (they hold every day before it), when they can serve a run on
-    `events_version` as of `as_of`: kept with as many recent events a day, not after `as_of`, and no day before
-    their date changed since (in the summaries' `commits`). None otherwise."""
+    `events_version` as of `as_of`: kept in today's columns with as many recent events a day, not after `as_of`, and
+    no day before their date changed since (in the summaries' `commits`). None otherwise."""
     newest = lake.commits(spark, lake.path(settings.lake, lake.CUSTOMER_TOTALS), 1)
     kept = json.loads(newest[0]["userMetadata"] or "{}") if newest else {}
-    if "through" not in kept or kept["recent_per_day"] != recent_per_day(settings):
+    if "through" not in kept or (kept["recent_per_day"], kept.get("columns")) != (
+        recent_per_day(settings),
+        TOTAL_COLUMNS,
+    ):
         return None
     through = dt.date.fromisoformat(kept["through"])
     changed = changed_days(commits, kept["events_version"], events_version)

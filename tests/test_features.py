@@ -4,6 +4,8 @@ import datetime as dt
 import math
 
 import pytest
+from hypothesis import HealthCheck, given, settings
+from hypothesis import strategies as st
 from pyspark.sql import functions as F
 from pyspark.testing import assertDataFrameEqual
 
@@ -75,6 +77,35 @@ def test_nothing_after_the_cutoff_reaches_the_features(spark):
     assert a["days_since_last_event"] == pytest.approx(2.0)
     assert (b["purchases"], b["revenue"], b["label"]) == (1, 20.0, 0)
     assert list(a["seq_event_type"][-2:]) == [0, 1]
+
+
+def rhythm(purchase_days: list[dt.date]) -> tuple[int, int, float, float]:
+    """A customer's purchase rhythm as `features.purchase_rhythm` defines it, counted in Python."""
+    if not purchase_days:
+        return 0, 0, 0.0, 0.0
+    first, last, n = min(purchase_days), max(purchase_days), len(purchase_days)
+    span = (last - first).days
+    usual_gap = max(span / max(n - 1, 1), 1.0)
+    return n, span, (CUTOFF - first).days / n, (CUTOFF - last).days / usual_gap
+
+
+@settings(max_examples=20, deadline=None, suppress_health_check=[HealthCheck.function_scoped_fixture])
+@given(
+    lines=st.lists(
+        st.tuples(st.sampled_from("abc"), st.integers(1, 24 * 120), st.sampled_from(["view", "purchase"])),
+        min_size=1,
+        max_size=25,
+    )
+)
+def test_purchase_rhythm_counts_days_with_a_purchase_as_python_does(spark, lines):
+    """Many lines or baskets a day are one purchase day; days with views only are none."""
+    got = build(spark, [(customer, hours, kind, 1, 5.0) for customer, hours, kind in lines])
+    for customer, row in got.items():
+        bought = {(MIDNIGHT - dt.timedelta(hours=h)).date() for c, h, k in lines if c == customer and k == "purchase"}
+        n, span, per_day, overdue = rhythm(sorted(bought))
+        assert (row["purchase_days"], row["purchase_span_days"]) == (n, span)
+        assert row["days_per_purchase_day"] == pytest.approx(per_day)
+        assert row["purchase_overdue"] == pytest.approx(overdue)
 
 
 def test_customers_without_history_are_counted(spark):

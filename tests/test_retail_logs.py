@@ -9,6 +9,7 @@ written, and says why.
 from __future__ import annotations
 
 import csv
+import datetime as dt
 import hashlib
 import hmac
 import shutil
@@ -25,7 +26,7 @@ from hypothesis import strategies as st
 from pyspark.sql import functions as F
 from test_ingest import SOURCES, events, ingest_files, reasons, rees46, settings_for, view, write_files
 
-from behavior_spark import ingest, lake, summaries
+from behavior_spark import features, ingest, lake, summaries
 
 DATA = Path(__file__).resolve().parent / "data"
 CACHE = Path(__file__).resolve().parents[1] / ".cache" / "data"
@@ -139,6 +140,28 @@ def test_every_grocery_line_is_an_event_or_quarantined_as_counted_by_pyarrow(spa
     revenue = lake.read(spark, settings.lake, lake.CUSTOMER_DAYS).agg(F.sum("revenue")).first()[0]
     assert revenue == pytest.approx(pc.sum(kept["sales_value"]).as_py(), rel=1e-9)
     assert table_events.select("order_id").distinct().count() == len(pc.unique(kept["basket_id"]))
+
+
+@pytest.mark.large
+def test_grocery_purchase_days_and_their_span_are_as_counted_by_pyarrow(spark, complete_journey):
+    """A household's basket of many lines, or two baskets a day, is one purchase day (what BG/NBD counts); the
+    features of a snapshot built from the summaries ingest kept agree with pyarrow's count of the raw file."""
+    _, settings = complete_journey
+    cutoff = dt.date(2017, 11, 6)
+    table = pq.read_table(COMPLETE_JOURNEY)
+    kept = table.filter(pc.and_(pc.not_equal(table["quantity"], 0), pc.less(table["transaction_timestamp"], cutoff)))
+    days = kept.append_column("day", pc.cast(kept["transaction_timestamp"], "date32"))
+    per_day = days.group_by(["household_id", "day"]).aggregate([])
+    expected = {
+        pseudonym(str(r["household_id"])): (r["day_count"], (r["day_max"] - r["day_min"]).days)
+        for r in per_day.group_by("household_id")
+        .aggregate([("day", "count"), ("day", "min"), ("day", "max")])
+        .to_pylist()
+    }
+    summaries_kept = lake.read(spark, settings.lake, lake.CUSTOMER_DAYS)
+    snapshot = features.build_features(summaries_kept, cutoff, settings.features, scoring=True)
+    got = {r[0]: (r[1], r[2]) for r in snapshot.select("customer_id", "purchase_days", "purchase_span_days").collect()}
+    assert got == {c: (float(n), float(span)) for c, (n, span) in expected.items()}
 
 
 # --- guard rails --------------------------------------------------------------------------------------------------
