@@ -1,9 +1,11 @@
 """Is the network ever the worse choice, on generated and real logs? `make bench ARGS="ceiling --sizes 4000000"`.
 
-For each log and cutoff (`CASES`: generated data of each size at the built-in 30-day window; CDNOW at two cutoffs;
-The Complete Journey at two cutoffs), the pipeline ingests the log once, builds one labelled snapshot at the
-cutoff, and trains the network twice on it, once per numeric encoding (`train.numeric_encoding`: raw standardised
-inputs; piecewise-linear embeddings of their quantile bins). Then every learner scores the same test customers:
+For each log and cutoff (`cases`: generated data of each size at the built-in 30-day window; CDNOW at two cutoffs;
+The Complete Journey at two cutoffs), the pipeline ingests the log once, builds `SNAPSHOTS` labelled snapshots
+`STEP_DAYS` apart ending at the cutoff (as a daily run does: `features.cutoffs`), and trains the network twice on
+them, once per numeric encoding (`train.numeric_encoding`: raw standardised inputs; piecewise-linear embeddings of
+their quantile bins). Every learner trains on the same snapshots; then every learner scores the same test customers
+at the case's cutoff (the latest snapshot):
 - logistic regression and gradient-boosted trees (30 trees of depth 5), the evaluation's baselines;
 - stronger boosted trees (200 trees of depth 4, step 0.05, each tree on 80% of the rows);
 - BG/NBD's expected purchase days in the window, fitted on the training customers, for the test customers who
@@ -38,6 +40,7 @@ COMPLETE_JOURNEY = Path(__file__).resolve().parents[1] / ".cache" / "data" / "co
 LOGS = ("generated", "cdnow", "completejourney")
 ENCODINGS = {"raw": "network", "piecewise_linear": "network, embedded"}
 LEARNERS = ["logistic regression", "GBT 30x5", "GBT 200x4", "BG/NBD"]
+SNAPSHOTS, STEP_DAYS = 4, 28  # training snapshots per case, four weeks apart: a small log's customers seen four times
 
 
 @dataclasses.dataclass(frozen=True)
@@ -121,7 +124,11 @@ def log_settings(log: str, folder: Path, size: int, *extra: str) -> Settings:
 
 def measure(spark, log: str, size: int, case: Case, folder: Path) -> tuple[str, str]:
     """Featurize at the case's cutoff, train a network per encoding, score every learner: a row of each table."""
-    snapshot = [f"features.label_window_days={case.window}", "features.cutoffs=1"]
+    snapshot = [
+        f"features.label_window_days={case.window}",
+        f"features.cutoffs={SNAPSHOTS}",
+        f"features.cutoff_step_days={STEP_DAYS}",
+    ]
     snapshot += [f"features.cutoff={case.cutoff}"] if case.cutoff else []
     settings = log_settings(log, folder, size, *snapshot)
     pipeline.run_stage("featurize", spark, settings)
@@ -135,7 +142,7 @@ def measure(spark, log: str, size: int, case: Case, folder: Path) -> tuple[str, 
         networks[name] = (model_artifact.load_metadata(model_dir), model_dir)
     first = next(iter(networks.values()))[0]
     table = lake.read(spark, settings.lake, lake.FEATURES, version=first.features_version)
-    scored, test_rows, train_rows = scored_test_rows(spark, settings, table, first, networks)
+    scored, forecasts, test_rows, train_rows = scored_test_rows(spark, settings, table, first, networks)
     auc = {name: evaluate.binary_metrics(df, 0.5, probabilities=False)[0]["roc_auc"] for name, df in scored.items()}
     full = [name for name in LEARNERS if name in scored and scored[name].count() == test_rows]
     strongest = max(full, key=auc.get)
@@ -158,21 +165,25 @@ def measure(spark, log: str, size: int, case: Case, folder: Path) -> tuple[str, 
         + " | ".join(_difference(d) for d in differences)
         + " |"
     )
-    for df in scored.values():
-        df.unpersist()
-    return ranking, value_row(case.log, cutoff_label, bg_rows, networks)
+    value = value_row(case.log, cutoff_label, bg_rows, scored, forecasts)
+    for df in [*scored.values(), forecasts]:
+        if df is not None:
+            df.unpersist()
+    return ranking, value
 
 
 def scored_test_rows(
     spark, settings: Settings, table: DataFrame, metadata: ModelMetadata, networks: dict[str, tuple[ModelMetadata, str]]
-) -> tuple[dict[str, DataFrame], int, int]:
-    """(learner -> (key, label, score) on the test split, test rows, train rows)."""
+) -> tuple[dict[str, DataFrame], DataFrame | None, int, int]:
+    """(learner -> (key, label, score, value labels and forecasts) on the test split at the latest cutoff, BG/NBD +
+    Gamma-Gamma's forecasts there, test rows, train rows)."""
     seed = settings.train.seed
     inputs = table.transform(features.model_inputs, metadata.normalisation).withColumn(
         "label", F.col("label").cast("double")
     )
-    train, test = (inputs.filter(F.col("split") == name) for name in ("train", "test"))
-    keep = [*evaluate.KEY, "label"]
+    latest = F.col("cutoff_date") == F.lit(max(metadata.features_run["cutoffs"])).cast("date")
+    train, test = inputs.filter(F.col("split") == "train"), inputs.filter((F.col("split") == "test") & latest)
+    keep = [*evaluate.KEY, "label", *features.VALUE_LABELS]
     baselines = evaluate.mllib_baselines(seed)
     fits = {
         "logistic regression": baselines["logistic_regression"],
@@ -182,24 +193,26 @@ def scored_test_rows(
     scored = {name: evaluate.mllib_scores(fit, train, test) for name, fit in fits.items()}
     for name, (network, model_dir) in networks.items():
         predicted = predictions(test, network, model_dir, settings.score.batch_size, keep=keep)
-        scored[name] = predicted.select(*keep, F.col("propensity").cast("double").alias("score"))
+        value = [F.col(c).cast("double").alias(c) for c in ("expected_purchases", "expected_revenue")]
+        scored[name] = predicted.select(*keep, F.col("propensity").cast("double").alias("score"), *value)
     days = summaries.for_events(spark, settings, metadata.events_version)
     purchase_days = days.filter(F.col("n_purchase") > 0).select("customer_id", "event_date", "revenue")
     window = settings.features.label_window_days
     forecasts = evaluate.btyd_forecasts(purchase_days, train, test, window, seed)
     if forecasts is not None:
+        forecasts = forecasts.cache()
         scored["BG/NBD"] = forecasts.select(*keep, F.col("expected_purchases").alias("score"))
     scored = {name: df.cache() for name, df in scored.items()}
-    return scored, scored["network"].count(), train.count()
+    return scored, forecasts, scored["network"].count(), train.count()
 
 
-def value_row(log: str, cutoff: str, customers: int, networks: dict[str, tuple[ModelMetadata, str]]) -> str:
-    """Each network's value heads against BG/NBD + Gamma-Gamma on the same customers (the evaluation's numbers)."""
-    value = [metadata.value_metrics for metadata, _ in networks.values()]
-    classic = value[0].get("bg_nbd_gamma_gamma_purchasers")
-    if classic is None:
+def value_row(log: str, cutoff: str, customers: int, scored: dict[str, DataFrame], forecasts: DataFrame | None) -> str:
+    """Each network's value heads against BG/NBD + Gamma-Gamma on the same test customers (`evaluate.customer_value`,
+    the customers who bought before the cutoff)."""
+    if forecasts is None:
         return f"| {log} | {cutoff} | 0 | - | - | - |"
-    rows = [*(v["model_purchasers"] for v in value), classic]
+    value = {name: evaluate.customer_value(scored[name], forecasts) for name in ENCODINGS.values()}
+    rows = [*(v["model_purchasers"] for v in value.values()), value["network"]["bg_nbd_gamma_gamma_purchasers"]]
 
     def cells(metric: str, percent: bool = False) -> str:
         numbers = [r[metric] for r in rows]
