@@ -98,6 +98,15 @@ def test_summaries_kept_by_ingest_equal_the_summaries_of_all_events(spark, tmp_p
     assert kept_with_rows, "no delivery kept a training snapshot with rows: the incremental path did not run"
     assert result.kept_cutoffs != result.cutoffs  # the last delivery's late lines reach one label window
 
+    # kept totals of an earlier release (other columns: its commit does not list them) are made anew, not read
+    kept = json.loads(totals.orderBy(F.desc("version")).first()["userMetadata"])
+    earlier = json.dumps({k: v for k, v in kept.items() if k != "columns"})
+    old_totals = lake.read(spark, settings.lake, lake.CUSTOMER_TOTALS).drop("purchase_days", "first_purchase_day")
+    lake.overwrite(old_totals.localCheckpoint(), settings.lake, lake.CUSTOMER_TOTALS, userMetadata=earlier)
+    assert_features_equal_a_fresh_build(spark, later, features.run(spark, later))
+    newest = lake.commits(spark, lake.path(settings.lake, lake.CUSTOMER_TOTALS), 1)[0]
+    assert json.loads(newest["userMetadata"])["rolled_from"] is None
+
 
 def test_days_appended_in_order_are_summarised_where_ingest_shuffled_them(spark, tmp_path, pseudonym_key):
     """Deliveries of whole new days (no late lines: the batches append, nothing is MERGEd): each batch's summaries
