@@ -60,6 +60,17 @@ def purchase_triples(purchase_days: DataFrame, customers: DataFrame) -> DataFram
     )
 
 
+def feature_triples(features: DataFrame) -> DataFrame:
+    """(x, t_x, T) of each row of a features table with a purchase before its cutoff, from its purchase rhythm
+    (`features.purchase_rhythm`): the same triples `purchase_triples` counts from the purchase days."""
+    days = F.col("purchase_days").cast("double")
+    return features.filter(days > 0).select(
+        (days - 1).alias("x"),
+        (F.col("purchase_span_days") / DAYS_PER_UNIT).alias("t_x"),
+        (F.col("days_per_purchase_day") * days / DAYS_PER_UNIT).alias("T"),
+    )
+
+
 def grouped(triples: DataFrame) -> pd.DataFrame:
     """The distinct (x, t_x, T) with their customer counts `n`: what the driver fits on."""
     return triples.groupBy(*TRIPLE).agg(F.count(F.lit(1)).cast("double").alias("n")).toPandas()

@@ -109,6 +109,8 @@ class TrainSettings(Section):
     learning_rate: Annotated[float, Field(gt=0)] = 0.001  # per process; scaled by the processes, one epoch of warm-up
     # How numeric inputs enter the network: standardised as they are, or each embedded from its quantile bins
     numeric_encoding: Literal["raw", "piecewise_linear"] = "raw"
+    # BG/NBD fitted on the training split gives the network three more inputs: P(alive), the rate, its forecast
+    bg_nbd_inputs: bool = True
     seed: int = 7
     class_weight: Literal["balanced", "none"] = "balanced"  # how the rare positive label is weighted in the loss
     patience: Positive = 3  # early stopping: epochs without a better validation loss

@@ -35,10 +35,12 @@ def build_model(
     category_buckets: int,
     gap_buckets: int,
     numeric_edges: list[list[float]] | None = None,
+    bg_nbd: dict | None = None,
 ) -> tf.keras.Model:
     """numeric -> 128 -> 64; sequence embeddings -> 2 x Conv1D(64, 3) -> max pool; concat -> 64 -> the three heads.
     With `numeric_edges` (bin edges per numeric input, `features.bin_edges`), each numeric input enters the tower
-    embedded (`PiecewiseLinearEmbedding`) rather than raw."""
+    embedded (`PiecewiseLinearEmbedding`) rather than raw. With `bg_nbd` (`BgNbdView`'s configuration), BG/NBD's view
+    of each customer enters the tower beside them."""
     layers = tf.keras.layers
     numeric = layers.Input((numeric_dim,), name="numeric", dtype="float32")
     numeric_in = numeric
@@ -46,6 +48,8 @@ def build_model(
         numeric_in = layers.Flatten(name="numeric_flat")(
             PiecewiseLinearEmbedding(numeric_edges, name="numeric_ple")(numeric)
         )
+    if bg_nbd is not None:
+        numeric_in = layers.Concatenate(name="numeric_and_bg_nbd")([numeric_in, BgNbdView(**bg_nbd)(numeric)])
     seq_inputs = {
         name: layers.Input((sequence_length,), name=name, dtype="int32")
         for name in ("seq_event_type", "seq_category", "seq_gap_bucket")
@@ -107,6 +111,57 @@ class PiecewiseLinearEmbedding(tf.keras.layers.Layer):
 
     def get_config(self) -> dict:
         return {**super().get_config(), "edges": self.edges, "width": self.width}
+
+
+@tf.keras.utils.register_keras_serializable(package="behavior_spark")
+class BgNbdView(tf.keras.layers.Layer):
+    """BG/NBD's view of each customer (`btyd`: fitted on the training split, no weights learned here) as three more
+    inputs: the probability that the customer is still alive, the log of their purchase rate if alive ((r + x) /
+    (alpha + T) purchase days a week), and the log1p of the purchase days that rate and probability give in the label
+    window. Customers without a purchase get zeros (the purchase days say which they are).
+
+    x, t_x and T are read back from the standardised log1p inputs `purchase_days`, `purchase_span_days` and
+    `days_per_purchase_day` (`columns`: name -> [index, mean, standard deviation]), so the scoring stage and the
+    reasons feed the model as they always have, and a saved model carries the fit in its configuration.
+    """
+
+    def __init__(self, params: dict[str, float], columns: dict[str, list[float]], window_weeks: float, **kwargs):
+        kwargs.setdefault("name", "bg_nbd")
+        kwargs.setdefault("trainable", False)
+        super().__init__(**kwargs)
+        self.params = {k: float(v) for k, v in params.items()}
+        self.columns = {k: [float(v) for v in c] for k, c in columns.items()}
+        self.window_weeks = float(window_weeks)
+
+    def _raw(self, inputs: tf.Tensor, name: str) -> tf.Tensor:
+        index, mean, std = self.columns[name]
+        return tf.math.expm1(inputs[:, int(index)] * (std if std > 1e-9 else 1.0) + mean)
+
+    def call(self, inputs: tf.Tensor) -> tf.Tensor:
+        r, alpha, a, b = (self.params[k] for k in ("r", "alpha", "a", "b"))
+        days = tf.maximum(self._raw(inputs, "purchase_days"), 0.0)
+        bought = days > 0.5
+        x = tf.maximum(days - 1.0, 0.0)  # repeat purchase days
+        t_x = tf.maximum(self._raw(inputs, "purchase_span_days"), 0.0) / 7.0
+        T = tf.maximum(self._raw(inputs, "days_per_purchase_day") * days / 7.0, t_x)
+        log_odds = (
+            math.log(a)
+            - tf.math.log(b + tf.maximum(x - 1.0, 0.0))
+            + (r + x) * (tf.math.log(alpha + T) - tf.math.log(alpha + t_x))
+        )
+        p_alive = tf.where(x > 0.5, tf.sigmoid(-tf.clip_by_value(log_odds, -30.0, 30.0)), 1.0)
+        log_rate = tf.math.log((r + x) / (alpha + T))
+        expected = tf.math.log1p(p_alive * tf.exp(log_rate) * self.window_weeks)
+        zero = tf.zeros_like(days)
+        return tf.stack([tf.where(bought, v, zero) for v in (p_alive, log_rate, expected)], axis=1)
+
+    def get_config(self) -> dict:
+        return {
+            **super().get_config(),
+            "params": self.params,
+            "columns": self.columns,
+            "window_weeks": self.window_weeks,
+        }
 
 
 def ziln_loss(labels: tf.Tensor, outputs: tf.Tensor) -> tf.Tensor:

@@ -80,13 +80,14 @@ def run_tags(metadata: ModelMetadata) -> dict[str, str]:
 
 def run_params(metadata: ModelMetadata) -> dict[str, str | int | float]:
     """What a run can be reproduced from: the training spec and the features it read (label, cutoffs, versions)."""
-    left_out = ("checkpoint_dir", "class_weight", "numeric_edges")  # edges: in the model's layer, too long a param
+    left_out = ("checkpoint_dir", "class_weight", "numeric_edges", "bg_nbd")  # in the model's layers, too long
     training = {k: v for k, v in metadata.training.items() if k not in left_out}
     data = metadata.features_run
     return {
         **{f"train.{k}": v for k, v in training.items()},
         "train.class_weight": json.dumps(metadata.training["class_weight"]),
         "train.numeric_encoding": "piecewise_linear" if metadata.training.get("numeric_edges") else "raw",
+        "train.bg_nbd_inputs": json.dumps((metadata.training.get("bg_nbd") or {}).get("params")),
         "train.num_proc": metadata.num_proc,
         "features.cutoffs": ",".join(data["cutoffs"]),
         "features.label_event": data["label_event"],

@@ -26,6 +26,7 @@ from pyspark.sql import functions as F
 
 from behavior_spark import (
     artifacts,
+    btyd,
     champion,
     evaluate,
     features,
@@ -71,6 +72,7 @@ class TrainingSpec:
     reader_threads: int
     checkpoint_dir: str
     numeric_edges: list[list[float]] | None = None  # the piecewise-linear encoding's bins; None: raw inputs
+    bg_nbd: dict | None = None  # BG/NBD fitted on the training split, the network's `model.BgNbdView`; None: off
     initial_epoch: int = 0
     initial_model: bytes | None = dataclasses.field(default=None, repr=False)
 
@@ -98,7 +100,8 @@ def run(spark: SparkSession, settings: Settings) -> TrainResult:
     inputs = training_inputs(table, stats, revenue_scale)
     counts = {(r["split"], r["label"]): r["count"] for r in table.groupBy("split", "label").count().collect()}  # 6
     edges = numeric_edges(table, stats, cfg.numeric_encoding)
-    spec = training_spec(settings, counts, reader_threads(spark, cfg.reader_threads), edges)
+    bg_nbd = bg_nbd_view(table, stats, settings.features.label_window_days) if cfg.bg_nbd_inputs else None
+    spec = training_spec(settings, counts, reader_threads(spark, cfg.reader_threads), edges, bg_nbd)
     log.info(
         "training on %d rows (validation %d), %d processes, class weights %s%s",
         spec.train_rows,
@@ -200,8 +203,25 @@ def numeric_edges(table: DataFrame, stats: dict[str, tuple[float, float]], encod
     return features.bin_edges(train, stats, PIECEWISE_BINS) if encoding == "piecewise_linear" else None
 
 
+def bg_nbd_view(table: DataFrame, stats: dict[str, tuple[float, float]], window_days: int) -> dict | None:
+    """BG/NBD fitted on the training split's purchase rhythm (Spark reduces it to its distinct triples), as the
+    configuration of the network's `model.BgNbdView`; None where no training customer has bought."""
+    counts = btyd.grouped(btyd.feature_triples(table.filter(F.col("split") == "train")))
+    if counts.empty:
+        return None
+    params = btyd.fit(counts)
+    log.info("BG/NBD on the training split's %d buyers: %s", int(counts["n"].sum()), params)
+    names = features.numeric_feature_names()
+    columns = {n: [names.index(n), *stats[n]] for n in ("purchase_days", "purchase_span_days", "days_per_purchase_day")}
+    return {"params": dataclasses.asdict(params), "columns": columns, "window_weeks": window_days / btyd.DAYS_PER_UNIT}
+
+
 def training_spec(
-    settings: Settings, counts: dict[tuple[str, int], int], threads: int, edges: list[list[float]] | None = None
+    settings: Settings,
+    counts: dict[tuple[str, int], int],
+    threads: int,
+    edges: list[list[float]] | None = None,
+    bg_nbd: dict | None = None,
 ) -> TrainingSpec:
     """The worker's settings, with class weights from the training split's label counts and the resume point."""
     cfg = settings.train
@@ -236,6 +256,7 @@ def training_spec(
         reader_threads=threads,
         checkpoint_dir=checkpoint_dir,
         numeric_edges=edges,
+        bg_nbd=bg_nbd,
         initial_epoch=initial_epoch,
         initial_model=initial_model,
     )
@@ -381,6 +402,7 @@ def compiled_model(spec: TrainingSpec, hvd, tf):
         spec.category_buckets,
         GAP_BUCKETS,
         spec.numeric_edges,
+        spec.bg_nbd,
     )
     if spec.initial_model is not None:
         with tempfile.NamedTemporaryFile(suffix=".h5") as saved:

@@ -3,8 +3,8 @@
 For each log and cutoff (`cases`: generated data of each size at the built-in 30-day window; CDNOW at two cutoffs;
 The Complete Journey at two cutoffs), the pipeline ingests the log once, builds `SNAPSHOTS` labelled snapshots
 `STEP_DAYS` apart ending at the cutoff (as a daily run does: `features.cutoffs`), and trains the network twice on
-them, once per numeric encoding (`train.numeric_encoding`: raw standardised inputs; piecewise-linear embeddings of
-their quantile bins). Every learner trains on the same snapshots; then every learner scores the same test customers
+them (`VARIANTS`: as the product does, with BG/NBD's view of each customer among its inputs, `train.bg_nbd_inputs`;
+and without it). Every learner trains on the same snapshots; then every learner scores the same test customers
 at the case's cutoff (the latest snapshot):
 - logistic regression and gradient-boosted trees (30 trees of depth 5), the evaluation's baselines;
 - stronger boosted trees (200 trees of depth 4, step 0.05, each tree on 80% of the rows);
@@ -12,7 +12,7 @@ at the case's cutoff (the latest snapshot):
   bought before the cutoff (every customer of a purchase log; on generated data only those);
 - the two networks.
 The strongest learner is the one with the highest test ROC-AUC among those that score every test customer; each
-network is compared with it, and the embedded network with the raw one, by the ROC-AUC difference with its 95%
+network is compared with it, and the two networks with each other, by the ROC-AUC difference with its 95%
 paired-bootstrap interval (`evaluate.auc_difference`). A second table: customer value on the test customers who
 bought before (each network's expected purchase days and revenue against BG/NBD + Gamma-Gamma's, Spearman's rank
 correlation and the error of the summed forecast, `evaluate.customer_value`, net of returns where the log has them).
@@ -38,7 +38,9 @@ from bench.models import SOURCES, cdnow_log
 
 COMPLETE_JOURNEY = Path(__file__).resolve().parents[1] / ".cache" / "data" / "completejourney" / "transactions.parquet"
 LOGS = ("generated", "cdnow", "completejourney")
-ENCODINGS = {"raw": "network", "piecewise_linear": "network, embedded"}
+# The networks compared, by name: the settings each is trained with.
+VARIANTS = {"network": [], "without BG/NBD inputs": ["train.bg_nbd_inputs=false"]}
+OTHER = "without BG/NBD inputs"
 LEARNERS = ["logistic regression", "GBT 30x5", "GBT 200x4", "BG/NBD"]
 SNAPSHOTS, STEP_DAYS = 4, 28  # training snapshots per case, four weeks apart: a small log's customers seen four times
 
@@ -62,12 +64,12 @@ def main(sizes: list[int], workdir: Path, logs: tuple[str, ...] = LOGS) -> str:
     ranking = [
         "| log | cutoff | window | train / test | "
         + " | ".join(LEARNERS)
-        + " | network | embedded | network - strongest | embedded - strongest | embedded - network |",
+        + f" | network | {OTHER} | network - strongest | {OTHER} - strongest | network - {OTHER} |",
         "|---|---|---:|---:|" + "---:|" * (len(LEARNERS) + 2) + "---|---|---|",
     ]
     value = [
-        "| log | cutoff | customers | purchases Spearman: network / embedded / BG/NBD | revenue Spearman: network / "
-        "embedded / BG/NBD + GG | revenue total error: network / embedded / BG/NBD + GG |",
+        f"| log | cutoff | customers | purchases Spearman: network / {OTHER} / BG/NBD | revenue Spearman: network / "
+        f"{OTHER} / BG/NBD + GG | revenue total error: network / {OTHER} / BG/NBD + GG |",
         "|---|---|---:|---|---|---|",
     ]
     for log in logs:
@@ -133,11 +135,9 @@ def measure(spark, log: str, size: int, case: Case, folder: Path) -> tuple[str, 
     settings = log_settings(log, folder, size, *snapshot)
     pipeline.run_stage("featurize", spark, settings)
     networks: dict[str, tuple[ModelMetadata, str]] = {}
-    for encoding, name in ENCODINGS.items():
-        model_dir = str(folder / "models" / f"{case.log}-{case.cutoff}-{encoding}".replace(" ", "_"))
-        trained = log_settings(
-            log, folder, size, *snapshot, f"train.model_dir={model_dir}", f"train.numeric_encoding={encoding}"
-        )
+    for index, (name, variant) in enumerate(VARIANTS.items()):
+        model_dir = str(folder / "models" / f"{case.log}-{case.cutoff}-{index}".replace(" ", "_"))
+        trained = log_settings(log, folder, size, *snapshot, f"train.model_dir={model_dir}", *variant)
         pipeline.run_stage("train", spark, trained)
         networks[name] = (model_artifact.load_metadata(model_dir), model_dir)
     first = next(iter(networks.values()))[0]
@@ -149,10 +149,10 @@ def measure(spark, log: str, size: int, case: Case, folder: Path) -> tuple[str, 
     seed = settings.train.seed
     differences = [
         evaluate.auc_difference(scored["network"], scored[strongest], seed),
-        evaluate.auc_difference(scored["network, embedded"], scored[strongest], seed),
-        evaluate.auc_difference(scored["network, embedded"], scored["network"], seed),
+        evaluate.auc_difference(scored[OTHER], scored[strongest], seed),
+        evaluate.auc_difference(scored["network"], scored[OTHER], seed),
     ]
-    cells = [f"{auc[n]:.3f}" if n in auc else "-" for n in [*LEARNERS, *ENCODINGS.values()]]
+    cells = [f"{auc[n]:.3f}" if n in auc else "-" for n in [*LEARNERS, *VARIANTS]]
     cells[LEARNERS.index(strongest)] = f"**{cells[LEARNERS.index(strongest)]}**"
     bg_rows = scored["BG/NBD"].count() if "BG/NBD" in scored else 0
     if "BG/NBD" in scored and bg_rows < test_rows:
@@ -211,7 +211,7 @@ def value_row(log: str, cutoff: str, customers: int, scored: dict[str, DataFrame
     the customers who bought before the cutoff)."""
     if forecasts is None:
         return f"| {log} | {cutoff} | 0 | - | - | - |"
-    value = {name: evaluate.customer_value(scored[name], forecasts) for name in ENCODINGS.values()}
+    value = {name: evaluate.customer_value(scored[name], forecasts) for name in VARIANTS}
     rows = [*(v["model_purchasers"] for v in value.values()), value["network"]["bg_nbd_gamma_gamma_purchasers"]]
 
     def cells(metric: str, percent: bool = False) -> str:

@@ -1,6 +1,7 @@
 """BG/NBD and Gamma-Gamma, the classic baselines: purchase triples and spend built in Spark, the fits checked against
 the published CDNOW ones."""
 
+import dataclasses
 import datetime as dt
 from pathlib import Path
 
@@ -82,3 +83,34 @@ def test_spend_is_the_mean_revenue_of_the_purchase_days_before_the_cutoff(spark)
     customers = spark.createDataFrame([("c1", day + dt.timedelta(days=9))], "customer_id string, cutoff_date date")
     (row,) = btyd.spend(purchase_days, customers).collect()
     assert (row["x"], row["m"]) == (2.0, 20.0)
+
+
+def test_the_networks_bg_nbd_inputs_are_the_fits_p_alive_and_rate_read_back_from_the_features(spark):
+    """`model.BgNbdView` on the 2,357 CDNOW customers: the triples read back from their purchase rhythm features
+    (`btyd.feature_triples`, then standardised log1p inputs as the network gets them) give BG/NBD's P(alive) and
+    posterior rate; a saved model carries the fit."""
+    import tensorflow as tf
+
+    from behavior_spark.model import BgNbdView
+
+    summary = pd.read_csv(CDNOW).rename(columns={"frequency": "x", "recency": "t_x"})
+    x, t_x, T = (summary[c].to_numpy(dtype=float) for c in btyd.TRIPLE)
+    rhythm = pd.DataFrame(
+        {"purchase_days": x + 1, "purchase_span_days": t_x * 7, "days_per_purchase_day": T * 7 / (x + 1)}
+    )
+    triples = btyd.feature_triples(spark.createDataFrame(rhythm)).toPandas()
+    np.testing.assert_allclose(triples[btyd.TRIPLE].to_numpy(), summary[btyd.TRIPLE].to_numpy(), atol=1e-9)
+    params = btyd.fit(btyd.grouped(btyd.feature_triples(spark.createDataFrame(rhythm))))
+    stats = {"purchase_days": (1.1, 0.7), "purchase_span_days": (2.0, 1.9), "days_per_purchase_day": (3.0, 1.5)}
+    columns = {name: [i + 1, *stats[name]] for i, name in enumerate(stats)}  # after an unrelated input at 0
+    standardised = [(np.log1p(rhythm[name]) - m) / s for name, (m, s) in stats.items()]
+    numeric = np.stack([np.zeros(len(x)), *standardised], axis=1).astype(np.float32)
+    layer = BgNbdView(params=dataclasses.asdict(params), columns=columns, window_weeks=39.0)
+    p_alive, log_rate, expected = layer(tf.constant(numeric)).numpy().T
+    np.testing.assert_allclose(p_alive, 1 / (1 + btyd.alive_odds(params, x, t_x, T)), atol=2e-3)
+    np.testing.assert_allclose(log_rate, np.log((params.r + x) / (params.alpha + T)), atol=2e-3)
+    np.testing.assert_allclose(expected, np.log1p(p_alive * np.exp(log_rate) * 39.0), rtol=1e-5)
+    none = layer(tf.constant([[0.0, -1.1 / 0.7, -2.0 / 1.9, -3.0 / 1.5]])).numpy()  # no purchase: zeros
+    np.testing.assert_allclose(none, [[0.0, 0.0, 0.0]], atol=1e-6)
+    rebuilt = BgNbdView.from_config(layer.get_config())
+    np.testing.assert_allclose(rebuilt(tf.constant(numeric)).numpy(), layer(tf.constant(numeric)).numpy())
