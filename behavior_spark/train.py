@@ -14,6 +14,7 @@ from __future__ import annotations
 import dataclasses
 import datetime as dt
 import logging
+import math
 import os
 import re
 import sys
@@ -205,11 +206,16 @@ def numeric_edges(table: DataFrame, stats: dict[str, tuple[float, float]], encod
 
 def bg_nbd_view(table: DataFrame, stats: dict[str, tuple[float, float]], window_days: int) -> dict | None:
     """BG/NBD fitted on the training split's purchase rhythm (Spark reduces it to its distinct triples), as the
-    configuration of the network's `model.BgNbdView`; None where no training customer has bought."""
+    configuration of the network's `model.BgNbdView`; None where no training customer has bought, or the fit
+    found no finite positive parameters (the network then trains without it, and says so)."""
     counts = btyd.grouped(btyd.feature_triples(table.filter(F.col("split") == "train")))
     if counts.empty:
+        log.info("no training customer has bought: the network trains without BG/NBD's view")
         return None
     params = btyd.fit(counts)
+    if not all(math.isfinite(v) and v > 0 for v in dataclasses.astuple(params)):
+        log.warning("BG/NBD's fit on the training split found %s: the network trains without its view", params)
+        return None
     log.info("BG/NBD on the training split's %d buyers: %s", int(counts["n"].sum()), params)
     names = features.numeric_feature_names()
     columns = {n: [names.index(n), *stats[n]] for n in ("purchase_days", "purchase_span_days", "days_per_purchase_day")}

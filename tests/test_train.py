@@ -83,6 +83,9 @@ def test_the_artifact_records_its_inputs_and_a_finished_run_leaves_no_checkpoint
     assert set(metadata.normalisation) == set(metadata.feature_names)
     assert metadata.features_version >= 0 and metadata.events_version >= 0
     assert metadata.training["class_weight"]["1"] > metadata.training["class_weight"]["0"]  # rare positives
+    bg_nbd = metadata.training["bg_nbd"]  # BG/NBD's view, fitted on the training split, among the inputs
+    assert set(bg_nbd["params"]) == {"r", "alpha", "a", "b"} and all(v > 0 for v in bg_nbd["params"].values())
+    assert bg_nbd["columns"]["purchase_days"][0] == metadata.feature_names.index("purchase_days")
 
 
 def test_evaluation_beside_the_baselines_is_written_and_importance_saved(spark, trained):
