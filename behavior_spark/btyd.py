@@ -10,17 +10,26 @@ Gamma-Gamma (Fader, Hardie and Lee 2005, "RFM and CLV") adds the spend: each cus
 `m` over `x` purchase days is Gamma-distributed around a customer-level mean, itself Gamma across customers. Its
 likelihood depends on (x, m) per customer, which does not reduce to a few distinct values, so the three parameters are
 fitted on a bounded random sample of customers; the expected spend is a closed form, computed in Spark.
+
+The network gets BG/NBD's view of each customer as inputs (`network_view`, `model.BgNbdView`): the same fit over the
+training split's triples, read from the purchase-rhythm features.
 """
 
 from __future__ import annotations
 
 import dataclasses
+import logging
+import math
 
 import numpy as np
 import pandas as pd
 from pyspark.sql import Column, DataFrame
 from pyspark.sql import functions as F
 from scipy import optimize, special
+
+from behavior_spark import features
+
+log = logging.getLogger(__name__)
 
 TRIPLE = ["x", "t_x", "T"]
 DAYS_PER_UNIT = 7.0  # weeks, the unit of the published parameters
@@ -179,3 +188,21 @@ def expected_spend(params: GammaGamma) -> Column:
     if q <= 1:
         return F.col("m")
     return (F.lit(g) + F.col("m") * F.col("x")) * p / (F.col("x") * p + q - 1)
+
+
+def network_view(table: DataFrame, stats: dict[str, tuple[float, float]], window_days: int) -> dict | None:
+    """BG/NBD fitted on the training split's purchase rhythm (Spark reduces it to its distinct triples), as the
+    configuration of the network's `model.BgNbdView`; None where no training customer has bought, or the fit
+    found no finite positive parameters (the network then trains without it, and says so)."""
+    counts = grouped(feature_triples(table.filter(F.col("split") == "train")))
+    if counts.empty:
+        log.info("no training customer has bought: the network trains without BG/NBD's view")
+        return None
+    params = fit(counts)
+    if not all(math.isfinite(v) and v > 0 for v in dataclasses.astuple(params)):
+        log.warning("BG/NBD's fit on the training split found %s: the network trains without its view", params)
+        return None
+    log.info("BG/NBD on the training split's %d buyers: %s", int(counts["n"].sum()), params)
+    names = features.numeric_feature_names()
+    columns = {n: [names.index(n), *stats[n]] for n in ("purchase_days", "purchase_span_days", "days_per_purchase_day")}
+    return {"params": dataclasses.asdict(params), "columns": columns, "window_weeks": window_days / DAYS_PER_UNIT}

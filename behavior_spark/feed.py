@@ -12,7 +12,9 @@ The Spark side (`to_wide`) is a plain column projection; the TensorFlow side is 
 
 from __future__ import annotations
 
-from pyspark.sql import Column, DataFrame
+import warnings
+
+from pyspark.sql import Column, DataFrame, SparkSession
 from pyspark.sql import functions as F
 
 
@@ -69,3 +71,28 @@ def batches(reader, widths: dict[str, int], labels: list[str], batch_size: int):
         .rebatch(batch_size, drop_remainder=True)
         .prefetch(tf.data.AUTOTUNE)
     )
+
+
+def petastorm_cache_url(location: str) -> str:
+    """Petastorm wants a URL every worker can open: dbfs:/ through the /dbfs mount, local paths as file://."""
+    if location.startswith("dbfs:"):
+        return "file:///dbfs/" + location.removeprefix("dbfs:").lstrip("/")
+    return location if "://" in location else f"file://{location}"
+
+
+class converter:
+    """A Petastorm converter over a DataFrame, materialised under `cache_url` and deleted on exit."""
+
+    def __init__(self, spark: SparkSession, cache_url: str, df: DataFrame):
+        from petastorm.spark import SparkDatasetConverter, make_spark_converter
+
+        spark.conf.set(SparkDatasetConverter.PARENT_CACHE_DIR_URL_CONF, cache_url)
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore")
+            self.converter = make_spark_converter(df)
+
+    def __enter__(self):
+        return self.converter
+
+    def __exit__(self, *exc) -> None:
+        self.converter.delete()

@@ -14,7 +14,6 @@ from __future__ import annotations
 import dataclasses
 import datetime as dt
 import logging
-import math
 import os
 import re
 import sys
@@ -101,7 +100,7 @@ def run(spark: SparkSession, settings: Settings) -> TrainResult:
     inputs = training_inputs(table, stats, revenue_scale)
     counts = {(r["split"], r["label"]): r["count"] for r in table.groupBy("split", "label").count().collect()}  # 6
     edges = numeric_edges(table, stats, cfg.numeric_encoding)
-    bg_nbd = bg_nbd_view(table, stats, settings.features.label_window_days) if cfg.bg_nbd_inputs else None
+    bg_nbd = btyd.network_view(table, stats, settings.features.label_window_days) if cfg.bg_nbd_inputs else None
     spec = training_spec(settings, counts, reader_threads(spark, cfg.reader_threads), edges, bg_nbd)
     log.info(
         "training on %d rows (validation %d), %d processes, class weights %s%s",
@@ -204,24 +203,6 @@ def numeric_edges(table: DataFrame, stats: dict[str, tuple[float, float]], encod
     return features.bin_edges(train, stats, PIECEWISE_BINS) if encoding == "piecewise_linear" else None
 
 
-def bg_nbd_view(table: DataFrame, stats: dict[str, tuple[float, float]], window_days: int) -> dict | None:
-    """BG/NBD fitted on the training split's purchase rhythm (Spark reduces it to its distinct triples), as the
-    configuration of the network's `model.BgNbdView`; None where no training customer has bought, or the fit
-    found no finite positive parameters (the network then trains without it, and says so)."""
-    counts = btyd.grouped(btyd.feature_triples(table.filter(F.col("split") == "train")))
-    if counts.empty:
-        log.info("no training customer has bought: the network trains without BG/NBD's view")
-        return None
-    params = btyd.fit(counts)
-    if not all(math.isfinite(v) and v > 0 for v in dataclasses.astuple(params)):
-        log.warning("BG/NBD's fit on the training split found %s: the network trains without its view", params)
-        return None
-    log.info("BG/NBD on the training split's %d buyers: %s", int(counts["n"].sum()), params)
-    names = features.numeric_feature_names()
-    columns = {n: [names.index(n), *stats[n]] for n in ("purchase_days", "purchase_span_days", "days_per_purchase_day")}
-    return {"params": dataclasses.asdict(params), "columns": columns, "window_weeks": window_days / btyd.DAYS_PER_UNIT}
-
-
 def training_spec(
     settings: Settings,
     counts: dict[tuple[str, int], int],
@@ -315,9 +296,10 @@ def fit(
     spark: SparkSession, settings: Settings, spec: TrainingSpec, train: DataFrame, validation: DataFrame
 ) -> list[dict]:
     """Materialise both splits for Petastorm (wide, see `feed`), run the Horovod processes; results by rank."""
+    cache = feed.petastorm_cache_url(lake.path(settings.lake, "_petastorm_cache"))
     with (
-        _converter(spark, settings, feed.to_wide(train, spec.widths)) as train_data,
-        _converter(spark, settings, feed.to_wide(validation, spec.widths)) as validation_data,
+        feed.converter(spark, cache, feed.to_wide(train, spec.widths)) as train_data,
+        feed.converter(spark, cache, feed.to_wide(validation, spec.widths)) as validation_data,
     ):
         train_fn = make_train_fn(spec, train_data.file_urls, validation_data.file_urls)
         errors = artifacts.join(settings.lake.table("_train_errors"), dt.datetime.now(dt.UTC).strftime("%Y%m%d%H%M%S"))
@@ -500,29 +482,3 @@ def _pin_gpu(tf, local_rank: int) -> None:
 def _split(inputs: DataFrame, split: str, num_proc: int) -> DataFrame:
     # At least two Parquet files per process, so every shard has rows.
     return inputs.filter(F.col("split") == split).drop("split").repartition(max(2, num_proc * 2))
-
-
-def petastorm_cache_url(location: str) -> str:
-    """Petastorm wants a URL every worker can open: dbfs:/ through the /dbfs mount, local paths as file://."""
-    if location.startswith("dbfs:"):
-        return "file:///dbfs/" + location.removeprefix("dbfs:").lstrip("/")
-    return location if "://" in location else f"file://{location}"
-
-
-class _converter:
-    """A Petastorm converter over a DataFrame, materialised to the lake's cache folder and deleted on exit."""
-
-    def __init__(self, spark: SparkSession, settings: Settings, df: DataFrame):
-        from petastorm.spark import SparkDatasetConverter, make_spark_converter
-
-        url = petastorm_cache_url(lake.path(settings.lake, "_petastorm_cache"))
-        spark.conf.set(SparkDatasetConverter.PARENT_CACHE_DIR_URL_CONF, url)
-        with warnings.catch_warnings():
-            warnings.simplefilter("ignore")
-            self.converter = make_spark_converter(df)
-
-    def __enter__(self):
-        return self.converter
-
-    def __exit__(self, *exc) -> None:
-        self.converter.delete()

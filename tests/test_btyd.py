@@ -10,7 +10,7 @@ import pandas as pd
 import pytest
 from pyspark.sql import functions as F
 
-from behavior_spark import btyd, train
+from behavior_spark import btyd
 
 # The CDNOW sample of Fader, Hardie and Lee (2005): 2,357 customers, 39 weeks (the copy shipped with the MIT-licensed
 # `lifetimes` package, whose column names it keeps: frequency = x, recency = t_x, T).
@@ -118,4 +118,4 @@ def test_the_networks_bg_nbd_inputs_are_the_fits_p_alive_and_rate_read_back_from
         [("train", 0.0, 0.0, 0.0)],
         "split string, purchase_days double, purchase_span_days double, days_per_purchase_day double",
     )
-    assert train.bg_nbd_view(nobody_bought, {}, 56) is None  # the network trains without the view
+    assert btyd.network_view(nobody_bought, {}, 56) is None  # the network trains without the view

@@ -162,11 +162,11 @@ def test_the_emr_scripts_name_files_that_exist():
 
 
 def test_cloud_locations_map_to_what_each_library_can_open():
-    from behavior_spark import artifacts, train
+    from behavior_spark import artifacts, feed
 
-    assert train.petastorm_cache_url("dbfs:/lake/_petastorm_cache") == "file:///dbfs/lake/_petastorm_cache"
-    assert train.petastorm_cache_url("s3://bucket/lake/_cache") == "s3://bucket/lake/_cache"
-    assert train.petastorm_cache_url("/tmp/lake/_cache") == "file:///tmp/lake/_cache"
+    assert feed.petastorm_cache_url("dbfs:/lake/_petastorm_cache") == "file:///dbfs/lake/_petastorm_cache"
+    assert feed.petastorm_cache_url("s3://bucket/lake/_cache") == "s3://bucket/lake/_cache"
+    assert feed.petastorm_cache_url("/tmp/lake/_cache") == "file:///tmp/lake/_cache"
     assert artifacts.join("dbfs:/models/", "model.h5") == "dbfs:/models/model.h5"
 
 
