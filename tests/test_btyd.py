@@ -88,7 +88,7 @@ def test_spend_is_the_mean_revenue_of_the_purchase_days_before_the_cutoff(spark)
 def test_the_networks_bg_nbd_inputs_are_the_fits_p_alive_and_rate_read_back_from_the_features(spark):
     """`model.BgNbdView` on the 2,357 CDNOW customers: the triples read back from their purchase rhythm features
     (`btyd.feature_triples`, then standardised log1p inputs as the network gets them) give BG/NBD's P(alive) and
-    posterior rate; a saved model carries the fit."""
+    posterior rate; the layer's configuration (what a saved model keeps) rebuilds it."""
     import tensorflow as tf
 
     from behavior_spark.model import BgNbdView
