@@ -22,19 +22,17 @@ from pyspark.sql import Column, DataFrame, Row, SparkSession
 from pyspark.sql import functions as F
 
 from behavior_spark import console, lake, summaries
+from behavior_spark.array_features import ARRAY_FEATURES, SEQUENCE_COLUMNS, array_features
 from behavior_spark.config import FeatureSettings, Settings
-from behavior_spark.contracts import EVENT_TYPE_IDS, FUNNEL_EVENTS
+from behavior_spark.contracts import FUNNEL_EVENTS
 from behavior_spark.results import FeaturizeResult
 from behavior_spark.run_record import recorded_run
 from behavior_spark.session import in_utc, materialized
 
 log = logging.getLogger(__name__)
 
-GAP_BUCKET_SECONDS = [60, 600, 3_600, 86_400, 7 * 86_400]  # sequence gap buckets: 1 = first, 2.. = up to each bound
-GAP_BUCKETS = len(GAP_BUCKET_SECONDS) + 3  # pad, first, one per bound, beyond the last
 WINDOW_DAYS = [7, 30, 90]
 NO_PURCHASE_DAYS = 365.0  # days since last purchase for customers who never bought
-SEQUENCE_COLUMNS = ["seq_event_type", "seq_category", "seq_gap_bucket"]
 MODEL_INPUT_COLUMNS = ["numeric", *SEQUENCE_COLUMNS]  # what the model consumes: `model_inputs` makes `numeric`
 FEATURE_TABLE_VERSION = 2  # the table's columns: 2 added the value labels; a snapshot of another is never kept
 VALUE_LABELS = ["label_purchases", "label_revenue"]  # what a training row's customer bought in the label window
@@ -103,13 +101,15 @@ def run(spark: SparkSession, settings: Settings) -> FeaturizeResult:
         "scoring_date": as_of.isoformat(),
         **definition(cfg),
     }
-    kept = [cutoff for cutoff in reusable_cutoffs(spark, settings, record, commits) if cutoff != as_of]
+    previous = recorded_run(spark, settings)
+    kept = [cutoff for cutoff in reusable_cutoffs(previous, settings, record, commits) if cutoff != as_of]
     built = [cutoff for cutoff in cutoffs if cutoff not in kept]
     console.step("featurize", f"{len(built) + 1} snapshots to build, {len(kept)} kept")
     with materialized(days) if built else nullcontext(days) as days:  # every training snapshot reads all of it
         snapshots = [build_features(days, cutoff, cfg) for cutoff in built]
         totals = summaries.totals_before(spark, settings, days, events_version, as_of, commits)
-        snapshots.append(build_features(days, as_of, cfg, scoring=True, totals=totals))
+        arrays = carried_arrays(spark, settings, days, previous, record, commits)
+        snapshots.append(build_features(days, as_of, cfg, scoring=True, totals=totals, arrays=arrays))
         write(reduce(DataFrame.unionByName, snapshots), settings, {**record, "kept": [c.isoformat() for c in kept]})
         excluded = sum(customers_without_history(days, cutoff, cfg.label_window_days) for cutoff in built)
     written = lake.read(spark, settings.lake, lake.FEATURES)
@@ -139,13 +139,16 @@ def definition(cfg: FeatureSettings) -> dict:
     }
 
 
-def reusable_cutoffs(spark: SparkSession, settings: Settings, record: dict, commits: list[dict]) -> list[dt.date]:
-    """The training snapshots of the table's latest version this run can keep as they are: built with the same
-    definition for a cutoff this run wants, from summaries that changed since (`summaries.changed_days` over their
-    `commits`) only on or after the end of that cutoff's label window. A snapshot reads nothing later, so its rows
-    would come out equal."""
-    previous = recorded_run(spark, settings)
-    if any(previous.get(key) != value for key, value in definition(settings.features).items()):
+def same_definition(previous: dict, cfg: FeatureSettings) -> bool:
+    return all(previous.get(key) == value for key, value in definition(cfg).items())
+
+
+def reusable_cutoffs(previous: dict, settings: Settings, record: dict, commits: list[dict]) -> list[dt.date]:
+    """The training snapshots of the table's latest version (its `recorded_run`: `previous`) this run can keep as
+    they are: built with the same definition for a cutoff this run wants, from summaries that changed since
+    (`summaries.changed_days` over their `commits`) only on or after the end of that cutoff's label window. A snapshot
+    reads nothing later, so its rows would come out equal."""
+    if not same_definition(previous, settings.features):
         return []  # another definition, or no table yet
     changed = summaries.changed_days(commits, previous["events_version"], record["events_version"])
     if changed is None:
@@ -154,6 +157,31 @@ def reusable_cutoffs(spark: SparkSession, settings: Settings, record: dict, comm
     had = {dt.date.fromisoformat(c) for c in previous["cutoffs"]}
     wanted = [dt.date.fromisoformat(c) for c in record["cutoffs"]]
     return [c for c in wanted if c in had and all(day >= c + window for day in changed)]
+
+
+def carried_arrays(
+    spark: SparkSession, settings: Settings, days: DataFrame, previous: dict, record: dict, commits: list[dict]
+) -> DataFrame | None:
+    """Every customer's array features (ARRAY_FEATURES) for the scoring snapshot of `record`: carried from the
+    previous scoring snapshot (of `previous`, the table's latest version) for a customer without a day since it,
+    computed from the totals for the others only. They read a customer's days, not the date, so a customer without a
+    new day keeps them, when the previous run had the same definition and no summary of a day before its scoring date
+    changed since (`summaries.changed_days`); None otherwise. (Spark runs the higher-order functions they are made
+    with interpreted: computed for every customer, they were most of a day's featurize.)"""
+    if "scoring_date" not in previous or not same_definition(previous, settings.features):
+        return None
+    since, as_of = (dt.date.fromisoformat(run["scoring_date"]) for run in (previous, record))
+    changed = summaries.changed_days(commits, previous["events_version"], record["events_version"])
+    if changed is None or since > as_of or any(day < since for day in changed):
+        return None
+    fresh = days.filter((F.col("event_date") >= since) & (F.col("event_date") < as_of)).select("customer_id").distinct()
+    totals = summaries.totals_before(spark, settings, days, record["events_version"], as_of, commits, customers=fresh)
+    table = lake.read(spark, settings.lake, lake.FEATURES, version=lake.version(spark, settings.lake, lake.FEATURES))
+    carried = table.filter((F.col("split") == SCORE_SPLIT) & (F.col("cutoff_date") == since))
+    log.info("scoring snapshot: array features carried from %s for customers without a day since", since)
+    return array_features(totals, settings.features).unionByName(
+        carried.join(fresh, on="customer_id", how="left_anti").select("customer_id", *ARRAY_FEATURES)
+    )
 
 
 def write(table: DataFrame, settings: Settings, record: dict) -> None:
@@ -196,14 +224,20 @@ def default_cutoff(last_day: dt.date, label_window_days: int) -> dt.date:
 
 
 def build_features(
-    days: DataFrame, cutoff: dt.date, cfg: FeatureSettings, scoring: bool = False, totals: DataFrame | None = None
+    days: DataFrame,
+    cutoff: dt.date,
+    cfg: FeatureSettings,
+    scoring: bool = False,
+    totals: DataFrame | None = None,
+    arrays: DataFrame | None = None,
 ) -> DataFrame:
     """One row per customer active before `cutoff`: aggregates, recent sequence, label and split, from the
     customer-day summaries `days` (`summaries.customer_days`, keeping at least `sequence_length + 1` events a day).
 
     `totals` are the customers' summaries before the cutoff rolled up (`summaries.roll_up`), when the caller keeps
     them (`summaries.totals_before`); otherwise they are rolled up from `days`. Either way the snapshot reads `days`
-    only for its windowed counts (the last 90 days) and its label.
+    only for its windowed counts (the last 90 days) and its label. `arrays`: every customer's array features, when
+    the caller has them (`carried_arrays`); otherwise they are read from the totals (`array_features`).
     A scoring snapshot (`scoring`) has split `score` and no label: nothing after its date is known.
     """
     history = days.filter(F.col("event_date") < cutoff)
@@ -211,18 +245,12 @@ def build_features(
         totals = summaries.roll_up(summaries.day_rows(history), cfg.sequence_length + 1)
     windowed = windowed_counts(history, cutoff)
     counts = [c for c in windowed.columns if c != "customer_id"]
-    rows = (
-        totals.join(windowed, on="customer_id", how="left")
-        .fillna(0, subset=counts)
-        .withColumn("_steps", recent_sequences(cfg.sequence_length, cfg.category_buckets))
-        .select(
-            "customer_id",
-            *(c for c in counts if not c.startswith("_")),
-            *activity(cutoff),
-            *category_affinity(),
-            *padded_sequences(F.col("_steps"), cfg.sequence_length),
-        )
-    )
+    rows = totals.join(windowed, on="customer_id", how="left").fillna(0, subset=counts)
+    numeric: list[str | Column] = ["customer_id", *(c for c in counts if not c.startswith("_")), *activity(cutoff)]
+    if arrays is None:
+        rows = array_features(rows, cfg, beside=numeric)
+    else:
+        rows = rows.select(*numeric).join(arrays, on="customer_id", how="left")
     if scoring:
         split = F.lit(SCORE_SPLIT)
         label, purchases, revenue = (F.lit(None).cast(kind) for kind in ("int", "int", "double"))
@@ -332,52 +360,6 @@ def labels(days: DataFrame, cutoff: dt.date, cfg: FeatureSettings) -> DataFrame:
     )
 
 
-def category_affinity() -> list[Column]:
-    """How concentrated a customer's activity is: distinct categories, the top one's share, entropy (nats); and
-    distinct brands. Columns over a customer's totals (`summaries.roll_up`: events per category, distinct brands)."""
-    categories = F.col("categories")
-    total = F.aggregate(categories, F.lit(0).cast("long"), lambda acc, c: acc + c["n"])
-    n_log_n = F.aggregate(categories, F.lit(0.0), lambda acc, c: acc + c["n"] * F.log(c["n"]))
-    by_events = F.transform(categories, lambda c: F.struct(c["n"].alias("n"), c["category_id"].alias("category_id")))
-    # entropy = log(N) - sum(n log n) / N, with N the customer's events
-    return [
-        F.size(categories).alias("distinct_categories"),
-        (F.array_max(F.transform(categories, lambda c: c["n"])) / total).alias("top_category_share"),
-        (F.log(total) - n_log_n / total).alias("category_entropy"),
-        F.array_max(by_events)["category_id"].alias("top_category_id"),  # ties: the higher id
-        F.size("brands").alias("distinct_brands"),
-    ]
-
-
-def recent_sequences(length: int, category_buckets: int) -> Column:
-    """A customer's last `length` events as (event type, category bucket, gap bucket) structs, most recent last: from
-    `recent` of their totals (`summaries.roll_up`: newest first, one more kept for the oldest event's gap)."""
-    events = F.col("recent")
-
-    def step(event: Column, i: Column) -> Column:
-        gap = event["event_time"].cast("long") - F.get(events, i + 1)["event_time"].cast("long")  # older neighbour
-        gap_bucket = F.when(gap.isNull(), 1)
-        for n, bound in enumerate(GAP_BUCKET_SECONDS):
-            gap_bucket = gap_bucket.when(gap <= bound, n + 2)
-        category_hash = F.xxhash64(F.coalesce(event["category_id"], F.lit("")))
-        return F.struct(
-            F.element_at(_lookup(EVENT_TYPE_IDS), event["event_type"]).cast("int").alias("event_type_id"),
-            (1 + F.pmod(category_hash, F.lit(category_buckets - 1))).cast("int").alias("category_bucket"),
-            gap_bucket.otherwise(len(GAP_BUCKET_SECONDS) + 2).alias("gap_bucket"),
-        )
-
-    return F.reverse(F.transform(F.slice(events, 1, length), step))
-
-
-def padded_sequences(steps: Column, length: int) -> list[Column]:
-    """`recent_sequences` as the fixed-length int arrays the model reads (SEQUENCE_COLUMNS), left-padded with 0."""
-    padding = F.array_repeat(F.lit(0), F.lit(length) - F.size(steps))
-    return [
-        F.concat(padding, steps.getField(field)).alias(name)
-        for field, name in zip(["event_type_id", "category_bucket", "gap_bucket"], SEQUENCE_COLUMNS, strict=True)
-    ]
-
-
 def customers_without_history(days: DataFrame, cutoff: dt.date, label_window_days: int) -> int:
     """Customers seen in the label window but never before the cutoff: they get no feature row."""
     window_end = cutoff + dt.timedelta(days=label_window_days)
@@ -454,7 +436,3 @@ def read_stats(spark: SparkSession, settings: Settings, version: int) -> dict[st
     aggregation), so statistics and rows can never come from two different runs."""
     table = lake.read(spark, settings.lake, lake.FEATURES, version=version).filter(F.col("split") == "train")
     return normalisation_stats(lake.one_row(split_statistics(table)))
-
-
-def _lookup(mapping: dict) -> Column:
-    return F.create_map(*[F.lit(x) for pair in mapping.items() for x in pair])

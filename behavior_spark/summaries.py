@@ -236,7 +236,13 @@ def newest_first(events: Column, keep: int) -> Column:
 
 
 def totals_before(
-    spark: SparkSession, settings: Settings, days: DataFrame, events_version: int, as_of: dt.date, commits: list[dict]
+    spark: SparkSession,
+    settings: Settings,
+    days: DataFrame,
+    events_version: int,
+    as_of: dt.date,
+    commits: list[dict],
+    customers: DataFrame | None = None,
 ) -> DataFrame:
     """Every customer's summaries before `as_of`, rolled up (`roll_up`): the kept totals plus the days since.
 
@@ -247,11 +253,16 @@ def totals_before(
     once every lag days on a daily schedule. The kept totals serve while no day before their date has changed since
     (`changed_days`); late events for an earlier day, a rebuild of the summaries or another definition make them
     anew from every day. Runs on another events version than the summaries table's neither read nor write them.
-    `commits` is the summaries table's `commit_log`.
+    `commits` is the summaries table's `commit_log`. `customers` (customer ids): the totals of those customers only,
+    their kept totals and days picked before anything is shuffled (the kept totals are still moved for all).
     """
+
+    def picked(rows: DataFrame) -> DataFrame:
+        return rows if customers is None else rows.join(customers, on="customer_id", how="left_semi")
+
     recent = recent_per_day(settings)
     if not reflects(commits[0] if commits else {}, events_version, recent):
-        return roll_up(day_rows(days.filter(F.col("event_date") < as_of)), recent)
+        return roll_up(day_rows(picked(days.filter(F.col("event_date") < as_of))), recent)
     lag = dt.timedelta(days=settings.features.totals_lag_days)
     target = as_of - lag
     through = kept_totals_date(spark, settings, events_version, as_of, commits)
@@ -271,9 +282,9 @@ def totals_before(
         lake.overwrite(totals, settings.lake, lake.CUSTOMER_TOTALS, userMetadata=json.dumps(metadata))
         through = target
     days_since = roll_up(
-        day_rows(days.filter((F.col("event_date") >= through) & (F.col("event_date") < as_of))), recent
+        day_rows(picked(days.filter((F.col("event_date") >= through) & (F.col("event_date") < as_of)))), recent
     )
-    return rolled_forward(lake.read(spark, settings.lake, lake.CUSTOMER_TOTALS), days_since, recent)
+    return rolled_forward(picked(lake.read(spark, settings.lake, lake.CUSTOMER_TOTALS)), days_since, recent)
 
 
 def rolled_forward(totals: DataFrame, later: DataFrame, recent: int) -> DataFrame:

@@ -25,6 +25,7 @@ from pyspark.sql import DataFrame, SparkSession
 from pyspark.sql import functions as F
 
 from behavior_spark import (
+    array_features,
     artifacts,
     btyd,
     champion,
@@ -171,7 +172,7 @@ def model_metadata(
         sequence_length=spec.sequence_length,
         category_buckets=spec.category_buckets,
         event_type_ids=EVENT_TYPE_IDS,
-        gap_bucket_seconds=features.GAP_BUCKET_SECONDS,
+        gap_bucket_seconds=array_features.GAP_BUCKET_SECONDS,
         features_version=features_version,
         features_run=run_record.recorded_run(spark, settings, features_version),
         num_proc=settings.train.num_proc,
@@ -381,7 +382,7 @@ def compiled_model(spec: TrainingSpec, hvd, tf):
     """The model on a worker, from the run's checkpoint when it resumes, with Horovod's optimizer: one loss per head
     (`model.LOSS_WEIGHTS` say how much each counts), the propensity's ROC-AUC as its metric."""
     from behavior_spark import model as heads
-    from behavior_spark.features import GAP_BUCKETS
+    from behavior_spark.array_features import GAP_BUCKETS
 
     model = heads.build_model(
         spec.numeric_dim,

@@ -18,7 +18,7 @@ from pyspark.ml.functions import predict_batch_udf
 from pyspark.sql import DataFrame, SparkSession
 from pyspark.sql import functions as F
 
-from behavior_spark import drift, features, model_artifact, predict, reasons
+from behavior_spark import array_features, drift, features, model_artifact, predict, reasons
 from behavior_spark.contracts import EVENT_TYPE_IDS
 from behavior_spark.model_artifact import ModelMetadata
 from behavior_spark.session import local_session
@@ -73,7 +73,7 @@ def save_untrained_model(model_dir: str) -> ModelMetadata:
     from behavior_spark.model import build_model
 
     names = features.numeric_feature_names()
-    model = build_model(len(names), 50, len(EVENT_TYPE_IDS) + 1, 64, features.GAP_BUCKETS)
+    model = build_model(len(names), 50, len(EVENT_TYPE_IDS) + 1, 64, array_features.GAP_BUCKETS)
     Path(model_dir).mkdir(parents=True, exist_ok=True)
     metadata = model_artifact.untrained_metadata("bench", names)
     model.save(str(Path(model_dir, metadata.model_file)))

@@ -5,6 +5,7 @@ delivery."""
 
 import datetime as dt
 import json
+import logging
 import random
 from collections import Counter
 
@@ -30,7 +31,7 @@ def comparable(days):
     )
 
 
-def test_summaries_kept_by_ingest_equal_the_summaries_of_all_events(spark, tmp_path, pseudonym_key):
+def test_summaries_kept_by_ingest_equal_the_summaries_of_all_events(spark, tmp_path, pseudonym_key, caplog):
     settings = load_settings(
         None,
         [
@@ -106,6 +107,17 @@ def test_summaries_kept_by_ingest_equal_the_summaries_of_all_events(spark, tmp_p
     assert_features_equal_a_fresh_build(spark, later, features.run(spark, later))
     newest = lake.commits(spark, lake.path(settings.lake, lake.CUSTOMER_TOTALS), 1)[0]
     assert json.loads(newest["userMetadata"])["rolled_from"] is None
+
+    # a new day two days on, for some customers: the scoring snapshot carries the other customers' array features
+    # (categories, brands, sequences) from the previous one and computes the day's customers' anew
+    new_day = days[-1] + dt.timedelta(days=2)
+    moved = [line.replace(days[-1].isoformat(), new_day.isoformat(), 1) for line in by_day[days[-1]][::3]]
+    land(tmp_path / "raw" / "new-day", "events.csv", [line for line in moved if new_day.isoformat() in line])
+    ingest.run(spark, settings)
+    caplog.clear()
+    with caplog.at_level(logging.INFO, logger="behavior_spark.features"):
+        assert_features_equal_a_fresh_build(spark, settings, features.run(spark, settings))
+    assert "array features carried" in caplog.text, "the scoring snapshot computed every customer's arrays anew"
 
 
 def test_days_appended_in_order_are_summarised_where_ingest_shuffled_them(spark, tmp_path, pseudonym_key):
