@@ -4,7 +4,8 @@ Features see only events strictly before the cutoff; the label sees only the lab
 cutoffs (`features.cutoffs`, `features.cutoff_step_days` apart) are stacked into one table. Everything is read
 from the customer-day summaries ingest keeps (`summaries`), not from the events: cutoffs are midnights, so a
 cutoff never cuts a day. The scoring snapshot, rebuilt every day, reads each customer's kept totals
-(`summaries.totals_before`) and the few days since, not the whole history. Every aggregation is a groupBy with
+(`summaries.totals_before`) and the few days since, not the whole history, and carries the array features of the
+customers without a new day from the previous one (`carried_arrays`). Every aggregation is a groupBy with
 map-side combining over customer-days, and the recent sequence comes from the few last events each day keeps, so a
 customer with millions of events never ships them to one task.
 The model's input transform (`model_inputs`) lives here too, so training and scoring prepare rows the same way.
